@@ -1,0 +1,1 @@
+"""bulk_changes: bulk device changes across carriers, billing and the AMOP database."""

@@ -1,0 +1,1 @@
+"""Pure domain: no Dagster, requests or SQLAlchemy here."""

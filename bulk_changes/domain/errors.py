@@ -1,0 +1,115 @@
+"""The project's one exception tree.
+
+Resources translate their library's errors into these at the boundary
+(``raise ... from exc``); everything above the resources reasons only in these terms.
+"""
+
+from __future__ import annotations
+
+
+class BulkChangeError(Exception):
+    """Root of the project's errors."""
+
+
+class ExternalError(BulkChangeError):
+    """An external system's answer or failure.
+
+    ``system`` names the system ("jasper", "telegence", "revio", "amop"), ``status`` the
+    HTTP status when there was one, ``code`` the system's own error code when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        system: str = "",
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.system = system
+        self.status = status
+        self.code = code
+
+    def __str__(self) -> str:
+        parts = [self.system] if self.system else []
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        if self.code:
+            parts.append(f"code {self.code}")
+        prefix = " ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class RetryableError(ExternalError):
+    """Trying again later may succeed: timeouts, connection errors, 5xx, garbage answers."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        system: str = "",
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, system=system, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class TimeoutError_(RetryableError):
+    """The call did not answer in time (the request may or may not have been applied)."""
+
+
+class ConnectionFailed(RetryableError):
+    """The system could not be reached."""
+
+
+class ServerError(RetryableError):
+    """A 5xx answer."""
+
+
+class GarbageResponse(RetryableError):
+    """An answer that is not what the API documents (not JSON, an HTML error page...)."""
+
+
+class Throttled(RetryableError):
+    """The account's rate limit was exceeded (Jasper 40000029, HTTP 429).
+
+    Throttling slows the account down; it never uses up a device's attempts.
+    """
+
+
+class PermanentError(ExternalError):
+    """Retrying cannot fix it: the request is wrong or refused for good."""
+
+
+class NotFound(PermanentError):
+    """The device, line or service does not exist at the external system."""
+
+
+class Rejected(PermanentError):
+    """A 4xx refusal, or a documented failure that the caller must fix."""
+
+
+class AuthenticationFailed(PermanentError):
+    """Credentials refused. Permanent for the device: fixing it needs an operator."""
+
+
+class ConfigurationError(BulkChangeError):
+    """The project's configuration is missing or wrong."""
+
+
+class ValidationError(BulkChangeError):
+    """A request row is invalid: names the row, the field and the reason."""
+
+    def __init__(self, row: int | None, field: str, reason: str) -> None:
+        super().__init__(f"row {row}: {field}: {reason}" if row is not None else f"{field}: {reason}")
+        self.row = row
+        self.field = field
+        self.reason = reason
+
+
+class InputFileError(BulkChangeError):
+    """A whole input file is refused (wrong header, not UTF-8, no rows...)."""

@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+# dagster-aws and dagster-postgres pin an exact dagster: the three move together.
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="bulk_changes",
+    version="0.1.0",
+    description="Bulk device changes across Jasper, Telegence, Rev.io and the AMOP database, on Dagster",
+    packages=find_packages(exclude=["bulk_changes_tests*"]),
+    package_data={"bulk_changes": ["schemas/*.json", "defaults/*.yaml", "defaults/*.csv"]},
+    python_requires=">=3.11",
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-aws=={DAGSTER_LIBS}",
+        f"dagster-postgres=={DAGSTER_LIBS}",
+        "pandas>=2.2",
+        "SQLAlchemy>=2.0",
+        "psycopg2-binary>=2.9",
+        "requests>=2.31",
+        "boto3>=1.34",
+        "PyYAML>=6.0",
+        # The embedded default's queue is a local SQS-compatible server (moto's), so the
+        # code path on one machine is the same SQS path as in production.
+        "moto[server]>=5.0",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "jsonschema>=4.0",
+        ],
+    },
+    entry_points={"console_scripts": ["bulk-changes=bulk_changes.cli:main"]},
+)
