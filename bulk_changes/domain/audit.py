@@ -9,7 +9,9 @@ from typing import Any
 
 MAX_TEXT = 4000
 
-_SECRET_KEYS = re.compile(r"(pass(word)?|secret|api[_-]?key|token|authorization|subscription[_-]?key)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(pass(word)?|secret|api[_-]?key|token|authorization|subscription[_-]?key)", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,7 @@ class Exchange:
 def redact(value: Any) -> Any:
     """A copy of a JSON-like value with every credential-looking field masked."""
     if isinstance(value, dict):
-        return {
-            k: ("***" if _SECRET_KEYS.search(str(k)) else redact(v)) for k, v in value.items()
-        }
+        return {k: ("***" if _SECRET_KEYS.search(str(k)) else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

@@ -105,7 +105,9 @@ class ValidationError(BulkChangeError):
     """A request row is invalid: names the row, the field and the reason."""
 
     def __init__(self, row: int | None, field: str, reason: str) -> None:
-        super().__init__(f"row {row}: {field}: {reason}" if row is not None else f"{field}: {reason}")
+        super().__init__(
+            f"row {row}: {field}: {reason}" if row is not None else f"{field}: {reason}"
+        )
         self.row = row
         self.field = field
         self.reason = reason

@@ -1,0 +1,76 @@
+"""Retry decisions: an error and an attempt in, a delay or a give-up out."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from bulk_changes.domain.errors import PermanentError, RetryableError, Throttled
+from bulk_changes.domain.state_machine import DeviceStatus
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    jitter: float = 0.5  # +/- this fraction of the delay
+    # Throttling never fails a device, but an account throttled this many times in a row
+    # for one step is not going to recover within the run.
+    max_throttled: int = 100
+
+
+@dataclass(frozen=True)
+class Retry:
+    delay: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    status: DeviceStatus
+    reason: str
+
+
+Decision = Retry | GiveUp
+
+
+def backoff(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
+    """Exponential delay after the given failed attempt (1-based), with jitter."""
+    raw = min(policy.max_delay, policy.base_delay * (2 ** (attempt - 1)))
+    spread = raw * policy.jitter
+    return float(max(0.0, raw + rng.uniform(-spread, spread)))
+
+
+def decide(
+    error: Exception,
+    attempt: int,
+    throttled: int,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> Decision:
+    """What to do after a step failed.
+
+    ``attempt`` counts the non-throttled failures so far (1 after the first one),
+    ``throttled`` the throttled answers so far.
+    """
+    if isinstance(error, Throttled):
+        if throttled >= policy.max_throttled:
+            return GiveUp(
+                DeviceStatus.API_FAILED, f"still throttled after {throttled} tries: {error}"
+            )
+        delay = backoff(min(throttled, 6), policy, rng)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return Retry(delay)
+    if isinstance(error, PermanentError):
+        return GiveUp(DeviceStatus.ERROR, str(error))
+    if isinstance(error, RetryableError):
+        if attempt >= policy.max_attempts:
+            return GiveUp(DeviceStatus.API_FAILED, f"gave up after {attempt} attempts: {error}")
+        delay = backoff(attempt, policy, rng)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return Retry(delay)
+    # Not one of ours: a bug or an unexpected failure. Stop the device with the reason
+    # rather than retrying something nobody classified.
+    return GiveUp(DeviceStatus.API_FAILED, f"unexpected {type(error).__name__}: {error}")
