@@ -1,0 +1,1 @@
+"""The AMOP database: SQLite by default, PostgreSQL by URL."""

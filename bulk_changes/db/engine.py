@@ -1,0 +1,55 @@
+"""Engines for the AMOP database, with the settings each backend needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the project ships psycopg2."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        _make_sqlite_writes_wait(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_short_lived_engine(url: str) -> Engine:
+    """An engine that holds no connection between uses (CLI commands, sensors)."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        return make_engine(url)
+    return create_engine(url, poolclass=NullPool)
+
+
+def _make_sqlite_writes_wait(engine: Engine) -> None:
+    # Several processes and threads write one SQLite file. A deferred transaction that
+    # reads and then writes fails at once with "database is locked" instead of waiting;
+    # taking the write lock at BEGIN makes every writer wait its turn (busy timeout).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # type: ignore[no-untyped-def]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,700 @@
+"""Reads and writes of the AMOP database. Every state change is one short transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bulk_changes.db import schema as t
+from bulk_changes.domain.audit import Exchange, to_text
+from bulk_changes.domain.state_machine import (
+    FINAL_DEVICE,
+    BulkStatus,
+    DeviceStatus,
+    final_bulk_status,
+)
+
+INVENTORY_FIELDS = (
+    "iccid",
+    "msisdn",
+    "imei",
+    "status",
+    "rate_plan",
+    "communication_plan",
+    "username",
+    "cost_center_1",
+    "cost_center_2",
+    "cost_center_3",
+    "revio_service_id",
+)
+
+FINAL_DEVICE_VALUES = tuple(s.value for s in FINAL_DEVICE)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class BulkChange:
+    id: int
+    tenant_id: str
+    change_type: str
+    integration: str
+    status: str
+    idempotency_key: str | None
+    notify: list[str]
+    requested_by: str | None
+    source: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    id: int
+    bulk_change_id: int
+    row_number: int
+    device_key: str | None
+    device_id: int | None
+    request: dict[str, str]
+    status: str
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class NewDeviceChange:
+    row_number: int
+    device_key: str | None
+    device_id: int | None
+    request: Mapping[str, Any]
+    status: DeviceStatus = DeviceStatus.NEW
+    error: str | None = None
+    error_field: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit row: an external exchange, or an event of our own (system 'amop')."""
+
+    system: str
+    outcome: str
+    description: str
+    exchange: Exchange | None = None
+    error: str | None = None
+    attempt: int | None = None
+    request: Any = None
+    response: Any = None
+
+
+def _bulk(row: Any) -> BulkChange:
+    return BulkChange(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        change_type=row.change_type,
+        integration=row.integration,
+        status=row.status,
+        idempotency_key=row.idempotency_key,
+        notify=json.loads(row.notify or "[]"),
+        requested_by=row.requested_by,
+        source=row.source,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _device_change(row: Any) -> DeviceChange:
+    return DeviceChange(
+        id=row.id,
+        bulk_change_id=row.bulk_change_id,
+        row_number=row.row_number,
+        device_key=row.device_key,
+        device_id=row.device_id,
+        request=json.loads(row.request),
+        status=row.status,
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )
+
+
+class Repository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---- inventory -------------------------------------------------------------
+
+    def upsert_devices(self, tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+        """Insert new devices, update known ones (by tenant, integration, key). -> (new, updated)"""
+        inserted = updated = 0
+        with self.engine.begin() as conn:
+            existing = {
+                (r.integration, r.device_key): r.id
+                for r in conn.execute(
+                    select(t.devices.c.id, t.devices.c.integration, t.devices.c.device_key).where(
+                        t.devices.c.tenant_id == tenant_id
+                    )
+                )
+            }
+            to_insert = []
+            for row in rows:
+                values = {k: row.get(k) for k in INVENTORY_FIELDS}
+                values["updated_at"] = now()
+                key = (row["integration"], row["device_key"])
+                if key in existing:
+                    conn.execute(
+                        update(t.devices).where(t.devices.c.id == existing[key]).values(**values)
+                    )
+                    updated += 1
+                else:
+                    values.update(
+                        tenant_id=tenant_id,
+                        integration=row["integration"],
+                        device_key=row["device_key"],
+                    )
+                    to_insert.append(values)
+                    existing[key] = -1
+            if to_insert:
+                conn.execute(insert(t.devices), to_insert)
+                inserted = len(to_insert)
+        return inserted, updated
+
+    def devices_by_key(
+        self, tenant_id: str, integration: str, keys: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        keys = list(keys)
+        found: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                for r in conn.execute(
+                    select(t.devices).where(
+                        t.devices.c.tenant_id == tenant_id,
+                        t.devices.c.integration == integration,
+                        t.devices.c.device_key.in_(chunk),
+                    )
+                ):
+                    found[r.device_key] = dict(r._mapping)
+        return found
+
+    def devices_by_id(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = list(ids)
+        with self.engine.connect() as conn:
+            return {
+                r.id: dict(r._mapping)
+                for r in conn.execute(select(t.devices).where(t.devices.c.id.in_(ids)))
+            }
+
+    def device(self, device_id: int) -> dict[str, Any] | None:
+        return self.devices_by_id([device_id]).get(device_id)
+
+    def count_devices(self, tenant_id: str | None = None) -> int:
+        query = select(func.count()).select_from(t.devices)
+        if tenant_id:
+            query = query.where(t.devices.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # ---- bulk changes -----------------------------------------------------------
+
+    def find_by_idempotency_key(self, tenant_id: str, key: str) -> BulkChange | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.bulk_changes).where(
+                    t.bulk_changes.c.tenant_id == tenant_id, t.bulk_changes.c.idempotency_key == key
+                )
+            ).first()
+        return _bulk(row) if row else None
+
+    def create_bulk_change(
+        self,
+        *,
+        tenant_id: str,
+        change_type: str,
+        integration: str,
+        notify: Sequence[str],
+        idempotency_key: str | None,
+        requested_by: str | None,
+        source: str,
+        changes: Sequence[NewDeviceChange],
+    ) -> tuple[int, bool]:
+        """Store a bulk change and all its device changes at once. -> (id, created).
+
+        With an idempotency key already used by the tenant, returns that bulk change.
+        """
+        if idempotency_key:
+            existing = self.find_by_idempotency_key(tenant_id, idempotency_key)
+            if existing:
+                return existing.id, False
+        stamp = now()
+        try:
+            with self.engine.begin() as conn:
+                bulk_id = conn.execute(
+                    insert(t.bulk_changes)
+                    .values(
+                        tenant_id=tenant_id,
+                        change_type=change_type,
+                        integration=integration,
+                        status=BulkStatus.NEW.value,
+                        idempotency_key=idempotency_key,
+                        notify=json.dumps(list(notify)),
+                        requested_by=requested_by,
+                        source=source,
+                        created_at=stamp,
+                    )
+                    .returning(t.bulk_changes.c.id)
+                ).scalar_one()
+                rows = [
+                    {
+                        "bulk_change_id": bulk_id,
+                        "row_number": c.row_number,
+                        "device_key": c.device_key,
+                        "device_id": c.device_id,
+                        "request": json.dumps(dict(c.request), sort_keys=True),
+                        "status": c.status.value,
+                        "attempts": 0,
+                        "last_error": c.error,
+                        "error_field": c.error_field,
+                        "created_at": stamp,
+                        "updated_at": stamp,
+                        "finished_at": stamp if c.status in FINAL_DEVICE else None,
+                    }
+                    for c in changes
+                ]
+                for start in range(0, len(rows), 1000):
+                    conn.execute(insert(t.device_changes), rows[start : start + 1000])
+                rejected = [c for c in changes if c.status is DeviceStatus.ERROR]
+                if rejected:
+                    conn.execute(
+                        insert(t.audit_log),
+                        [
+                            {
+                                "bulk_change_id": bulk_id,
+                                "system": "amop",
+                                "description": "Intake validation",
+                                "outcome": "error",
+                                "error": f"row {c.row_number}: {c.error_field}: {c.error}",
+                                "created_at": stamp,
+                            }
+                            for c in rejected
+                        ],
+                    )
+            return int(bulk_id), True
+        except IntegrityError:
+            # Two producers raced with the same idempotency key: the other one won.
+            if idempotency_key:
+                existing = self.find_by_idempotency_key(tenant_id, idempotency_key)
+                if existing:
+                    return existing.id, False
+            raise
+
+    def get_bulk_change(self, bulk_change_id: int) -> BulkChange | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.bulk_changes).where(t.bulk_changes.c.id == bulk_change_id)
+            ).first()
+        return _bulk(row) if row else None
+
+    def list_bulk_changes(self, limit: int = 50) -> list[BulkChange]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.bulk_changes).order_by(t.bulk_changes.c.id.desc()).limit(limit)
+            )
+            return [_bulk(r) for r in rows]
+
+    def start_processing(self, bulk_change_id: int, run_id: str, retry_failed_only: bool) -> int:
+        """Open the bulk change for this run. With retry_failed_only, API_FAILED devices go
+        back to NEW (their completed steps stay completed). -> devices reopened."""
+        reopened = 0
+        with self.engine.begin() as conn:
+            bulk = conn.execute(
+                select(t.bulk_changes.c.status).where(t.bulk_changes.c.id == bulk_change_id)
+            ).scalar_one()
+            if retry_failed_only:
+                reopened = conn.execute(
+                    update(t.device_changes)
+                    .where(
+                        t.device_changes.c.bulk_change_id == bulk_change_id,
+                        t.device_changes.c.status == DeviceStatus.API_FAILED.value,
+                    )
+                    .values(
+                        status=DeviceStatus.NEW.value,
+                        attempts=0,
+                        finished_at=None,
+                        updated_at=now(),
+                    )
+                ).rowcount
+            values: dict[str, Any] = {"last_run_id": run_id}
+            if bulk == BulkStatus.NEW.value or (
+                bulk == BulkStatus.PROCESSED_WITH_ERRORS.value and reopened
+            ):
+                values.update(
+                    status=BulkStatus.PROCESSING.value, started_at=now(), finished_at=None
+                )
+            conn.execute(
+                update(t.bulk_changes).where(t.bulk_changes.c.id == bulk_change_id).values(**values)
+            )
+            seen = conn.execute(
+                select(t.runs_seen.c.run_id).where(t.runs_seen.c.run_id == run_id)
+            ).first()
+            if not seen:
+                conn.execute(
+                    insert(t.runs_seen).values(
+                        run_id=run_id,
+                        bulk_change_id=bulk_change_id,
+                        retry_failed_only=retry_failed_only,
+                        started_at=now(),
+                    )
+                )
+        return reopened
+
+    def pending_device_changes_frame(self, bulk_change_id: int) -> pd.DataFrame:
+        """Device changes not yet final, joined to their inventory row, as a DataFrame."""
+        query = (
+            select(
+                t.device_changes.c.id,
+                t.device_changes.c.row_number,
+                t.device_changes.c.device_key,
+                t.device_changes.c.device_id,
+                t.device_changes.c.status,
+                t.device_changes.c.attempts,
+            )
+            .where(
+                t.device_changes.c.bulk_change_id == bulk_change_id,
+                t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+            )
+            .order_by(t.device_changes.c.id)
+        )
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+    def device_changes(self, ids: Iterable[int]) -> list[DeviceChange]:
+        ids = list(ids)
+        result: list[DeviceChange] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(t.device_changes).where(
+                        t.device_changes.c.id.in_(ids[start : start + 500])
+                    )
+                )
+                result.extend(_device_change(r) for r in rows)
+        result.sort(key=lambda c: c.id)
+        return result
+
+    def device_changes_of(self, bulk_change_id: int) -> list[DeviceChange]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.device_changes)
+                .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+                .order_by(t.device_changes.c.row_number)
+            )
+            return [_device_change(r) for r in rows]
+
+    def counts(self, bulk_change_id: int) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.device_changes.c.status, func.count())
+                .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+                .group_by(t.device_changes.c.status)
+            )
+            return {status: int(n) for status, n in rows}
+
+    # ---- device change progress -----------------------------------------------
+
+    def completed_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
+        ids = list(device_change_ids)
+        done: dict[int, set[str]] = {i: set() for i in ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for r in conn.execute(
+                    select(t.completed_steps.c.device_change_id, t.completed_steps.c.step).where(
+                        t.completed_steps.c.device_change_id.in_(ids[start : start + 500])
+                    )
+                ):
+                    done[r.device_change_id].add(r.step)
+        return done
+
+    def mark_processing(self, device_change_id: int) -> bool:
+        """NEW -> PROCESSING; False when the device change is already final."""
+        with self.engine.begin() as conn:
+            status = conn.execute(
+                select(t.device_changes.c.status).where(t.device_changes.c.id == device_change_id)
+            ).scalar_one()
+            if status in FINAL_DEVICE_VALUES:
+                return False
+            if status != DeviceStatus.PROCESSING.value:
+                conn.execute(
+                    update(t.device_changes)
+                    .where(t.device_changes.c.id == device_change_id)
+                    .values(status=DeviceStatus.PROCESSING.value, updated_at=now())
+                )
+        return True
+
+    def _audit_rows(
+        self,
+        bulk_change_id: int,
+        device_change_id: int | None,
+        step: str | None,
+        run_id: str | None,
+        entries: Sequence[AuditEntry],
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for e in entries:
+            x = e.exchange
+            rows.append(
+                {
+                    "bulk_change_id": bulk_change_id,
+                    "device_change_id": device_change_id,
+                    "step": step,
+                    "system": e.system,
+                    "account": x.account if x else None,
+                    "description": e.description,
+                    "method": x.method if x else None,
+                    "url": x.url if x else None,
+                    "request": x.request_body if x else to_text(e.request),
+                    "response_status": x.status if x else None,
+                    "response": x.response_body if x else to_text(e.response),
+                    "duration_ms": x.duration_ms if x else None,
+                    "outcome": e.outcome,
+                    "error": e.error or (x.error if x else None),
+                    "attempt": e.attempt,
+                    "run_id": run_id,
+                    "created_at": now(),
+                }
+            )
+        return rows
+
+    def record_step_success(
+        self,
+        *,
+        bulk_change_id: int,
+        device_change_id: int,
+        step: str,
+        result: Any,
+        audit: Sequence[AuditEntry],
+        run_id: str | None,
+        attempts: int,
+    ) -> None:
+        with self.engine.begin() as conn:
+            already = conn.execute(
+                select(t.completed_steps.c.step).where(
+                    t.completed_steps.c.device_change_id == device_change_id,
+                    t.completed_steps.c.step == step,
+                )
+            ).first()
+            if not already:
+                conn.execute(
+                    insert(t.completed_steps).values(
+                        device_change_id=device_change_id,
+                        step=step,
+                        completed_at=now(),
+                        result=json.dumps(result, default=str) if result is not None else None,
+                    )
+                )
+            conn.execute(
+                update(t.device_changes)
+                .where(t.device_changes.c.id == device_change_id)
+                .values(attempts=t.device_changes.c.attempts + attempts, updated_at=now())
+            )
+            if audit:
+                conn.execute(
+                    insert(t.audit_log),
+                    self._audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
+                )
+
+    def record_attempt_failure(
+        self,
+        *,
+        bulk_change_id: int,
+        device_change_id: int,
+        step: str,
+        error: str,
+        audit: Sequence[AuditEntry],
+        run_id: str | None,
+    ) -> None:
+        """A failed try that will be retried: counted and audited, status unchanged."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.device_changes)
+                .where(t.device_changes.c.id == device_change_id)
+                .values(
+                    attempts=t.device_changes.c.attempts + 1, last_error=error, updated_at=now()
+                )
+            )
+            if audit:
+                conn.execute(
+                    insert(t.audit_log),
+                    self._audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
+                )
+
+    def finish_device_change(
+        self,
+        *,
+        bulk_change_id: int,
+        device_change_id: int,
+        status: DeviceStatus,
+        reason: str | None,
+        step: str | None,
+        audit: Sequence[AuditEntry] = (),
+        run_id: str | None = None,
+        count_attempt: bool = False,
+        inventory_update: Mapping[str, Any] | None = None,
+        device_id: int | None = None,
+    ) -> bool:
+        """Move a device change to a final status, once. -> False if it was final already.
+
+        With ``inventory_update`` the AMOP device row changes in the same transaction,
+        and zero rows updated is an error (the device vanished from the inventory).
+        """
+        values: dict[str, Any] = {
+            "status": status.value,
+            "last_error": reason,
+            "updated_at": now(),
+            "finished_at": now(),
+        }
+        if count_attempt:
+            values["attempts"] = t.device_changes.c.attempts + 1
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(t.device_changes)
+                .where(
+                    t.device_changes.c.id == device_change_id,
+                    t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+                )
+                .values(**values)
+            ).rowcount
+            if not moved:
+                return False
+            if inventory_update is not None:
+                changed = conn.execute(
+                    update(t.devices)
+                    .where(t.devices.c.id == device_id)
+                    .values(**inventory_update, updated_at=now())
+                ).rowcount
+                if changed != 1:
+                    # Rolls the whole transaction back: the device change stays open.
+                    raise LookupError(f"device {device_id} is no longer in the inventory")
+                if step:
+                    conn.execute(
+                        insert(t.completed_steps).values(
+                            device_change_id=device_change_id,
+                            step=step,
+                            completed_at=now(),
+                            result=json.dumps(dict(inventory_update), default=str),
+                        )
+                    )
+            if audit:
+                conn.execute(
+                    insert(t.audit_log),
+                    self._audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
+                )
+        return bool(moved)
+
+    def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.step_progress.c.data).where(
+                    t.step_progress.c.device_change_id == device_change_id,
+                    t.step_progress.c.step == step,
+                )
+            ).first()
+        return json.loads(row[0]) if row else None
+
+    def save_step_progress(self, device_change_id: int, step: str, data: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(t.step_progress.c.step).where(
+                    t.step_progress.c.device_change_id == device_change_id,
+                    t.step_progress.c.step == step,
+                )
+            ).first()
+            stmt = (
+                update(t.step_progress).where(
+                    and_(
+                        t.step_progress.c.device_change_id == device_change_id,
+                        t.step_progress.c.step == step,
+                    )
+                )
+                if exists
+                else insert(t.step_progress).values(device_change_id=device_change_id, step=step)
+            )
+            conn.execute(stmt.values(data=json.dumps(dict(data)), updated_at=now()))
+
+    def finalize(self, bulk_change_id: int) -> tuple[str, dict[str, int], bool]:
+        """Make the bulk change final if every device is. -> (status, counts, changed now).
+
+        The conditional update makes this happen exactly once, whatever runs race.
+        """
+        with self.engine.begin() as conn:
+            counts = {
+                status: int(n)
+                for status, n in conn.execute(
+                    select(t.device_changes.c.status, func.count())
+                    .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+                    .group_by(t.device_changes.c.status)
+                )
+            }
+            target = final_bulk_status(counts)
+            current = conn.execute(
+                select(t.bulk_changes.c.status).where(t.bulk_changes.c.id == bulk_change_id)
+            ).scalar_one()
+            if target is None:
+                return current, counts, False
+            changed = conn.execute(
+                update(t.bulk_changes)
+                .where(
+                    t.bulk_changes.c.id == bulk_change_id,
+                    t.bulk_changes.c.status.in_(
+                        [BulkStatus.NEW.value, BulkStatus.PROCESSING.value]
+                    ),
+                )
+                .values(status=target.value, finished_at=now())
+            ).rowcount
+            if changed:
+                conn.execute(
+                    insert(t.audit_log).values(
+                        bulk_change_id=bulk_change_id,
+                        system="amop",
+                        description="Bulk change final",
+                        outcome="ok",
+                        response=json.dumps({"status": target.value, "counts": counts}),
+                        created_at=now(),
+                    )
+                )
+                return target.value, counts, True
+            return current, counts, False
+
+    def audit_of(
+        self, bulk_change_id: int, device_change_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(t.audit_log).where(t.audit_log.c.bulk_change_id == bulk_change_id)
+        if device_change_id is not None:
+            query = query.where(t.audit_log.c.device_change_id == device_change_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(t.audit_log.c.id))]
+
+    def audit_summary(self, bulk_change_id: int) -> dict[str, dict[str, int]]:
+        """Calls per system and outcome (ok, retry, throttled, error)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.audit_log.c.system, t.audit_log.c.outcome, func.count())
+                .where(
+                    t.audit_log.c.bulk_change_id == bulk_change_id,
+                    t.audit_log.c.method.is_not(None),
+                )
+                .group_by(t.audit_log.c.system, t.audit_log.c.outcome)
+            )
+            summary: dict[str, dict[str, int]] = {}
+            for system, outcome, n in rows:
+                summary.setdefault(system, {})[outcome] = int(n)
+            return summary

@@ -1,0 +1,205 @@
+"""Tables of the AMOP database and the upgrades that bring any copy to the newest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    select,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("integration", String(16), nullable=False),
+    # iccid for jasper, msisdn for telegence: how requests name the device
+    Column("device_key", String(32), nullable=False),
+    Column("iccid", String(20)),
+    Column("msisdn", String(15)),
+    Column("imei", String(15)),
+    Column("status", String(32)),
+    Column("rate_plan", String(128)),
+    Column("communication_plan", String(128)),
+    Column("username", String(255)),
+    Column("cost_center_1", String(255)),
+    Column("cost_center_2", String(255)),
+    Column("cost_center_3", String(255)),
+    Column("revio_service_id", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "integration", "device_key", name="uq_devices_key"),
+)
+
+bulk_changes = Table(
+    "bulk_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("change_type", String(32), nullable=False),
+    Column("integration", String(16), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("notify", Text, nullable=False, default="[]"),  # JSON list
+    Column("requested_by", String(255)),
+    Column("source", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("last_run_id", String(64)),
+    UniqueConstraint("tenant_id", "idempotency_key", name="uq_bulk_changes_idempotency"),
+)
+
+device_changes = Table(
+    "device_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bulk_change_id", Integer, ForeignKey("bulk_changes.id"), nullable=False),
+    Column("row_number", Integer, nullable=False),
+    Column("device_key", String(64)),
+    Column("device_id", Integer, ForeignKey("devices.id")),
+    Column("request", Text, nullable=False),  # JSON: the requested change
+    Column("status", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("error_field", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_device_changes_bulk_status", "bulk_change_id", "status"),
+)
+
+# One row per step that succeeded: the record that makes re-execution skip it.
+completed_steps = Table(
+    "completed_steps",
+    metadata,
+    Column("device_change_id", Integer, ForeignKey("device_changes.id"), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("completed_at", DateTime(timezone=True), nullable=False),
+    Column("result", Text),  # JSON
+)
+
+# Progress inside a step that spans calls (an activation request id to poll).
+step_progress = Table(
+    "step_progress",
+    metadata,
+    Column("device_change_id", Integer, ForeignKey("device_changes.id"), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("bulk_change_id", Integer, nullable=False),
+    Column("device_change_id", Integer),
+    Column("step", String(64)),
+    Column("system", String(16), nullable=False),
+    Column("account", String(64)),
+    Column("description", String(255)),
+    Column("method", String(8)),
+    Column("url", Text),
+    Column("request", Text),
+    Column("response_status", Integer),
+    Column("response", Text),
+    Column("duration_ms", Float),
+    Column("outcome", String(16), nullable=False),  # ok, retry, throttled, error
+    Column("error", Text),
+    Column("attempt", Integer),
+    Column("run_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_audit_bulk", "bulk_change_id", "device_change_id"),
+)
+
+# The shared call budget of each external account (see db.limiter).
+rate_limit_clock = Table(
+    "rate_limit_clock",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("next_free_at", Float, nullable=False),
+)
+
+rate_limit_slots = Table(
+    "rate_limit_slots",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(128)),
+    Column("expires_at", Float),
+)
+
+runs_seen = Table(
+    "run_attempts",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("bulk_change_id", Integer, nullable=False),
+    Column("retry_failed_only", Boolean, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _v1_create(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+# Each upgrade runs once, in order, and is recorded in schema_version. New versions
+# append here (add a column, an index...); never edit an applied one.
+UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1_create),
+]
+
+LATEST = UPGRADES[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(
+        select(schema_version.c.version).order_by(schema_version.c.version.desc())
+    ).first()
+    return int(value[0]) if value else 0
+
+
+def upgrade(engine: Engine) -> int:
+    """Bring the database to the newest schema; safe to call from many processes."""
+    from datetime import UTC, datetime
+
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # One upgrader at a time across processes.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74210001)")
+        version = current_version(conn)
+        for number, apply in UPGRADES:
+            if number > version:
+                apply(conn)
+                conn.execute(
+                    schema_version.insert().values(version=number, applied_at=datetime.now(UTC))
+                )
+                version = number
+    return version
