@@ -400,6 +400,25 @@ class Repository:
             )
             return [_device_change(r) for r in rows]
 
+    def intake_rejections(self, bulk_change_id: int) -> list[dict[str, Any]]:
+        """Rows refused at intake: [{"row", "field", "reason"}] in row order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    t.device_changes.c.row_number,
+                    t.device_changes.c.error_field,
+                    t.device_changes.c.last_error,
+                )
+                .where(
+                    t.device_changes.c.bulk_change_id == bulk_change_id,
+                    t.device_changes.c.error_field.is_not(None),
+                )
+                .order_by(t.device_changes.c.row_number)
+            )
+            return [
+                {"row": r.row_number, "field": r.error_field, "reason": r.last_error} for r in rows
+            ]
+
     def counts(self, bulk_change_id: int) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(

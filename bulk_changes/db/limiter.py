@@ -1,0 +1,183 @@
+"""Each account's call budget, shared through the AMOP database.
+
+Every op, run, process and host that calls an account goes through the same two rows:
+- the clock (one row per account): the earliest moment the next call may start. Taking a
+  turn moves it on by one interval in a single atomic UPDATE ... RETURNING, so calls start
+  at most ``calls_per_second`` a second wherever they come from;
+- the slots (``max_in_flight`` rows per account): a call holds one, with a lease, while it
+  is in flight. A process that dies holding one loses it when the lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, case, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bulk_changes.db import schema as t
+from bulk_changes.domain.settings import RateLimit
+
+
+class DbLimiter:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 120.0,
+        safety: float = 1.05,
+        poll_seconds: float = 0.02,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+        # Calls leave a little further apart than the budget allows: the vendor counts
+        # arrivals, and the network can bring two calls closer together than they left.
+        self.safety = safety
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+        self.sleep = sleep
+        self._holder_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._local_gates: dict[str, threading.BoundedSemaphore] = {}
+        self._gates_lock = threading.Lock()
+        self._known_accounts: set[tuple[str, int]] = set()
+        self.waited_seconds = 0.0
+        self.calls = 0
+
+    # ---- public --------------------------------------------------------------------
+
+    @contextmanager
+    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+        gate = self._gate(account_name, limit)
+        started = self.clock()
+        with gate:  # threads of this process queue here, not in the database
+            self._ensure_rows(account_name, limit)
+            holder, slot = self._take_slot(account_name, limit)
+            try:
+                self._take_turn(account_name, limit)
+                self.waited_seconds += self.clock() - started
+                self.calls += 1
+                yield
+            finally:
+                self._release(account_name, slot, holder)
+
+    def penalize(self, account_name: str, seconds: float) -> None:
+        """The account was throttled: nobody calls it again for ``seconds``."""
+        until = self.clock() + seconds
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.rate_limit_clock)
+                .where(t.rate_limit_clock.c.account == account_name)
+                .values(
+                    next_free_at=case(
+                        (
+                            t.rate_limit_clock.c.next_free_at > until,
+                            t.rate_limit_clock.c.next_free_at,
+                        ),
+                        else_=until,
+                    )
+                )
+            )
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _gate(self, account_name: str, limit: RateLimit) -> threading.BoundedSemaphore:
+        with self._gates_lock:
+            gate = self._local_gates.get(account_name)
+            if gate is None:
+                gate = threading.BoundedSemaphore(limit.max_in_flight)
+                self._local_gates[account_name] = gate
+            return gate
+
+    def _ensure_rows(self, account_name: str, limit: RateLimit) -> None:
+        key = (account_name, limit.max_in_flight)
+        if key in self._known_accounts:
+            return
+        with self.engine.begin() as conn:
+            have_clock = conn.execute(
+                select(t.rate_limit_clock.c.account).where(
+                    t.rate_limit_clock.c.account == account_name
+                )
+            ).first()
+            slots = {
+                r.slot
+                for r in conn.execute(
+                    select(t.rate_limit_slots.c.slot).where(
+                        t.rate_limit_slots.c.account == account_name
+                    )
+                )
+            }
+        for attempt_insert in (
+            []
+            if have_clock
+            else [(t.rate_limit_clock, {"account": account_name, "next_free_at": 0.0})]
+        ) + [
+            (
+                t.rate_limit_slots,
+                {"account": account_name, "slot": n, "holder": None, "expires_at": 0.0},
+            )
+            for n in range(limit.max_in_flight)
+            if n not in slots
+        ]:
+            table, values = attempt_insert
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(table).values(**values))
+            except IntegrityError:
+                pass  # another process created it first
+        self._known_accounts.add(key)
+
+    def _take_slot(self, account_name: str, limit: RateLimit) -> tuple[str, int]:
+        holder = f"{self._holder_prefix}:{threading.get_ident()}"
+        while True:
+            now = self.clock()
+            for slot in range(limit.max_in_flight):
+                with self.engine.begin() as conn:
+                    taken = conn.execute(
+                        update(t.rate_limit_slots)
+                        .where(
+                            t.rate_limit_slots.c.account == account_name,
+                            t.rate_limit_slots.c.slot == slot,
+                            (t.rate_limit_slots.c.holder.is_(None))
+                            | (t.rate_limit_slots.c.expires_at < now),
+                        )
+                        .values(holder=holder, expires_at=now + self.lease_seconds)
+                    ).rowcount
+                if taken:
+                    return holder, slot
+            self.sleep(self.poll_seconds)
+
+    def _take_turn(self, account_name: str, limit: RateLimit) -> None:
+        interval = limit.interval * self.safety
+        now = self.clock()
+        clock = t.rate_limit_clock.c.next_free_at
+        with self.engine.begin() as conn:
+            next_free = conn.execute(
+                update(t.rate_limit_clock)
+                .where(t.rate_limit_clock.c.account == account_name)
+                .values(next_free_at=case((clock > now, clock), else_=now) + interval)
+                .returning(t.rate_limit_clock.c.next_free_at)
+            ).scalar_one()
+        start_at = float(next_free) - interval
+        wait = start_at - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+
+    def _release(self, account_name: str, slot: int, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.rate_limit_slots)
+                .where(
+                    t.rate_limit_slots.c.account == account_name,
+                    t.rate_limit_slots.c.slot == slot,
+                    t.rate_limit_slots.c.holder == holder,
+                )
+                .values(holder=None, expires_at=0.0)
+            )
