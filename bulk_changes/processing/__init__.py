@@ -1,0 +1,1 @@
+"""Carrying out device changes: step handlers and the stage runner the ops call."""

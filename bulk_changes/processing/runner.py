@@ -1,0 +1,338 @@
+"""Runs one stage (carrier, billing or database) of a batch of device changes.
+
+Each step's outcome is committed the moment it is known, so a run that dies anywhere can
+be re-executed and continues where it stopped: completed steps are skipped, never repeated.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from bulk_changes.db.repository import (
+    FINAL_DEVICE_VALUES,
+    AuditEntry,
+    BulkChange,
+    DeviceChange,
+    Repository,
+)
+from bulk_changes.domain.audit import Exchange
+from bulk_changes.domain.change_types import ChangeType, Integration
+from bulk_changes.domain.errors import Throttled
+from bulk_changes.domain.outcomes import inventory_changes, previous_values
+from bulk_changes.domain.retry import GiveUp, RetryPolicy, decide
+from bulk_changes.domain.settings import Tenant
+from bulk_changes.domain.state_machine import DeviceStatus
+from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for, steps_in_stage
+from bulk_changes.processing.recorder import ExchangeRecorder
+from bulk_changes.processing.steps import HANDLERS, Clients, StepContext
+
+
+class ClientsFactory(Protocol):
+    def __call__(self, recorder: ExchangeRecorder) -> Clients: ...
+
+
+@dataclass
+class StageReport:
+    """Counts of one stage over one batch, for the op's metadata."""
+
+    devices: int = 0
+    skipped_final: int = 0
+    steps_succeeded: int = 0
+    steps_already_done: int = 0
+    retries: int = 0
+    throttled: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def as_metadata(self) -> dict[str, int]:
+        data = {
+            "devices": self.devices,
+            "skipped_final": self.skipped_final,
+            "steps_succeeded": self.steps_succeeded,
+            "steps_already_done": self.steps_already_done,
+            "retries": self.retries,
+            "throttled": self.throttled,
+        }
+        data.update({f"ended_{k.lower()}": v for k, v in sorted(self.outcomes.items())})
+        return data
+
+
+class StageRunner:
+    def __init__(
+        self,
+        *,
+        repo: Repository,
+        bulk: BulkChange,
+        tenant: Tenant,
+        clients_factory: ClientsFactory,
+        policy: RetryPolicy,
+        run_id: str | None,
+        max_workers: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.repo = repo
+        self.bulk = bulk
+        self.tenant = tenant
+        self.change_type = ChangeType(bulk.change_type)
+        self.integration = Integration(bulk.integration)
+        self.recorder = ExchangeRecorder()
+        self.clients = clients_factory(self.recorder)
+        self.policy = policy
+        self.run_id = run_id
+        self.max_workers = max(1, max_workers)
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+
+    def run(self, device_change_ids: Sequence[int], stage: Stage) -> StageReport:
+        report = StageReport()
+        changes = self.repo.device_changes(device_change_ids)
+        devices = self.repo.devices_by_id([c.device_id for c in changes if c.device_id is not None])
+        done = self.repo.completed_steps([c.id for c in changes])
+        work: list[tuple[DeviceChange, Mapping[str, Any], set[str]]] = []
+        for change in changes:
+            report.devices += 1
+            if change.status in FINAL_DEVICE_VALUES:
+                report.skipped_final += 1
+                continue
+            work.append((change, devices.get(change.device_id or -1) or {}, done[change.id]))
+        if not work:
+            return report
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(work))) as pool:
+            futures = [pool.submit(self._run_device, c, d, s, stage, report) for c, d, s in work]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            # Infrastructure failed (the AMOP database, a bug): fail the op so Dagster
+            # retries it; what was committed stays committed.
+            raise errors[0]  # type: ignore[misc]
+        return report
+
+    # ---- one device ---------------------------------------------------------------------
+
+    def _run_device(
+        self,
+        change: DeviceChange,
+        device: Mapping[str, Any],
+        done: set[str],
+        stage: Stage,
+        report: StageReport,
+    ) -> None:
+        if change.device_id is None or not device:
+            self._finish(
+                change, DeviceStatus.ERROR, "the device is no longer in the inventory", None, report
+            )
+            return
+        plan = plan_for(self.change_type, self.integration, change.request)
+        steps = steps_in_stage(plan, stage)
+        if (
+            steps
+            and change.status == DeviceStatus.NEW.value
+            and not self.repo.mark_processing(change.id)
+        ):
+            return
+        for step in steps:
+            if step.name in done:
+                with self._lock:
+                    report.steps_already_done += 1
+                continue
+            if step is UPDATE_AMOP:
+                self._update_inventory(change, device, plan, done, report)
+                return
+            if not self._run_step(step, change, device, report):
+                return  # the device change ended; later steps and stages skip it
+
+    def _run_step(
+        self, step: Step, change: DeviceChange, device: Mapping[str, Any], report: StageReport
+    ) -> bool:
+        handler = HANDLERS[step.name]
+        ctx = StepContext(
+            step=step,
+            change=change,
+            device=device,
+            tenant=self.tenant,
+            integration=self.integration.value,
+            clients=self.clients,
+            progress=self.repo,
+            sleep=self.sleep,
+        )
+        failures = throttles = 0
+        self.recorder.take()
+        while True:
+            try:
+                result = handler(ctx)
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:  # classified below; never escapes for one device
+                if isinstance(exc, Throttled):
+                    throttles += 1
+                else:
+                    failures += 1
+                decision = decide(exc, failures, throttles, self.policy, self.rng)
+                outcome = (
+                    "throttled"
+                    if isinstance(exc, Throttled)
+                    else ("error" if isinstance(decision, GiveUp) else "retry")
+                )
+                audit = self._audit(step, self.recorder.take(), outcome, exc, failures + throttles)
+                if isinstance(decision, GiveUp):
+                    self._finish(
+                        change,
+                        decision.status,
+                        decision.reason,
+                        step.name,
+                        report,
+                        audit,
+                        count=True,
+                    )
+                    return False
+                with self._lock:
+                    report.retries += 1
+                    report.throttled += isinstance(exc, Throttled)
+                self.repo.record_attempt_failure(
+                    bulk_change_id=self.bulk.id,
+                    device_change_id=change.id,
+                    step=step.name,
+                    error=str(exc),
+                    audit=audit,
+                    run_id=self.run_id,
+                    count=not isinstance(exc, Throttled),
+                )
+                self.sleep(decision.delay)
+                continue
+            audit = self._audit(step, self.recorder.take(), "ok", None, failures + throttles + 1)
+            self.repo.record_step_success(
+                bulk_change_id=self.bulk.id,
+                device_change_id=change.id,
+                step=step.name,
+                result=result,
+                audit=audit,
+                run_id=self.run_id,
+                attempts=1,
+            )
+            with self._lock:
+                report.steps_succeeded += 1
+            return True
+
+    def _update_inventory(
+        self,
+        change: DeviceChange,
+        device: Mapping[str, Any],
+        plan: tuple[Step, ...],
+        done: set[str],
+        report: StageReport,
+    ) -> None:
+        missing = [s.name for s in plan if s is not UPDATE_AMOP and s.name not in done]
+        if missing:
+            # Completed steps are re-read: earlier stages of this run finished them.
+            done = done | self.repo.completed_steps([change.id])[change.id]
+            missing = [s.name for s in plan if s is not UPDATE_AMOP and s.name not in done]
+        if missing:
+            self._finish(
+                change,
+                DeviceStatus.API_FAILED,
+                f"steps not completed: {', '.join(missing)}",
+                UPDATE_AMOP.name,
+                report,
+            )
+            return
+        changes = inventory_changes(self.change_type, change.request)
+        before = previous_values(changes, device)
+        entry = AuditEntry(
+            system="amop",
+            outcome="ok",
+            description=UPDATE_AMOP.description,
+            request=changes,
+            response={"previous": before},
+        )
+        try:
+            moved = self.repo.finish_device_change(
+                bulk_change_id=self.bulk.id,
+                device_change_id=change.id,
+                status=DeviceStatus.PROCESSED,
+                reason=None,
+                step=UPDATE_AMOP.name,
+                audit=[entry],
+                run_id=self.run_id,
+                inventory_update=changes,
+                device_id=change.device_id,
+            )
+        except LookupError as exc:
+            self._finish(change, DeviceStatus.ERROR, str(exc), UPDATE_AMOP.name, report)
+            return
+        if moved:
+            with self._lock:
+                report.steps_succeeded += 1
+                report.outcomes[DeviceStatus.PROCESSED.value] += 1
+
+    def _finish(
+        self,
+        change: DeviceChange,
+        status: DeviceStatus,
+        reason: str | None,
+        step: str | None,
+        report: StageReport,
+        audit: Sequence[AuditEntry] = (),
+        count: bool = False,
+    ) -> None:
+        if not audit and reason:
+            audit = [
+                AuditEntry(
+                    system="amop", outcome="error", description="Device change ended", error=reason
+                )
+            ]
+        moved = self.repo.finish_device_change(
+            bulk_change_id=self.bulk.id,
+            device_change_id=change.id,
+            status=status,
+            reason=reason,
+            step=step,
+            audit=audit,
+            run_id=self.run_id,
+            count_attempt=count,
+        )
+        if moved:
+            with self._lock:
+                report.outcomes[status.value] += 1
+
+    def _audit(
+        self,
+        step: Step,
+        exchanges: list[Exchange],
+        outcome: str,
+        error: Exception | None,
+        attempt: int,
+    ) -> list[AuditEntry]:
+        message = str(error) if error is not None else None
+        if not exchanges:
+            return [
+                AuditEntry(
+                    system=step.system,
+                    outcome=outcome,
+                    description=step.description,
+                    error=message,
+                    attempt=attempt,
+                )
+            ]
+        entries = []
+        for index, exchange in enumerate(exchanges):
+            last = index == len(exchanges) - 1
+            entries.append(
+                AuditEntry(
+                    system=exchange.system,
+                    outcome=outcome if last else "ok",
+                    description=step.description,
+                    exchange=exchange,
+                    error=message if last else None,
+                    attempt=attempt,
+                )
+            )
+        return entries

@@ -1,0 +1,266 @@
+"""One handler per step of the step plans: the external calls a step makes.
+
+A handler returns a small result to keep with the completed step, or raises one of the
+project's errors. It never decides about retries or statuses: the stage runner does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bulk_changes.db.repository import DeviceChange
+from bulk_changes.domain import revio_fields
+from bulk_changes.domain.errors import NotFound, Rejected, RetryableError
+from bulk_changes.domain.outcomes import telegence_status_action
+from bulk_changes.domain.settings import Tenant
+from bulk_changes.domain.step_plans import Step
+
+
+class Clients(Protocol):
+    """The clients of one bulk change's accounts (real, or fakes in unit tests)."""
+
+    def carrier(self) -> Any: ...
+
+    def billing(self) -> Any: ...
+
+
+class ProgressStore(Protocol):
+    def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None: ...
+
+    def save_step_progress(
+        self, device_change_id: int, step: str, data: Mapping[str, Any]
+    ) -> None: ...
+
+
+@dataclass
+class StepContext:
+    step: Step
+    change: DeviceChange
+    device: Mapping[str, Any]
+    tenant: Tenant
+    integration: str
+    clients: Clients
+    progress: ProgressStore
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def request(self) -> Mapping[str, str]:
+        return self.change.request
+
+
+Handler = Callable[[StepContext], dict[str, Any] | None]
+
+
+# ---- Jasper ----------------------------------------------------------------------------
+
+
+def jasper_set_username(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.clients.carrier().set_username(ctx.device["iccid"], ctx.request["username"])
+
+
+def jasper_set_status(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.clients.carrier().set_status(ctx.device["iccid"], ctx.request["status"])
+
+
+def jasper_set_rate_plan(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.clients.carrier().set_rate_plan(
+        ctx.device["iccid"],
+        ctx.request["rate_plan"],
+        communication_plan=ctx.request.get("communication_plan"),
+        effective_date=ctx.request.get("effective_date"),
+    )
+
+
+# ---- Telegence -------------------------------------------------------------------------
+
+DEFAULT_STATUS_REASON = "CR"
+
+
+def telegence_change_status(ctx: StepContext) -> dict[str, Any] | None:
+    number = ctx.device["msisdn"]
+    target = ctx.request["status"]
+    action = telegence_status_action(ctx.device.get("status"), target)
+    if action is None:
+        return {"unchanged": True, "status": target}
+    if action == "activate":
+        return _telegence_activate(ctx, number)
+    client = ctx.clients.carrier()
+    client.change_status(
+        number,
+        action,
+        ctx.request.get("reason_code", DEFAULT_STATUS_REASON),
+        ctx.request.get("effective_date") or time.strftime("%Y-%m-%d"),
+    )
+    return {"action": action, "status": target}
+
+
+def _telegence_activate(ctx: StepContext, number: str) -> dict[str, Any]:
+    client = ctx.clients.carrier()
+    account = ctx.tenant.carrier_account("telegence")
+    saved = ctx.progress.step_progress(ctx.change.id, ctx.step.name)
+    if saved and saved.get("request_id"):
+        request_id = saved["request_id"]  # asked before a crash or retry: poll, never ask twice
+    else:
+        line: dict[str, Any] = {"subscriberNumber": number}
+        if ctx.device.get("iccid"):
+            line["sim"] = ctx.device["iccid"]
+        if ctx.device.get("rate_plan"):
+            line["singleUserCode"] = ctx.device["rate_plan"]
+        request_id = client.request_activation([line])
+        ctx.progress.save_step_progress(ctx.change.id, ctx.step.name, {"request_id": request_id})
+    attempts = getattr(account, "activation_poll_attempts", 30)
+    interval = getattr(account, "activation_poll_seconds", 2.0)
+    for poll in range(attempts):
+        status = client.activation_status(request_id)
+        state = str(status.get("interactionStatus", "")).upper()
+        if state in ("COMPLETED", "FAILED"):
+            for result in status.get("lines") or []:
+                if str(result.get("subscriberNumber")) != number:
+                    continue
+                if str(result.get("status")).upper() == "A":
+                    return {"action": "activate", "request_id": request_id, "status": "A"}
+                raise Rejected(
+                    f"activation refused: {result.get('description') or result.get('status')}",
+                    system="telegence",
+                )
+            raise Rejected(
+                f"activation {request_id} finished without a result for {number}",
+                system="telegence",
+            )
+        if poll + 1 < attempts:
+            ctx.sleep(interval)
+    raise RetryableError(
+        f"activation {request_id} still in progress after {attempts} polls", system="telegence"
+    )
+
+
+def telegence_set_rate_plan(ctx: StepContext) -> dict[str, Any] | None:
+    ctx.clients.carrier().change_rate_plan(
+        ctx.device["msisdn"], ctx.request["rate_plan"], ctx.request.get("effective_date")
+    )
+    return {"singleUserCode": ctx.request["rate_plan"]}
+
+
+def telegence_change_equipment(ctx: StepContext) -> dict[str, Any] | None:
+    ctx.clients.carrier().change_equipment(
+        ctx.device["msisdn"],
+        ctx.request["reason_code"],
+        new_sim=ctx.request.get("new_iccid"),
+        new_imei=ctx.request.get("new_imei"),
+    )
+    return {k: ctx.request[k] for k in ("new_iccid", "new_imei") if k in ctx.request}
+
+
+# ---- Rev.io ----------------------------------------------------------------------------
+
+
+def _service_id(ctx: StepContext) -> int:
+    known = ctx.device.get("revio_service_id")
+    if known:
+        return int(known)
+    number = ctx.device["iccid"] if ctx.integration == "jasper" else ctx.device["msisdn"]
+    service = revio_fields.pick_active_service(ctx.clients.billing().find_services(number))
+    if service is None:
+        raise NotFound(f"no active Rev.io service has number {number}", system="revio")
+    return int(service["service_id"])
+
+
+def _cost_centers(request: Mapping[str, str]) -> dict[int, str]:
+    return {i: request[f"cost_center_{i}"] for i in (1, 2, 3) if f"cost_center_{i}" in request}
+
+
+def revio_set_cost_centers(ctx: StepContext) -> dict[str, Any] | None:
+    account = ctx.tenant.billing_account()
+    values = _cost_centers(ctx.request)
+    service_id = _service_id(ctx)
+
+    def build(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return revio_fields.cost_center_ops(
+            service.get("fields") or [],
+            values,
+            account.cost_center_labels,
+            account.cost_center_fallback_label,
+            account.guard_field_positions,
+        )
+
+    ctx.clients.billing().set_fields(service_id, build)
+    return {"service_id": service_id, "cost_centers": values}
+
+
+def revio_set_username_cost_centers(ctx: StepContext) -> dict[str, Any] | None:
+    account = ctx.tenant.billing_account()
+    values = _cost_centers(ctx.request)
+    username = ctx.request.get("username")
+    service_id = _service_id(ctx)
+
+    def build(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+        ops: list[dict[str, Any]] = []
+        if username is not None:
+            ops += revio_fields.username_ops(
+                service,
+                username,
+                ctx.tenant.username_mapping,
+                account.username_label,
+                account.guard_field_positions,
+            )
+        if values:
+            ops += revio_fields.cost_center_ops(
+                service.get("fields") or [],
+                values,
+                account.cost_center_labels,
+                account.cost_center_fallback_label,
+                account.guard_field_positions,
+            )
+        return ops
+
+    ctx.clients.billing().set_fields(service_id, build)
+    return {"service_id": service_id, "username": username, "cost_centers": values}
+
+
+def revio_set_billing_plan(ctx: StepContext) -> dict[str, Any] | None:
+    plan = ctx.request["rate_plan"]
+    group = ctx.tenant.rate_plan_billing.get(plan)
+    if group is None:
+        raise Rejected(
+            f"rate plan {plan!r} has no billing mapping for tenant {ctx.tenant.id}", system="revio"
+        )
+    service_id = _service_id(ctx)
+    ctx.clients.billing().patch_service(
+        service_id, [{"op": "replace", "path": "/usage_plan_group_id", "value": group}]
+    )
+    return {"service_id": service_id, "usage_plan_group_id": group}
+
+
+def revio_update_service_number(ctx: StepContext) -> dict[str, Any] | None:
+    old_iccid = ctx.device.get("iccid")
+    new_iccid = ctx.request["new_iccid"]
+    service_id = _service_id(ctx)
+    billing = ctx.clients.billing()
+    service = billing.get_service(service_id)
+    if not old_iccid or str(service.get("number")) != str(old_iccid):
+        return {"service_id": service_id, "unchanged": "the service number does not hold the ICCID"}
+    billing.patch_service(
+        service_id,
+        [
+            {"op": "test", "path": "/number", "value": service.get("number")},
+            {"op": "replace", "path": "/number", "value": new_iccid},
+        ],
+    )
+    return {"service_id": service_id, "number": new_iccid}
+
+
+HANDLERS: Mapping[str, Handler] = {
+    "jasper.set_username": jasper_set_username,
+    "jasper.set_status": jasper_set_status,
+    "jasper.set_rate_plan": jasper_set_rate_plan,
+    "telegence.change_status": telegence_change_status,
+    "telegence.set_rate_plan": telegence_set_rate_plan,
+    "telegence.change_equipment": telegence_change_equipment,
+    "revio.set_cost_centers": revio_set_cost_centers,
+    "revio.set_username_cost_centers": revio_set_username_cost_centers,
+    "revio.set_billing_plan": revio_set_billing_plan,
+    "revio.update_service_number": revio_update_service_number,
+}
