@@ -1,0 +1,25 @@
+"""Dagster definitions: the job, the queue sensor, and the resources of the environment."""
+
+from __future__ import annotations
+
+from dagster import DefaultSensorStatus, Definitions
+
+from bulk_changes.environments import RESOURCES_BY_ENV, env_or
+from bulk_changes.jobs import process_bulk_change
+from bulk_changes.sensors.sqs_sensor import build_queue_sensor
+
+queue_sensor = build_queue_sensor(
+    process_bulk_change,
+    minimum_interval_seconds=int(env_or("BULK_CHANGES_SENSOR_INTERVAL", "5")),
+    default_status=(
+        DefaultSensorStatus.RUNNING
+        if env_or("BULK_CHANGES_SENSOR_DEFAULT", "running") == "running"
+        else DefaultSensorStatus.STOPPED
+    ),
+)
+
+defs = Definitions(
+    jobs=[process_bulk_change],
+    sensors=[queue_sensor],
+    resources=RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
+)

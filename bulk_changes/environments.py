@@ -1,0 +1,77 @@
+"""Resources per environment.
+
+BULK_CHANGES_ENV=local (default): SQLite AMOP database under $BULK_CHANGES_HOME, a local
+SQS-compatible server, the simulators. BULK_CHANGES_ENV=production: PostgreSQL and Amazon
+SQS from environment variables; credentials only ever through EnvVar.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import EnvVar
+
+from bulk_changes.resources.amop_db import AmopDatabase
+from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
+from bulk_changes.resources.queue import SqsQueue
+from bulk_changes.resources.tenant_config import TenantConfig
+
+LOCAL_SQS_ENDPOINT = "http://127.0.0.1:9324"
+
+
+def env_or(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def local_resources() -> dict[str, object]:
+    return {
+        "amop_db": AmopDatabase(url=env_or("BULK_CHANGES_DB_URL", "")),
+        "tenant_config": TenantConfig(path=env_or("BULK_CHANGES_TENANTS", "")),
+        "queue": SqsQueue(
+            endpoint_url=env_or("BULK_CHANGES_SQS_ENDPOINT", LOCAL_SQS_ENDPOINT),
+            region_name=env_or("AWS_DEFAULT_REGION", "us-east-1"),
+            queue_name=env_or("BULK_CHANGES_QUEUE", "bulk-changes"),
+            dead_letter_queue_name=env_or("BULK_CHANGES_DLQ", "bulk-changes-dlq"),
+            # the local server accepts any credentials; these are not secrets
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            visibility_timeout_seconds=int(env_or("BULK_CHANGES_VISIBILITY_TIMEOUT", "60")),
+        ),
+        "jasper": JasperApi(),
+        "telegence": TelegenceApi(),
+        "revio": RevioApi(),
+        "processing": ProcessingSettings(
+            max_attempts=int(env_or("BULK_CHANGES_MAX_ATTEMPTS", "5")),
+            base_delay_seconds=float(env_or("BULK_CHANGES_BASE_DELAY", "0.5")),
+        ),
+    }
+
+
+def production_resources(resolve_now: bool = False) -> dict[str, object]:
+    """``resolve_now``: read the variables at once (CLI commands run outside Dagster)."""
+
+    def env(name: str):  # type: ignore[no-untyped-def]
+        return os.environ[name] if resolve_now else EnvVar(name)
+
+    return {
+        "amop_db": AmopDatabase(url=env("BULK_CHANGES_DB_URL")),
+        "tenant_config": TenantConfig(path=env("BULK_CHANGES_TENANTS")),
+        "queue": SqsQueue(
+            region_name=env("AWS_REGION"),
+            queue_name=env_or("BULK_CHANGES_QUEUE", "bulk-changes"),
+            dead_letter_queue_name=env_or("BULK_CHANGES_DLQ", "bulk-changes-dlq"),
+            create_if_missing=False,
+        ),
+        "jasper": JasperApi(),
+        "telegence": TelegenceApi(),
+        "revio": RevioApi(),
+        "processing": ProcessingSettings(),
+    }
+
+
+RESOURCES_BY_ENV = {"local": local_resources, "production": production_resources}
+
+
+def resources_for_cli() -> dict[str, object]:
+    env = env_or("BULK_CHANGES_ENV", "local")
+    return production_resources(resolve_now=True) if env == "production" else local_resources()

@@ -1,0 +1,305 @@
+"""The ops of ``process_bulk_change``: thin, they move data between resources and the runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import (
+    Backoff,
+    Config,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    Jitter,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    RetryPolicy,
+    op,
+)
+
+from bulk_changes.db.repository import Repository
+from bulk_changes.domain.retry import RetryPolicy as DeviceRetryPolicy
+from bulk_changes.domain.settings import Tenant
+from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
+from bulk_changes.domain.step_plans import STAGE_ORDER, Stage
+from bulk_changes.processing.recorder import ExchangeRecorder
+from bulk_changes.processing.runner import StageReport, StageRunner
+from bulk_changes.resources.amop_db import AmopDatabase
+from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
+from bulk_changes.resources.tenant_config import TenantConfig
+
+# Infrastructure failures (the AMOP database away, a worker restarted) retry the op; the
+# device outcomes already committed make the retry continue where it stopped.
+OP_RETRY = RetryPolicy(
+    max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+
+class LoadConfig(Config):
+    bulk_change_id: int
+    retry_failed_only: bool = False
+
+
+class PartitionConfig(Config):
+    batch_size: int = 100
+
+
+class AccountClients:
+    """The carrier and billing clients of one bulk change, built on first use."""
+
+    def __init__(self, carrier: Any, billing: Any) -> None:
+        self._carrier_factory, self._billing_factory = carrier, billing
+        self._carrier: Any = None
+        self._billing: Any = None
+
+    def carrier(self) -> Any:
+        if self._carrier is None:
+            self._carrier = self._carrier_factory()
+        return self._carrier
+
+    def billing(self) -> Any:
+        if self._billing is None:
+            self._billing = self._billing_factory()
+        return self._billing
+
+
+def _stage_runner(
+    context: OpExecutionContext,
+    bulk_change_id: int,
+    stage: Stage,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
+    jasper: JasperApi,
+    telegence: TelegenceApi,
+    revio: RevioApi,
+    processing: ProcessingSettings,
+) -> StageRunner:
+    repo = amop_db.repository()
+    bulk = repo.get_bulk_change(bulk_change_id)
+    if bulk is None:
+        raise Failure(f"bulk change {bulk_change_id} does not exist")
+    tenant: Tenant = tenant_config.settings().tenant(bulk.tenant_id)
+    limiter = amop_db.limiter()
+    carrier_api = jasper if bulk.integration == "jasper" else telegence
+
+    def clients(recorder: ExchangeRecorder) -> AccountClients:
+        return AccountClients(
+            lambda: carrier_api.client(tenant.carrier_account(bulk.integration), limiter, recorder),
+            lambda: revio.client(tenant.billing_account(), limiter, recorder),
+        )
+
+    if stage is Stage.CARRIER:
+        in_flight = tenant.carrier_account(bulk.integration).rate_limit.max_in_flight
+    elif stage is Stage.BILLING and tenant.revio is not None:
+        in_flight = tenant.revio.rate_limit.max_in_flight
+    else:
+        in_flight = 1
+    return StageRunner(
+        repo=repo,
+        bulk=bulk,
+        tenant=tenant,
+        clients_factory=clients,
+        policy=DeviceRetryPolicy(
+            max_attempts=processing.max_attempts,
+            base_delay=processing.base_delay_seconds,
+            max_delay=processing.max_delay_seconds,
+        ),
+        run_id=context.run_id,
+        max_workers=min(processing.max_workers, in_flight * processing.workers_per_slot),
+    )
+
+
+@op(out=Out(dict), retry_policy=OP_RETRY)
+def load_device_changes(
+    context: OpExecutionContext, config: LoadConfig, amop_db: AmopDatabase
+) -> Output[dict]:
+    """Open the bulk change for this run and list the device changes still to do."""
+    repo = amop_db.repository()
+    bulk = repo.get_bulk_change(config.bulk_change_id)
+    if bulk is None:
+        raise Failure(f"bulk change {config.bulk_change_id} does not exist")
+    reopened = repo.start_processing(bulk.id, context.run_id, config.retry_failed_only)
+    pending = repo.pending_device_changes_frame(bulk.id)
+    counts = repo.counts(bulk.id)
+    context.log.info(
+        f"bulk change {bulk.id}: {len(pending)} device changes to process, counts {counts}"
+    )
+    return Output(
+        {"bulk_change_id": bulk.id, "device_change_ids": [int(i) for i in pending["id"].tolist()]},
+        metadata={
+            "bulk_change_id": bulk.id,
+            "tenant": bulk.tenant_id,
+            "change_type": bulk.change_type,
+            "integration": bulk.integration,
+            "pending": len(pending),
+            "reopened_for_retry": reopened,
+            "counts_before": MetadataValue.json(counts),
+        },
+    )
+
+
+@op(out=DynamicOut(dict))
+def partition_batches(context: OpExecutionContext, config: PartitionConfig, loaded: dict):
+    """Batches of ``batch_size`` device changes, one mapped step each."""
+    ids: list[int] = loaded["device_change_ids"]
+    size = max(1, config.batch_size)
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+    # An empty batch still flows through, so the run always reaches finalize.
+    for number, batch in enumerate(batches):
+        yield DynamicOutput(
+            {"bulk_change_id": loaded["bulk_change_id"], "device_change_ids": batch},
+            mapping_key=f"batch_{number:05d}",
+            metadata={"devices": len(batch)},
+        )
+    context.log.info(f"{len(ids)} device changes in {len(batches)} batch(es) of up to {size}")
+
+
+def _run_stage(
+    context: OpExecutionContext, batch: dict, stage: Stage, **resources: Any
+) -> Output[dict]:
+    runner = _stage_runner(context, batch["bulk_change_id"], stage, **resources)
+    report: StageReport = runner.run(batch["device_change_ids"], stage)
+    return Output(batch, metadata={"stage": stage.value, **report.as_metadata()})
+
+
+@op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_carrier")
+def apply_carrier_updates(
+    context: OpExecutionContext,
+    batch: dict,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
+    jasper: JasperApi,
+    telegence: TelegenceApi,
+    revio: RevioApi,
+    processing: ProcessingSettings,
+) -> Output[dict]:
+    return _run_stage(
+        context,
+        batch,
+        Stage.CARRIER,
+        amop_db=amop_db,
+        tenant_config=tenant_config,
+        jasper=jasper,
+        telegence=telegence,
+        revio=revio,
+        processing=processing,
+    )
+
+
+@op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_billing")
+def apply_billing_updates(
+    context: OpExecutionContext,
+    batch: dict,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
+    jasper: JasperApi,
+    telegence: TelegenceApi,
+    revio: RevioApi,
+    processing: ProcessingSettings,
+) -> Output[dict]:
+    return _run_stage(
+        context,
+        batch,
+        Stage.BILLING,
+        amop_db=amop_db,
+        tenant_config=tenant_config,
+        jasper=jasper,
+        telegence=telegence,
+        revio=revio,
+        processing=processing,
+    )
+
+
+@op(out=Out(dict), retry_policy=OP_RETRY)
+def record_results(
+    context: OpExecutionContext,
+    batch: dict,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
+    jasper: JasperApi,
+    telegence: TelegenceApi,
+    revio: RevioApi,
+    processing: ProcessingSettings,
+) -> Output[dict]:
+    """Write each finished device's result to the AMOP inventory, with its audit row."""
+    out = _run_stage(
+        context,
+        batch,
+        Stage.DATABASE,
+        amop_db=amop_db,
+        tenant_config=tenant_config,
+        jasper=jasper,
+        telegence=telegence,
+        revio=revio,
+        processing=processing,
+    )
+    repo = amop_db.repository()
+    statuses = {c.id: c.status for c in repo.device_changes(batch["device_change_ids"])}
+    summary = {"bulk_change_id": batch["bulk_change_id"], "statuses": statuses}
+    return Output(summary, metadata=out.metadata)
+
+
+@op(retry_policy=OP_RETRY)
+def finalize_bulk_change(
+    context: OpExecutionContext,
+    results: list[dict],
+    loaded: dict,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
+    jasper: JasperApi,
+    telegence: TelegenceApi,
+    revio: RevioApi,
+    processing: ProcessingSettings,
+) -> Output[dict]:
+    """Make the bulk change final, once.
+
+    The AMOP database is the source of truth, not what the batches reported: device
+    changes that no batch finished (a mapped step that never ran after a re-execution)
+    are carried out here before the bulk change is made final.
+    """
+    bulk_id = loaded["bulk_change_id"]
+    repo: Repository = amop_db.repository()
+    reported = sum(len(r["statuses"]) for r in results)
+    leftover = [int(i) for i in repo.pending_device_changes_frame(bulk_id)["id"].tolist()]
+    if leftover:
+        context.log.warning(
+            f"{len(leftover)} device changes were not finished by their batch: finishing them now"
+        )
+        resources = dict(
+            amop_db=amop_db,
+            tenant_config=tenant_config,
+            jasper=jasper,
+            telegence=telegence,
+            revio=revio,
+            processing=processing,
+        )
+        for stage in STAGE_ORDER:
+            _stage_runner(context, bulk_id, stage, **resources).run(leftover, stage)
+    status, counts, changed = repo.finalize(bulk_id)
+    bulk = repo.get_bulk_change(bulk_id)
+    if BulkStatus(status) not in FINAL_BULK:
+        raise Failure(f"bulk change {bulk_id} is not final: device counts {counts}")
+    duration = (
+        (bulk.finished_at - bulk.started_at).total_seconds()
+        if bulk and bulk.finished_at and bulk.started_at
+        else None
+    )
+    context.log.info(
+        f"bulk change {bulk_id} is {status}: {counts}" + ("" if changed else " (already final)")
+    )
+    calls = repo.audit_summary(bulk_id)
+    return Output(
+        {"bulk_change_id": bulk_id, "status": status, "counts": counts},
+        metadata={
+            "bulk_change_id": bulk_id,
+            "status": status,
+            "made_final_by_this_run": changed,
+            "devices_reported_by_batches": reported,
+            "finished_here": len(leftover),
+            "counts": MetadataValue.json(counts),
+            "calls": MetadataValue.json(calls),
+            "duration_seconds": duration if duration is not None else -1.0,
+        },
+    )
