@@ -26,7 +26,12 @@ from bulk_changes.domain.change_types import (
     parse_integration,
     validate_row,
 )
-from bulk_changes.domain.errors import ConfigurationError, InputFileError, ValidationError
+from bulk_changes.domain.errors import (
+    BulkChangeError,
+    ConfigurationError,
+    InputFileError,
+    ValidationError,
+)
 from bulk_changes.domain.settings import Settings
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.validation import check_iccid, check_imei, check_msisdn, normalize_status
@@ -72,7 +77,7 @@ class SubmitResult:
         return {"id": self.id, "accepted": self.accepted, "rejected": self.rejected}
 
 
-class IntakeError(Exception):
+class IntakeError(BulkChangeError):
     """The whole request is refused (unknown tenant, unknown change type...)."""
 
 

@@ -1,0 +1,191 @@
+"""`bulk-changes`: intake, status, simulators, queue and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bulk_changes.domain.errors import BulkChangeError
+
+
+def _resources() -> dict[str, Any]:
+    from bulk_changes.environments import resources_for_cli
+
+    return resources_for_cli()
+
+
+def cmd_devices_import(args: argparse.Namespace) -> int:
+    from bulk_changes.intake import import_inventory
+
+    res = _resources()
+    res["tenant_config"].settings().tenant(args.tenant)
+    inserted, updated = import_inventory(res["amop_db"].repository(), args.tenant, args.file)
+    print(
+        f"imported {inserted + updated} devices for tenant {args.tenant}: {inserted} new, {updated} updated"
+    )
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from bulk_changes.domain.change_types import parse_change_type, parse_integration
+    from bulk_changes.intake import SubmitRequest, read_request_file, submit_bulk_change
+
+    res = _resources()
+    change_type = parse_change_type(args.type)
+    integration = parse_integration(args.integration)
+    rows = read_request_file(args.file, change_type, integration)
+    result = submit_bulk_change(
+        res["amop_db"].repository(),
+        res["tenant_config"].settings(),
+        SubmitRequest(
+            tenant=args.tenant,
+            change_type=change_type.value,
+            integration=integration.value,
+            rows=rows,
+            notify=args.notify or [],
+            idempotency_key=args.idempotency_key,
+            requested_by=args.requested_by or getpass.getuser(),
+            source="cli",
+        ),
+    )
+    if not args.no_send:
+        # Sent even when the idempotency key found an existing bulk change: the run key
+        # makes a repeated message start no second run, and a lost first send is repaired.
+        res["queue"].send({"bulk_change_id": result.id})
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        state = "stored" if result.created else "already stored (same idempotency key)"
+        print(
+            f"bulk change {result.id} {state}: {result.accepted} accepted, {len(result.rejected)} rejected"
+        )
+        for item in result.rejected:
+            print(f"  row {item['row']}: {item['field']}: {item['reason']}")
+        if not args.no_send:
+            print("sent to the queue; follow it with: bulk-changes status", result.id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bulk_changes.status_report import format_text, status_of
+
+    report = status_of(_resources()["amop_db"].repository(), args.id, args.devices)
+    if report is None:
+        print(f"no bulk change {args.id}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(report, default=str, indent=None if args.json else 2)
+        if args.json
+        else format_text(report)
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bulk_changes.simulators import serve_forever
+
+    serve_forever(args)
+    return 0
+
+
+def cmd_queue_create(args: argparse.Namespace) -> int:
+    urls = _resources()["queue"].ensure_queues()
+    print(json.dumps(urls, indent=2))
+    return 0
+
+
+def cmd_local_sqs(args: argparse.Namespace) -> int:
+    import os
+
+    # moto's own server command: the same SQS protocol the tests speak.
+    os.execv(sys.executable, [sys.executable, "-m", "moto.server", "-H", args.host, "-p", str(args.port)])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bulk_changes.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bulk-changes", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    devices = sub.add_parser("devices", help="the AMOP inventory")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    imp = devices_sub.add_parser("import", help="import or update devices from a CSV")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--tenant", required=True)
+    imp.set_defaults(func=cmd_devices_import)
+
+    submit = sub.add_parser(
+        "submit", help="store a bulk change from a CSV or JSON file and queue it"
+    )
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--tenant", required=True)
+    submit.add_argument(
+        "--type",
+        required=True,
+        help="username_cost_center, device_status, carrier_rate_plan, equipment",
+    )
+    submit.add_argument("--integration", required=True, help="jasper or telegence")
+    submit.add_argument(
+        "--notify", action="append", help="an address to tell when it is final (repeatable)"
+    )
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--requested-by")
+    submit.add_argument("--json", action="store_true")
+    submit.add_argument(
+        "--no-send", action="store_true", help="store only; do not send the queue message"
+    )
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="a bulk change's status, counts and devices")
+    status.add_argument("id", type=int)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--devices", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    simulate = sub.add_parser("simulate", help="serve the Jasper, Telegence and Rev.io simulators")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--jasper-port", type=int, default=8101)
+    simulate.add_argument("--telegence-port", type=int, default=8102)
+    simulate.add_argument("--revio-port", type=int, default=8103)
+    simulate.add_argument("--seed-csv", type=Path)
+    simulate.set_defaults(func=cmd_simulate)
+
+    queue = sub.add_parser("queue", help="the SQS queue")
+    queue_sub = queue.add_subparsers(dest="queue_command", required=True)
+    create = queue_sub.add_parser("create", help="create the queue and its dead-letter queue")
+    create.set_defaults(func=cmd_queue_create)
+    local = queue_sub.add_parser("serve-local", help="serve a local SQS-compatible endpoint")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=9324)
+    local.set_defaults(func=cmd_local_sqs)
+
+    demo = sub.add_parser("demo", help="simulators, local queue, Dagster and sample bulk changes")
+    demo.add_argument(
+        "--headless", action="store_true", help="no web server; exit when all are final"
+    )
+    demo.add_argument("--devices", type=int, default=1500, help="devices per tenant")
+    demo.add_argument("--timeout", type=float, default=1800.0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (BulkChangeError, ValueError, OSError) as exc:
+        print(f"bulk-changes: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
