@@ -1,0 +1,75 @@
+"""Per-account call limits: calls in flight and calls started in a sliding window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_limit: int | None
+    window: float
+    max_in_flight: int | None
+
+
+def limit_aliases(values: dict[str, Any]) -> dict[str, Any]:
+    """``rate_per_second=N`` / ``rate_per_minute=N`` as rate_limit + window."""
+    out = dict(values)
+    if "rate_per_second" in out:
+        out["rate_limit"] = out.pop("rate_per_second")
+        out["rate_window_seconds"] = 1.0
+    if "rate_per_minute" in out:
+        out["rate_limit"] = out.pop("rate_per_minute")
+        out["rate_window_seconds"] = 60.0
+    return out
+
+
+class AccountLimiter:
+    """In-flight counts and sliding windows of call starts, per account.
+
+    Every call that reaches the limiter counts as started in the window, throttled or not.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()
+        self._starts: dict[str, deque[float]] = {}
+        self.max_in_flight_seen: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._in_flight.clear()
+            self._starts.clear()
+            self.max_in_flight_seen.clear()
+
+    def enter(self, account: str, limits: Limits, enforce: bool) -> tuple[bool, list[str]]:
+        """Start a call: (admitted, violations). An admitted call must ``leave``."""
+        with self._lock:
+            now = time.monotonic()
+            violations: list[str] = []
+            if (
+                limits.max_in_flight is not None
+                and self._in_flight[account] >= limits.max_in_flight
+            ):
+                violations.append("in_flight")
+            starts = self._starts.setdefault(account, deque())
+            while starts and now - starts[0] >= limits.window:
+                starts.popleft()
+            if limits.rate_limit is not None and len(starts) >= limits.rate_limit:
+                violations.append("rate")
+            starts.append(now)
+            admitted = not (violations and enforce)
+            if admitted:
+                self._in_flight[account] += 1
+                seen = self._in_flight[account]
+                if seen > self.max_in_flight_seen[account]:
+                    self.max_in_flight_seen[account] = seen
+            return admitted, violations
+
+    def leave(self, account: str) -> None:
+        with self._lock:
+            self._in_flight[account] -= 1
