@@ -1,0 +1,127 @@
+"""The ops with build_op_context and the whole job in process, on fakes of our resources."""
+
+from __future__ import annotations
+
+from dagster import build_op_context
+
+from bulk_changes.jobs import process_bulk_change
+from bulk_changes.ops.process import load_device_changes, partition_batches
+from bulk_changes.resources.amop_db import AmopDatabase
+from bulk_changes.resources.apis import ProcessingSettings
+from bulk_changes.resources.tenant_config import TenantConfig
+from bulk_changes_tests.conftest import inventory, seed_services, submit
+from bulk_changes_tests.fakes import FakeJasperApi, FakeRevioApi, FakeTelegenceApi, fake_systems
+
+
+def resources(db_url, fake_key):
+    return {
+        "amop_db": AmopDatabase(url=db_url),
+        "tenant_config": TenantConfig(),
+        "jasper": FakeJasperApi(key=fake_key),
+        "telegence": FakeTelegenceApi(key=fake_key),
+        "revio": FakeRevioApi(key=fake_key),
+        "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+    }
+
+
+def run_config(bulk_id, batch_size=100, retry_failed_only=False):
+    return {
+        "ops": {
+            "load_device_changes": {
+                "config": {"bulk_change_id": bulk_id, "retry_failed_only": retry_failed_only}
+            },
+            "partition_batches": {"config": {"batch_size": batch_size}},
+        }
+    }
+
+
+def test_load_lists_pending_device_changes_and_opens_the_bulk_change(repo, settings, db_url):
+    rows = inventory(3, "jasper")
+    repo.upsert_devices("acme", rows)
+    result = submit(
+        repo,
+        settings,
+        "device_status",
+        "jasper",
+        [{"iccid": r["iccid"], "status": "DEACTIVATED"} for r in rows] + [{"iccid": "1"}],
+    )
+    context = build_op_context(resources={"amop_db": AmopDatabase(url=db_url)})
+    output = load_device_changes(context, config={"bulk_change_id": result.id})
+    assert len(output.value["device_change_ids"]) == 3
+    assert repo.get_bulk_change(result.id).status == "PROCESSING"
+
+
+def test_partition_makes_batches_of_the_configured_size():
+    context = build_op_context()
+    outputs = list(
+        partition_batches(
+            context,
+            config={"batch_size": 2},
+            loaded={"bulk_change_id": 1, "device_change_ids": [1, 2, 3, 4, 5]},
+        )
+    )
+    assert [len(o.value["device_change_ids"]) for o in outputs] == [2, 2, 1]
+    assert [o.mapping_key for o in outputs] == ["batch_00000", "batch_00001", "batch_00002"]
+
+
+def test_partition_of_nothing_still_reaches_finalize():
+    outputs = list(
+        partition_batches(
+            build_op_context(),
+            config={"batch_size": 100},
+            loaded={"bulk_change_id": 1, "device_change_ids": []},
+        )
+    )
+    assert len(outputs) == 1 and outputs[0].value["device_change_ids"] == []
+
+
+def test_job_processes_every_device_and_finalizes_once(repo, settings, db_url, fake_key):
+    rows = inventory(7, "jasper")
+    repo.upsert_devices("acme", rows)
+    seed_services(fake_systems(fake_key), rows)
+    requests = [
+        {"iccid": r["iccid"], "username": f"user{i}", "cost_center_2": "CC"}
+        for i, r in enumerate(rows)
+    ]
+    result = submit(repo, settings, "username_cost_center", "jasper", requests + [{"iccid": "bad"}])
+    outcome = process_bulk_change.execute_in_process(
+        run_config=run_config(result.id, batch_size=3), resources=resources(db_url, fake_key)
+    )
+    assert outcome.success
+    assert repo.get_bulk_change(result.id).status == "PROCESSED_WITH_ERRORS"
+    assert repo.counts(result.id) == {"PROCESSED": 7, "ERROR": 1}
+    final = outcome.output_for_node("finalize_bulk_change")
+    assert final["status"] == "PROCESSED_WITH_ERRORS"
+    again = process_bulk_change.execute_in_process(
+        run_config=run_config(result.id), resources=resources(db_url, fake_key)
+    )
+    assert again.success
+    assert len(fake_systems(fake_key)["jasper"].calls) == 7  # the second run called nothing
+
+
+def test_retry_failed_only_reprocesses_api_failed_devices(repo, settings, db_url, fake_key):
+    from bulk_changes.domain.errors import ServerError
+
+    rows = inventory(2, "jasper")
+    repo.upsert_devices("acme", rows)
+    flaky = rows[0]["iccid"]
+    fake_systems(fake_key)["jasper"].failures[flaky] = [ServerError("down") for _ in range(5)]
+    result = submit(
+        repo,
+        settings,
+        "device_status",
+        "jasper",
+        [{"iccid": r["iccid"], "status": "DEACTIVATED"} for r in rows],
+    )
+    first = process_bulk_change.execute_in_process(
+        run_config=run_config(result.id), resources=resources(db_url, fake_key)
+    )
+    assert first.success and repo.counts(result.id) == {"PROCESSED": 1, "API_FAILED": 1}
+    assert repo.get_bulk_change(result.id).status == "PROCESSED_WITH_ERRORS"
+    second = process_bulk_change.execute_in_process(
+        run_config=run_config(result.id, retry_failed_only=True),
+        resources=resources(db_url, fake_key),
+    )
+    assert second.success
+    assert repo.counts(result.id) == {"PROCESSED": 2}
+    assert repo.get_bulk_change(result.id).status == "PROCESSED"

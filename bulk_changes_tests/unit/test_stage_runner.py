@@ -1,0 +1,206 @@
+"""The stage runner on a real SQLite AMOP database with fake API clients."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bulk_changes.domain.errors import Rejected, ServerError, Throttled
+from bulk_changes.domain.retry import RetryPolicy
+from bulk_changes.domain.step_plans import STAGE_ORDER
+from bulk_changes.processing.runner import StageRunner
+from bulk_changes_tests.conftest import inventory, seed_services, submit
+from bulk_changes_tests.fakes import FakeClients, fake_systems
+
+POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0, jitter=0.0)
+
+
+def run_all_stages(repo, settings, bulk_id, fake_key, integration):
+    bulk = repo.get_bulk_change(bulk_id)
+    ids = [int(i) for i in repo.pending_device_changes_frame(bulk_id)["id"]]
+    for stage in STAGE_ORDER:
+        runner = StageRunner(
+            repo=repo,
+            bulk=bulk,
+            tenant=settings.tenant(bulk.tenant_id),
+            clients_factory=lambda recorder: FakeClients(fake_key, integration),
+            policy=POLICY,
+            run_id="run-1",
+            sleep=lambda s: None,
+            rng=random.Random(0),
+        )
+        runner.run(ids, stage)
+    return {c.device_key: c for c in repo.device_changes_of(bulk_id)}
+
+
+@pytest.fixture
+def jasper_devices(repo, fake_key):
+    rows = inventory(3, "jasper")
+    repo.upsert_devices("acme", rows)
+    seed_services(fake_systems(fake_key), rows)
+    return [r["iccid"] for r in rows]
+
+
+def test_every_step_runs_and_the_device_ends_processed(repo, settings, fake_key, jasper_devices):
+    device = jasper_devices[0]
+    result = submit(
+        repo,
+        settings,
+        "username_cost_center",
+        "jasper",
+        [{"iccid": device, "username": "ann", "cost_center_1": "CC-9"}],
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    systems = fake_systems(fake_key)
+    assert systems["jasper"].names(device) == ["set_username"]
+    service = systems["revio"].services[5000]
+    assert {f["label"]: f["value"] for f in service["fields"]}["Cost Center 1"] == "CC-9"
+    assert repo.devices_by_key("acme", "jasper", [device])[device]["username"] == "ann"
+
+
+def test_retryable_failure_is_retried_then_succeeds(repo, settings, fake_key, jasper_devices):
+    device = jasper_devices[0]
+    fake_systems(fake_key)["jasper"].failures[device] = [
+        ServerError("503", system="jasper", status=503)
+    ]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert changes[device].attempts == 2
+    assert fake_systems(fake_key)["jasper"].names(device) == ["set_status", "set_status"]
+
+
+def test_permanent_failure_ends_error_with_the_carrier_message_and_skips_later_steps(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    fake_systems(fake_key)["jasper"].failures[device] = [
+        Rejected("Invalid rate plan", system="jasper", status=400)
+    ]
+    result = submit(
+        repo, settings, "carrier_rate_plan", "jasper", [{"iccid": device, "rate_plan": "IOT_5GB"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "ERROR"
+    assert "Invalid rate plan" in changes[device].last_error
+    assert fake_systems(fake_key)["revio"].names("5000") == []
+
+
+def test_attempts_exhausted_leave_api_failed_with_last_error(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    fake_systems(fake_key)["jasper"].failures[device] = [ServerError(f"boom {i}") for i in range(3)]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "API_FAILED"
+    assert "boom 2" in changes[device].last_error
+    assert changes[device].attempts == 3
+
+
+def test_throttling_never_fails_a_device_nor_uses_attempts(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    fake_systems(fake_key)["jasper"].failures[device] = [Throttled("40000029") for _ in range(5)]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert changes[device].attempts == 1
+
+
+def test_one_failing_device_does_not_stop_the_others(repo, settings, fake_key, jasper_devices):
+    bad, *good = jasper_devices
+    fake_systems(fake_key)["jasper"].failures[bad] = [Rejected("no such device")]
+    rows = [{"iccid": d, "status": "DEACTIVATED"} for d in jasper_devices]
+    result = submit(repo, settings, "device_status", "jasper", rows)
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[bad].status == "ERROR"
+    assert all(changes[d].status == "PROCESSED" for d in good)
+
+
+def test_rerun_repeats_no_completed_step(repo, settings, fake_key, jasper_devices):
+    device = jasper_devices[0]
+    result = submit(
+        repo, settings, "carrier_rate_plan", "jasper", [{"iccid": device, "rate_plan": "IOT_5GB"}]
+    )
+    bulk = repo.get_bulk_change(result.id)
+    ids = [int(i) for i in repo.pending_device_changes_frame(result.id)["id"]]
+    # the carrier stage succeeded, then the run died
+    StageRunner(
+        repo=repo,
+        bulk=bulk,
+        tenant=settings.tenant("acme"),
+        clients_factory=lambda r: FakeClients(fake_key, "jasper"),
+        policy=POLICY,
+        run_id="r1",
+        sleep=lambda s: None,
+    ).run(ids, STAGE_ORDER[0])
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert fake_systems(fake_key)["jasper"].names(device) == ["set_rate_plan"]
+
+
+def test_audit_rows_record_each_step(repo, settings, fake_key, jasper_devices):
+    device = jasper_devices[0]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    steps = [(a["step"], a["outcome"]) for a in repo.audit_of(result.id)]
+    assert ("jasper.set_status", "ok") in steps
+    assert ("amop.update_device", "ok") in steps
+
+
+def test_telegence_suspended_line_is_restored_by_a_patch(repo, settings, fake_key):
+    rows = inventory(1, "telegence")
+    rows[0]["status"] = "S"
+    repo.upsert_devices("acme", rows)
+    number = rows[0]["msisdn"]
+    result = submit(
+        repo, settings, "device_status", "telegence", [{"msisdn": number, "status": "A"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "telegence")
+    assert changes[number].status == "PROCESSED"
+    assert fake_systems(fake_key)["telegence"].names(number) == ["change_status"]
+
+
+def test_telegence_username_lands_in_revio_by_label(repo, settings, fake_key):
+    rows = inventory(1, "telegence")
+    repo.upsert_devices("acme", rows)
+    seed_services(fake_systems(fake_key), rows)
+    number = rows[0]["msisdn"]
+    result = submit(
+        repo, settings, "username_cost_center", "telegence", [{"msisdn": number, "username": "zoe"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "telegence")
+    assert changes[number].status == "PROCESSED"
+    fields = {
+        f["label"]: f["value"] for f in fake_systems(fake_key)["revio"].services[5000]["fields"]
+    }
+    assert fields["Username"] == "zoe"
+    assert fake_systems(fake_key)["telegence"].calls == []
+
+
+def test_telegence_cancelled_line_is_activated_once_and_polled(repo, settings, fake_key):
+    rows = inventory(1, "telegence")
+    rows[0]["status"] = "C"
+    repo.upsert_devices("acme", rows)
+    number = rows[0]["msisdn"]
+    result = submit(
+        repo, settings, "device_status", "telegence", [{"msisdn": number, "status": "A"}]
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "telegence")
+    assert changes[number].status == "PROCESSED"
+    assert fake_systems(fake_key)["telegence"].names(number) == [
+        "request_activation",
+        "activation_status",
+    ]
