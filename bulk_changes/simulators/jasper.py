@@ -15,6 +15,7 @@ Choices where the documentation is silent (all [guess]):
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,7 +108,10 @@ def new_device(iccid: str, now: str) -> dict[str, Any]:
 
 def parse_iso(value: str) -> datetime:
     """An ISO 8601 timestamp; naive times are UTC. Raises ValueError."""
-    parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    text = value.strip().replace("Z", "+00:00")
+    # an unencoded "+" in a query string arrives as a space
+    text = re.sub(r" (\d\d:?\d\d)$", r"+\1", text)
+    parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

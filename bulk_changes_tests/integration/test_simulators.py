@@ -297,3 +297,24 @@ def test_seed_from_inventory_rows_shuffles_revio_field_order(sims: SimulatorSet)
     assert services[0]["number"] == rows[0]["iccid"]  # type: ignore[index]
     assert services[1]["number"] == rows[1]["msisdn"]  # type: ignore[index]
     assert sims.jasper.state(rows[0]["iccid"])["accountCustom1"] == "user1"  # type: ignore[index]
+
+
+def test_timed_out_call_does_not_hold_the_in_flight_slot(sims: SimulatorSet) -> None:
+    sims.jasper.configure(timeout_rate=1.0, timeout_seconds=0.5)
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{sims.jasper_url}/devices/{ICCID}", auth=JASPER_AUTH, timeout=0.1)
+    sims.jasper.configure(timeout_rate=0.0)
+
+    retry = jasper_get(sims)
+
+    assert retry.status_code == 200
+    assert sims.jasper.stats()["violations"]["in_flight"] == 0
+
+
+def test_garbage_rate_answers_an_html_502(sims: SimulatorSet) -> None:
+    sims.revio.configure(garbage_rate=1.0)
+
+    answer = requests.get(f"{sims.revio_url}/Services/7", auth=REVIO_AUTH, headers=REVIO_HEADERS)
+
+    assert answer.status_code == 502 and answer.headers["Content-Type"] == "text/html"
+    assert sims.revio.stats()["faults"]["garbage"] == 1
