@@ -540,14 +540,17 @@ class Repository:
         error: str,
         audit: Sequence[AuditEntry],
         run_id: str | None,
+        count: bool = True,
     ) -> None:
-        """A failed try that will be retried: counted and audited, status unchanged."""
+        """A failed try that will be retried: audited, counted unless it was throttling."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(t.device_changes)
                 .where(t.device_changes.c.id == device_change_id)
                 .values(
-                    attempts=t.device_changes.c.attempts + 1, last_error=error, updated_at=now()
+                    attempts=t.device_changes.c.attempts + (1 if count else 0),
+                    last_error=error,
+                    updated_at=now(),
                 )
             )
             if audit:

@@ -1,6 +1,5 @@
 """The ops of ``process_bulk_change``: thin, they move data between resources and the runner."""
 
-from __future__ import annotations
 
 from typing import Any
 
