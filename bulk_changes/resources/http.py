@@ -1,0 +1,422 @@
+"""The call machinery every API client shares (requests).
+
+For each HTTP call: take the account's limiter slot, call with the account's timeout,
+measure it, report an audit ``Exchange`` (request body redacted, never a credential,
+response text truncated), and translate every failure into the project's error tree
+(``bulk_changes.domain.errors``) at this boundary.
+
+Translation, in this order:
+
+- ``requests.Timeout`` -> ``TimeoutError_``; other connection failures -> ``ConnectionFailed``;
+- HTTP 429, or a throttling error code of the system (Jasper ``40000029``) whatever the
+  status -> ``Throttled`` (``retry_after`` from ``Retry-After``, seconds or an HTTP date),
+  and the account is penalized for that long (1 s when the answer does not say);
+- 401/403 -> ``AuthenticationFailed``;
+- a body that is not JSON where JSON was expected: 4xx keep their meaning (an HTML 404
+  means a wrong URL, not a missing device: ``Rejected``), anything else -> ``GarbageResponse``;
+- 404 -> ``NotFound``; 5xx -> ``ServerError``; other statuses outside 2xx -> ``Rejected``;
+- a client's own check of a 2xx body (``validate``) may raise any of these too.
+
+Messages carry the system's own error text; every credential value of the account is
+scrubbed from messages and audit text, whatever the other side echoes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import requests
+
+from bulk_changes.domain import errors
+from bulk_changes.domain.audit import Exchange, to_text
+from bulk_changes.domain.settings import RateLimit
+from bulk_changes.resources.rate_limit import NoLimiter
+
+DEFAULT_THROTTLE_DELAY = 1.0
+MAX_MESSAGE = 500
+
+OnExchange = Callable[[Exchange], None] | None
+# (body parsed as JSON or None, raw text) -> (the system's own message, its error code)
+ErrorReader = Callable[[Any, str], tuple[str | None, str | None]]
+Validator = Callable[["ApiResponse"], None]
+
+
+class Limiter(Protocol):
+    def slot(self, account_name: str, limit: RateLimit) -> AbstractContextManager[None]: ...
+
+    def penalize(self, account_name: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: Any  # parsed JSON, None when the answer had no body
+    text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---- helpers shared by the clients ------------------------------------------------------
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    raw = value.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+_H1 = re.compile(r"<h1[^>]*>(.*?)</h1>", re.I | re.S)
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+def looks_like_html(text: str, content_type: str = "") -> bool:
+    head = text.lstrip()[:200].lower()
+    return "html" in content_type.lower() or head.startswith(("<!doctype html", "<html", "<"))
+
+
+def html_summary(text: str) -> str:
+    """The readable gist of an HTML page: its title, else its first heading, else its text."""
+    for pattern in (_TITLE, _H1):
+        match = pattern.search(text)
+        if match:
+            gist = _SPACE.sub(" ", html.unescape(_TAG.sub(" ", match.group(1)))).strip()
+            if gist:
+                return shorten(gist)
+    return shorten(_SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()) or "(empty page)"
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def plain_reader(body: Any, text: str) -> tuple[str | None, str | None]:
+    """Error text of a system whose error body is not known: common keys, else the text."""
+    if isinstance(body, dict):
+        parts: list[str] = []
+        for key in ("error", "message", "errors", "description", "detail", "title"):
+            if key in body and body[key] not in (None, "", [], {}):
+                parts.append(flatten(body[key]))
+        code = body.get("code") or body.get("errorCode")
+        if parts:
+            return "; ".join(dict.fromkeys(parts)), str(code) if code is not None else None
+    return (shorten(text) if text.strip() else None), None
+
+
+def flatten(value: Any) -> str:
+    """A readable one-line text of an error value (string, list or mapping)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "; ".join(flatten(v) for v in value)
+    if isinstance(value, dict):
+        if "message" in value and len(value) <= 3:
+            prefix = value.get("field") or value.get("name") or value.get("property")
+            return f"{prefix}: {flatten(value['message'])}" if prefix else flatten(value["message"])
+        return "; ".join(f"{k}: {flatten(v)}" for k, v in value.items())
+    return json.dumps(value)
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The innermost, readable reason of a requests connection failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    reason = str(exc)
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, OSError) and current.strerror:
+            reason = current.strerror
+        nxt = getattr(current, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = current.__cause__ or current.__context__
+        if nxt is None and current.args and isinstance(current.args[0], BaseException):
+            nxt = current.args[0]
+        current = nxt
+    lowered = reason.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "host name not known"
+    return shorten(reason, 200)
+
+
+# ---- the caller -------------------------------------------------------------------------
+
+
+class HttpCaller:
+    """Makes one client's HTTP calls: limiter, timeout, audit and error translation."""
+
+    def __init__(
+        self,
+        *,
+        system: str,
+        account_name: str,
+        base_url: str,
+        rate_limit: RateLimit,
+        timeout_seconds: float,
+        headers: Mapping[str, str],
+        secrets: Iterable[str],
+        error_reader: ErrorReader = plain_reader,
+        throttle_codes: Iterable[str] = (),
+        limiter: Limiter | None = None,
+        on_exchange: OnExchange = None,
+        session: requests.Session | None = None,
+        default_throttle_delay: float = DEFAULT_THROTTLE_DELAY,
+    ) -> None:
+        self.system = system
+        self.account_name = account_name
+        self.base_url = base_url.rstrip("/")
+        self.rate_limit = rate_limit
+        self.timeout_seconds = timeout_seconds
+        self.headers = dict(headers)
+        # longest first, so a secret that contains another is masked whole
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self.error_reader = error_reader
+        self.throttle_codes = frozenset(str(c) for c in throttle_codes)
+        self.limiter: Limiter = limiter if limiter is not None else NoLimiter()
+        self.on_exchange = on_exchange
+        self.session = session if session is not None else requests.Session()
+        self.default_throttle_delay = default_throttle_delay
+
+    # -- public -----------------------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def url(self, path: str) -> str:
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        validate: Validator | None = None,
+    ) -> ApiResponse:
+        """One call; returns the 2xx answer with its JSON body, or raises an ExternalError."""
+        url = self.url(path)
+        all_headers = dict(self.headers)
+        data: bytes | None = None
+        if json_body is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+            data = json.dumps(json_body).encode("utf-8")
+        all_headers.setdefault("Accept", "application/json")
+        all_headers.update(headers or {})
+        request_text = self._audit_text(json_body)
+        shown_url = url
+        started = 0.0
+        duration_ms = 0.0
+        raw: requests.Response | None = None
+        failure: requests.RequestException | None = None
+        with self.limiter.slot(self.account_name, self.rate_limit):
+            started = time.perf_counter()
+            try:
+                raw = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=all_headers,
+                    timeout=self.timeout_seconds,
+                    allow_redirects=False,
+                )
+                # read the body inside the slot: the call is over only once it is read
+                _ = raw.content
+            except requests.RequestException as exc:
+                failure = exc
+            duration_ms = (time.perf_counter() - started) * 1000.0
+        if raw is not None and raw.request is not None and raw.request.url:
+            shown_url = raw.request.url
+
+        if failure is not None or raw is None:
+            lost = self._transport_error(failure, method, url)
+            self._report(method, shown_url, request_text, None, None, duration_ms, lost)
+            raise lost from failure
+
+        text = self._decode(raw)
+        response = ApiResponse(raw.status_code, None, text, dict(raw.headers))
+        error_or_response = self._translate(method, raw, response)
+        error: errors.ExternalError | None
+        if isinstance(error_or_response, errors.ExternalError):
+            error = error_or_response
+        else:
+            response = error_or_response
+            error = None
+            if validate is not None:
+                try:
+                    validate(response)
+                except errors.ExternalError as exc:
+                    error = self._scrubbed(exc)
+        self._report(method, shown_url, request_text, raw.status_code, text, duration_ms, error)
+        if error is not None:
+            if isinstance(error, errors.Throttled):
+                delay = (
+                    error.retry_after
+                    if error.retry_after is not None
+                    else self.default_throttle_delay
+                )
+                self.limiter.penalize(self.account_name, delay)
+            raise error
+        return response
+
+    # -- internals --------------------------------------------------------------------
+
+    def _audit_text(self, body: Any) -> str | None:
+        text = to_text(body)
+        return self.scrub(text) if text is not None else None
+
+    @staticmethod
+    def _decode(raw: requests.Response) -> str:
+        try:
+            return raw.content.decode(raw.encoding or "utf-8", errors="replace")
+        except LookupError:
+            return raw.content.decode("utf-8", errors="replace")
+
+    def _transport_error(
+        self, exc: requests.RequestException | None, method: str, url: str
+    ) -> errors.ExternalError:
+        where = f"{method} {self.scrub(url)}"
+        if isinstance(exc, requests.Timeout):
+            phase = (
+                "connecting (the request was not sent)"
+                if isinstance(exc, requests.ConnectTimeout)
+                else "waiting for the answer (it may have been applied)"
+            )
+            return errors.TimeoutError_(
+                f"no answer within {self.timeout_seconds:g} s while {phase}: {where}",
+                system=self.system,
+            )
+        if isinstance(exc, requests.ConnectionError):
+            return errors.ConnectionFailed(
+                f"could not reach {self.system} ({self.scrub(_connection_reason(exc))}): {where}",
+                system=self.system,
+            )
+        reason = self.scrub(shorten(str(exc), 200)) if exc is not None else "no answer"
+        return errors.ConnectionFailed(
+            f"the call failed ({type(exc).__name__}: {reason}): {where}", system=self.system
+        )
+
+    def _translate(
+        self, method: str, raw: requests.Response, response: ApiResponse
+    ) -> ApiResponse | errors.ExternalError:
+        status = raw.status_code
+        text = response.text
+        content_type = raw.headers.get("Content-Type", "")
+        body: Any = None
+        is_json = True
+        if text.strip():
+            try:
+                body = json.loads(text)
+            except ValueError:
+                is_json = False
+        message, code = self.error_reader(body, text) if is_json else (None, None)
+        message = self.scrub(message) if message else None
+        kw: dict[str, Any] = {"system": self.system, "status": status, "code": code}
+
+        if status == 429 or (code is not None and str(code) in self.throttle_codes):
+            retry_after = parse_retry_after(raw.headers.get("Retry-After"))
+            return errors.Throttled(message or "rate limit exceeded", retry_after=retry_after, **kw)
+        if status in (401, 403):
+            return errors.AuthenticationFailed(
+                message or ("credentials refused" if status == 401 else "access forbidden"), **kw
+            )
+        if not is_json:
+            kind = "an HTML page" if looks_like_html(text, content_type) else "a non-JSON body"
+            gist = self.scrub(html_summary(text) if "HTML" in kind else shorten(text, 200))
+            described = f"{self.system} answered HTTP {status} with {kind}, not JSON: {gist}"
+            if 400 <= status < 500:
+                hint = " (not the API's own answer: check the account's base URL)"
+                return errors.Rejected(described + (hint if status == 404 else ""), **kw)
+            return errors.GarbageResponse(described, **kw)
+        if status == 404:
+            return errors.NotFound(message or f"not found: {method} {raw.url}", **kw)
+        if status >= 500:
+            return errors.ServerError(message or "server error", **kw)
+        if 300 <= status < 400:
+            target = raw.headers.get("Location", "?")
+            return errors.Rejected(f"{message or 'redirected'} (to {self.scrub(target)})", **kw)
+        if not 200 <= status < 300:
+            return errors.Rejected(message or f"refused with HTTP {status}", **kw)
+        return ApiResponse(status, body, text, response.headers)
+
+    def _scrubbed(self, error: errors.ExternalError) -> errors.ExternalError:
+        clean = self.scrub(error.message)
+        if clean != error.message:
+            error.message = clean
+            error.args = (clean,)
+        return error
+
+    def _report(
+        self,
+        method: str,
+        url: str,
+        request_text: str | None,
+        status: int | None,
+        response_text: str | None,
+        duration_ms: float,
+        error: errors.ExternalError | None,
+    ) -> None:
+        if self.on_exchange is None:
+            return
+        response_body = to_text(self.scrub(response_text)) if response_text else None
+        self.on_exchange(
+            Exchange(
+                system=self.system,
+                account=self.account_name,
+                method=method,
+                url=self.scrub(url),
+                request_body=request_text,
+                status=status,
+                response_body=response_body,
+                duration_ms=round(duration_ms, 3),
+                error=self.scrub(str(error)) if error is not None else None,
+            )
+        )
+
+
+def iter_pages(fetch: Callable[[int], tuple[list[Any], bool]], first: int = 1) -> Iterator[Any]:
+    """Records of every page, ``fetch(page) -> (records, more)``, until no more."""
+    page = first
+    while True:
+        records, more = fetch(page)
+        yield from records
+        if not more or not records:
+            return
+        page += 1
