@@ -24,6 +24,7 @@ class FakeSystem:
     # key -> exceptions raised by the next calls about that key, in order
     failures: dict[str, list[Exception]] = field(default_factory=dict)
     services: dict[int, dict[str, Any]] = field(default_factory=dict)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     activation_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 

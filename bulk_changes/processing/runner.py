@@ -33,7 +33,7 @@ from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for, steps_in_stage
 from bulk_changes.processing.recorder import ExchangeRecorder
-from bulk_changes.processing.steps import HANDLERS, Clients, StepContext
+from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
 
 
 class ClientsFactory(Protocol):
@@ -50,6 +50,7 @@ class StageReport:
     steps_already_done: int = 0
     retries: int = 0
     throttled: int = 0
+    verified_after_restart: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def as_metadata(self) -> dict[str, int]:
@@ -60,6 +61,7 @@ class StageReport:
             "steps_already_done": self.steps_already_done,
             "retries": self.retries,
             "throttled": self.throttled,
+            "verified_after_restart": self.verified_after_restart,
         }
         data.update({f"ended_{k.lower()}": v for k, v in sorted(self.outcomes.items())})
         return data
@@ -166,6 +168,8 @@ class StageRunner:
         )
         failures = throttles = 0
         self.recorder.take()
+        if self._verified_after_crash(step, change, ctx, report):
+            return True
         while True:
             try:
                 result = handler(ctx)
@@ -221,6 +225,43 @@ class StageRunner:
             with self._lock:
                 report.steps_succeeded += 1
             return True
+
+    def _verified_after_crash(
+        self, step: Step, change: DeviceChange, ctx: StepContext, report: StageReport
+    ) -> bool:
+        """Check a step that was started before but never recorded (the process died
+        between the call and its record): if the external system already shows the
+        change, record it instead of calling again. Otherwise mark the step started."""
+        marker = f"{step.name}#started"
+        verifier = VERIFIERS.get(step.name)
+        if self.repo.step_progress(change.id, marker) is None or verifier is None:
+            if verifier is not None:
+                self.repo.save_step_progress(change.id, marker, {"run_id": self.run_id})
+            return False
+        try:
+            result = verifier(ctx)
+        except SQLAlchemyError:
+            raise
+        except Exception:  # an unreadable state is no proof: make the call as usual
+            self.recorder.take()
+            return False
+        if result is None:
+            self.recorder.take()
+            return False
+        audit = self._audit(step, self.recorder.take(), "ok", None, 0)
+        self.repo.record_step_success(
+            bulk_change_id=self.bulk.id,
+            device_change_id=change.id,
+            step=step.name,
+            result={**result, "verified_after_restart": True},
+            audit=audit,
+            run_id=self.run_id,
+            attempts=0,
+        )
+        with self._lock:
+            report.steps_succeeded += 1
+            report.verified_after_restart += 1
+        return True
 
     def _update_inventory(
         self,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from bulk_changes.db.repository import DeviceChange
 from bulk_changes.domain import revio_fields
 from bulk_changes.domain.errors import NotFound, Rejected, RetryableError
+from bulk_changes.domain.json_patch import already_applied
 from bulk_changes.domain.outcomes import telegence_status_action
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.step_plans import Step
@@ -172,29 +173,15 @@ def _cost_centers(request: Mapping[str, str]) -> dict[int, str]:
     return {i: request[f"cost_center_{i}"] for i in (1, 2, 3) if f"cost_center_{i}" in request}
 
 
-def revio_set_cost_centers(ctx: StepContext) -> dict[str, Any] | None:
+OpsBuilder = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
+
+
+def _cost_center_builder(ctx: StepContext) -> OpsBuilder:
     account = ctx.tenant.billing_account()
     values = _cost_centers(ctx.request)
-    service_id = _service_id(ctx)
-
-    def build(service: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return revio_fields.cost_center_ops(
-            service.get("fields") or [],
-            values,
-            account.cost_center_labels,
-            account.cost_center_fallback_label,
-            account.guard_field_positions,
-        )
-
-    ctx.clients.billing().set_fields(service_id, build)
-    return {"service_id": service_id, "cost_centers": values}
-
-
-def revio_set_username_cost_centers(ctx: StepContext) -> dict[str, Any] | None:
-    account = ctx.tenant.billing_account()
-    values = _cost_centers(ctx.request)
-    username = ctx.request.get("username")
-    service_id = _service_id(ctx)
+    username = (
+        ctx.request.get("username") if ctx.step.name == "revio.set_username_cost_centers" else None
+    )
 
     def build(service: Mapping[str, Any]) -> list[dict[str, Any]]:
         ops: list[dict[str, Any]] = []
@@ -216,40 +203,133 @@ def revio_set_username_cost_centers(ctx: StepContext) -> dict[str, Any] | None:
             )
         return ops
 
-    ctx.clients.billing().set_fields(service_id, build)
-    return {"service_id": service_id, "username": username, "cost_centers": values}
+    return build
 
 
-def revio_set_billing_plan(ctx: StepContext) -> dict[str, Any] | None:
+def _billing_plan_builder(ctx: StepContext) -> OpsBuilder:
     plan = ctx.request["rate_plan"]
     group = ctx.tenant.rate_plan_billing.get(plan)
     if group is None:
         raise Rejected(
             f"rate plan {plan!r} has no billing mapping for tenant {ctx.tenant.id}", system="revio"
         )
-    service_id = _service_id(ctx)
-    ctx.clients.billing().patch_service(
-        service_id, [{"op": "replace", "path": "/usage_plan_group_id", "value": group}]
-    )
-    return {"service_id": service_id, "usage_plan_group_id": group}
+    return lambda service: [{"op": "replace", "path": "/usage_plan_group_id", "value": group}]
 
 
-def revio_update_service_number(ctx: StepContext) -> dict[str, Any] | None:
+def _service_number_builder(ctx: StepContext) -> OpsBuilder:
     old_iccid = ctx.device.get("iccid")
     new_iccid = ctx.request["new_iccid"]
-    service_id = _service_id(ctx)
-    billing = ctx.clients.billing()
-    service = billing.get_service(service_id)
-    if not old_iccid or str(service.get("number")) != str(old_iccid):
-        return {"service_id": service_id, "unchanged": "the service number does not hold the ICCID"}
-    billing.patch_service(
-        service_id,
-        [
-            {"op": "test", "path": "/number", "value": service.get("number")},
+
+    def build(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+        number = service.get("number")
+        if str(number) == str(new_iccid):
+            return [{"op": "replace", "path": "/number", "value": new_iccid}]
+        if not old_iccid or str(number) != str(old_iccid):
+            return []  # the service is not numbered by the ICCID: nothing to change
+        return [
+            {"op": "test", "path": "/number", "value": number},
             {"op": "replace", "path": "/number", "value": new_iccid},
-        ],
+        ]
+
+    return build
+
+
+REVIO_BUILDERS: Mapping[str, Callable[[StepContext], OpsBuilder]] = {
+    "revio.set_cost_centers": _cost_center_builder,
+    "revio.set_username_cost_centers": _cost_center_builder,
+    "revio.set_billing_plan": _billing_plan_builder,
+    "revio.update_service_number": _service_number_builder,
+}
+
+
+def revio_patch(ctx: StepContext) -> dict[str, Any] | None:
+    """Read the service, build the patch from what it holds now, apply it."""
+    build = REVIO_BUILDERS[ctx.step.name](ctx)
+    service_id = _service_id(ctx)
+    applied: list[dict[str, Any]] = []
+
+    def record(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+        ops = build(service)
+        # Already as wanted (a re-run, a repeated request): no call to spend.
+        applied[:] = [] if already_applied(service, ops) else ops
+        return applied
+
+    ctx.clients.billing().set_fields(service_id, record)
+    return {"service_id": service_id, "ops": [op for op in applied if op.get("op") == "replace"]}
+
+
+# ---- verification after a crash ------------------------------------------------------------
+# A step whose call may have landed without its record (the process died in between) is
+# checked at the external system before it is called again.
+
+
+def _jasper_shows(ctx: StepContext, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
+    device = ctx.clients.carrier().get_device(ctx.device["iccid"])
+    if all(str(device.get(k)) == str(v) for k, v in wanted.items()):
+        return {"verified": dict(wanted)}
+    return None
+
+
+def verify_jasper(ctx: StepContext) -> dict[str, Any] | None:
+    wanted: dict[str, Any]
+    if ctx.step.name == "jasper.set_username":
+        wanted = {ctx.tenant.carrier_account("jasper").username_field: ctx.request["username"]}  # type: ignore[union-attr]
+    elif ctx.step.name == "jasper.set_status":
+        wanted = {"status": ctx.request["status"]}
+    else:
+        wanted = {"ratePlan": ctx.request["rate_plan"]}
+        if ctx.request.get("communication_plan"):
+            wanted["communicationPlan"] = ctx.request["communication_plan"]
+        if ctx.request.get("effective_date"):
+            return None  # a future change does not show yet: cannot be checked
+    return _jasper_shows(ctx, wanted)
+
+
+def verify_telegence(ctx: StepContext) -> dict[str, Any] | None:
+    from bulk_changes.resources.telegence import characteristics
+
+    line = ctx.clients.carrier().get_line(ctx.device["msisdn"])
+    traits = characteristics(line)
+    if ctx.step.name == "telegence.change_status":
+        return (
+            {"verified": {"status": line.get("status")}}
+            if line.get("status") == ctx.request["status"]
+            else None
+        )
+    if ctx.step.name == "telegence.set_rate_plan":
+        ok = traits.get("singleUserCode") == ctx.request["rate_plan"]
+    else:
+        ok = all(
+            traits.get(name) == ctx.request[field]
+            for field, name in (("new_iccid", "sim"), ("new_imei", "IMEI"))
+            if field in ctx.request
+        )
+    return {"verified": True} if ok else None
+
+
+def verify_revio(ctx: StepContext) -> dict[str, Any] | None:
+    build = REVIO_BUILDERS[ctx.step.name](ctx)
+    service_id = _service_id(ctx)
+    service = ctx.clients.billing().get_service(service_id)
+    return (
+        {"service_id": service_id, "verified": True}
+        if already_applied(service, build(service))
+        else None
     )
-    return {"service_id": service_id, "number": new_iccid}
+
+
+VERIFIERS: Mapping[str, Handler] = {
+    "jasper.set_username": verify_jasper,
+    "jasper.set_status": verify_jasper,
+    "jasper.set_rate_plan": verify_jasper,
+    "telegence.change_status": verify_telegence,
+    "telegence.set_rate_plan": verify_telegence,
+    "telegence.change_equipment": verify_telegence,
+    "revio.set_cost_centers": verify_revio,
+    "revio.set_username_cost_centers": verify_revio,
+    "revio.set_billing_plan": verify_revio,
+    "revio.update_service_number": verify_revio,
+}
 
 
 HANDLERS: Mapping[str, Handler] = {
@@ -259,8 +339,8 @@ HANDLERS: Mapping[str, Handler] = {
     "telegence.change_status": telegence_change_status,
     "telegence.set_rate_plan": telegence_set_rate_plan,
     "telegence.change_equipment": telegence_change_equipment,
-    "revio.set_cost_centers": revio_set_cost_centers,
-    "revio.set_username_cost_centers": revio_set_username_cost_centers,
-    "revio.set_billing_plan": revio_set_billing_plan,
-    "revio.update_service_number": revio_update_service_number,
+    "revio.set_cost_centers": revio_patch,
+    "revio.set_username_cost_centers": revio_patch,
+    "revio.set_billing_plan": revio_patch,
+    "revio.update_service_number": revio_patch,
 }

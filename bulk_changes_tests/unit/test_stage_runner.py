@@ -149,6 +149,36 @@ def test_rerun_repeats_no_completed_step(repo, settings, fake_key, jasper_device
     assert fake_systems(fake_key)["jasper"].names(device) == ["set_rate_plan"]
 
 
+def test_step_started_before_a_crash_is_verified_not_called_again(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    (change,) = repo.device_changes_of(result.id)
+    # the previous process called Jasper, which applied it, and died before recording it
+    repo.save_step_progress(change.id, "jasper.set_status#started", {"run_id": "dead"})
+    fake_systems(fake_key)["jasper"].devices[device] = {"status": "DEACTIVATED"}
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert fake_systems(fake_key)["jasper"].names(device) == ["get_device"]
+
+
+def test_step_started_but_not_applied_is_called_after_the_check(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    (change,) = repo.device_changes_of(result.id)
+    repo.save_step_progress(change.id, "jasper.set_status#started", {"run_id": "dead"})
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert fake_systems(fake_key)["jasper"].names(device) == ["get_device", "set_status"]
+
+
 def test_audit_rows_record_each_step(repo, settings, fake_key, jasper_devices):
     device = jasper_devices[0]
     result = submit(
