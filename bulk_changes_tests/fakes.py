@@ -53,16 +53,23 @@ class FakeJasperClient:
     def __init__(self, system: FakeSystem) -> None:
         self.system = system
 
+    def _apply(self, name: str, iccid: str, changes: dict[str, Any]) -> dict[str, Any]:
+        result = self.system.call(name, iccid, changes)
+        self.system.devices.setdefault(iccid, {}).update(changes)
+        return result
+
+    def get_device(self, iccid: str) -> dict[str, Any]:
+        self.system.call("get_device", iccid)
+        return {"iccid": iccid, **self.system.devices.get(iccid, {})}
+
     def set_username(self, iccid: str, username: str) -> dict[str, Any]:
-        return self.system.call("set_username", iccid, username)
+        return self._apply("set_username", iccid, {"accountCustom1": username})
 
     def set_status(self, iccid: str, status: str) -> dict[str, Any]:
-        return self.system.call("set_status", iccid, status)
+        return self._apply("set_status", iccid, {"status": status})
 
-    def set_rate_plan(
-        self, iccid: str, rate_plan: str, communication_plan=None, effective_date=None
-    ):
-        return self.system.call("set_rate_plan", iccid, rate_plan)
+    def set_rate_plan(self, iccid, rate_plan, communication_plan=None, effective_date=None):
+        return self._apply("set_rate_plan", iccid, {"ratePlan": rate_plan})
 
 
 class FakeTelegenceClient:
