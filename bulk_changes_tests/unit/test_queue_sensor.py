@@ -1,0 +1,311 @@
+"""The queue sensor with build_sensor_context: a real SqsQueue on a local moto server, fakes
+of the AMOP repository and of the tenant configuration."""
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    OpExecutionContext,
+    RunRequest,
+    SensorResult,
+    build_sensor_context,
+    job,
+    op,
+)
+
+from bulk_changes.domain.messages import SubmitMessage
+from bulk_changes.intake import IntakeError
+from bulk_changes.resources.local_sqs import LocalSqsServer, local_credentials
+from bulk_changes.resources.queue import SqsQueue
+from bulk_changes.sensors.sqs_sensor import build_queue_sensor, load_cursor
+
+
+@op(config_schema={"bulk_change_id": int, "retry_failed_only": bool})
+def load_device_changes(context: OpExecutionContext) -> int:
+    return int(context.op_config["bulk_change_id"])
+
+
+@job
+def stand_in_job() -> None:
+    load_device_changes()
+
+
+@dataclass
+class FakeBulkChange:
+    id: int
+    tenant_id: str = "acme"
+    change_type: str = "username_cost_center"
+    integration: str = "jasper"
+    status: str = "NEW"
+
+
+@dataclass
+class FakeRepository:
+    bulk_changes: dict[int, FakeBulkChange] = field(default_factory=dict)
+    fail_with: Exception | None = None
+
+    def get_bulk_change(self, bulk_change_id: int) -> FakeBulkChange | None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.bulk_changes.get(bulk_change_id)
+
+
+@dataclass
+class FakeAmopDb:
+    repo: FakeRepository
+
+    def repository(self) -> FakeRepository:
+        return self.repo
+
+
+class FakeTenantConfig:
+    def settings(self) -> str:
+        return "settings"
+
+
+@dataclass
+class FakeSubmit:
+    """Stores a submit message as bulk change 500 (same key -> same bulk change)."""
+
+    repo: FakeRepository
+    calls: list[SubmitMessage] = field(default_factory=list)
+    by_key: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, repo: Any, settings: Any, message: SubmitMessage) -> int:
+        assert settings == "settings"
+        self.calls.append(message)
+        if message.tenant == "nobody":
+            raise IntakeError("unknown tenant 'nobody'")
+        if message.idempotency_key not in self.by_key:
+            new_id = 500 + len(self.by_key)
+            self.by_key[message.idempotency_key] = new_id
+            repo.bulk_changes[new_id] = FakeBulkChange(
+                new_id, message.tenant, message.change_type, message.integration
+            )
+        return self.by_key[message.idempotency_key]
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = LocalSqsServer(port=0)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def queue(endpoint: str) -> SqsQueue:
+    name = f"unit-{uuid.uuid4().hex[:10]}"
+    q = SqsQueue(
+        endpoint_url=endpoint,
+        queue_name=name,
+        dead_letter_queue_name=f"{name}-dlq",
+        max_receive_count=3,
+        **local_credentials(),
+    )
+    q.ensure_queues()
+    return q
+
+
+@pytest.fixture
+def repo() -> FakeRepository:
+    return FakeRepository(
+        {7: FakeBulkChange(7), 8: FakeBulkChange(8, "beta", integration="telegence")}
+    )
+
+
+@pytest.fixture
+def submit(repo: FakeRepository) -> FakeSubmit:
+    return FakeSubmit(repo)
+
+
+def tick(
+    queue: SqsQueue,
+    repo: FakeRepository,
+    submit: FakeSubmit,
+    instance: DagsterInstance,
+    cursor: str | None = None,
+) -> SensorResult:
+    sensor_def = build_queue_sensor(stand_in_job, minimum_interval_seconds=5, submit=submit)
+    context = build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={
+            "queue": queue,
+            "amop_db": FakeAmopDb(repo),
+            "tenant_config": FakeTenantConfig(),
+        },
+    )
+    result = sensor_def(context)
+    assert isinstance(result, SensorResult)
+    return result
+
+
+def requests_of(result: SensorResult) -> list[RunRequest]:
+    return list(result.run_requests or [])
+
+
+def in_flight(queue: SqsQueue) -> tuple[int, int]:
+    attrs = queue.queue_attributes()
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def test_new_message_gives_one_run_request(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    message_id = queue.send({"bulk_change_id": 8})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    [request] = requests_of(result)
+    assert request.run_key == "bulk_change_8"
+    assert request.tags == {
+        "bulk_changes/tenant": "beta",
+        "bulk_changes/bulk_change_id": "8",
+        "bulk_changes/change_type": "username_cost_center",
+        "bulk_changes/integration": "telegence",
+    }
+    assert request.run_config == {
+        "ops": {
+            "load_device_changes": {"config": {"bulk_change_id": 8, "retry_failed_only": False}}
+        }
+    }
+    # Not deleted in this tick: its receipt handle waits in the cursor for the run.
+    [pending] = load_cursor(result.cursor)
+    assert pending.run_key == "bulk_change_8" and pending.message_id == message_id
+    assert in_flight(queue) == (0, 1)
+    assert stand_in_job.execute_in_process(run_config=request.run_config).success
+
+
+def test_poison_message_goes_to_the_dlq_and_the_sensor_carries_on(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    bad_id = queue.send("this is not json")
+    queue.send({"bulk_change_id": 7})
+    queue.send({"bulk_change_id": 7, "colour": "red"})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert [r.run_key for r in requests_of(result)] == ["bulk_change_7"]
+    dead = {m.attributes["OriginalMessageId"]: m for m in queue.list_dead_letters(10)}
+    assert len(dead) == 2
+    assert "not JSON" in dead[bad_id].attributes["DeadLetterReason"]
+    assert dead[bad_id].body == "this is not json"
+    reasons = [m.attributes["DeadLetterReason"] for m in dead.values()]
+    assert any("'colour'" in r for r in reasons)
+
+
+def test_unknown_bulk_change_goes_to_the_dlq(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    queue.send("unused", {"BulkChangeId": "99"})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert requests_of(result) == []
+    assert result.skip_reason is not None
+    [dead] = queue.list_dead_letters(10)
+    assert dead.attributes["DeadLetterReason"] == "unknown bulk change 99"
+    assert dead.attributes["BulkChangeId"] == "99"
+    assert in_flight(queue) == (0, 0)
+
+
+def test_several_messages_for_one_bulk_change_give_one_request(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    queue.send({"bulk_change_id": 7})
+    queue.send("prior system", {"BulkChangeId": "7"})
+    queue.send({"bulk_change_id": 7})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert [r.run_key for r in requests_of(result)] == ["bulk_change_7"]
+    assert len(load_cursor(result.cursor)) == 3
+
+
+def test_final_bulk_change_message_is_deleted(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    repo.bulk_changes[7].status = "PROCESSED"
+    queue.send({"bulk_change_id": 7})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert requests_of(result) == []
+    assert load_cursor(result.cursor) == []
+    assert in_flight(queue) == (0, 0)
+
+
+def test_retry_request_on_a_final_bulk_change_gives_a_retry_run(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    repo.bulk_changes[7].status = "PROCESSED_WITH_ERRORS"
+    queue.send({"bulk_change_id": 7, "retry_failed": True, "request_id": "r-2"})
+    [request] = requests_of(tick(queue, repo, submit, DagsterInstance.ephemeral()))
+    assert request.run_key == "bulk_change_7_retry_r_2_" + request.run_key.rsplit("_", 1)[1]
+    assert request.run_config["ops"]["load_device_changes"]["config"]["retry_failed_only"] is True
+
+
+def test_submit_message_is_stored_then_run(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    body = {
+        "type": "submit_bulk_change",
+        "tenant": "acme",
+        "change_type": "device_status",
+        "integration": "jasper",
+        "devices": [{"iccid": "89014103211118510720", "status": "ACTIVATED"}],
+    }
+    message_id = queue.send(body)
+    [request] = requests_of(tick(queue, repo, submit, DagsterInstance.ephemeral()))
+    assert request.run_key == "bulk_change_500"
+    assert request.tags["bulk_changes/change_type"] == "device_status"
+    [call] = submit.calls
+    assert call.idempotency_key == f"sqs:{message_id}"
+    assert call.devices == body["devices"]
+
+
+def test_submit_refused_by_intake_goes_to_the_dlq(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    body = {
+        "type": "submit_bulk_change",
+        "tenant": "nobody",
+        "change_type": "device_status",
+        "integration": "jasper",
+        "devices": [{"iccid": "1"}],
+    }
+    queue.send(body)
+    assert requests_of(tick(queue, repo, submit, DagsterInstance.ephemeral())) == []
+    [dead] = queue.list_dead_letters(10)
+    assert "unknown tenant 'nobody'" in dead.attributes["DeadLetterReason"]
+    assert json.loads(dead.body) == body
+
+
+def test_unexpected_error_leaves_the_message_on_the_queue(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    repo.fail_with = RuntimeError("database is down")
+    queue.send({"bulk_change_id": 7})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert requests_of(result) == [] and queue.list_dead_letters(10) == []
+    assert in_flight(queue) == (0, 1)  # it comes back after the visibility timeout
+
+
+def test_unexpected_error_on_the_last_receive_dead_letters_with_the_error(
+    endpoint: str, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    name = f"unit-{uuid.uuid4().hex[:10]}"
+    queue = SqsQueue(
+        endpoint_url=endpoint,
+        queue_name=name,
+        dead_letter_queue_name=f"{name}-dlq",
+        max_receive_count=3,
+        visibility_timeout_seconds=0,  # back at once: received 3 times in one tick
+        **local_credentials(),
+    )
+    queue.ensure_queues()
+    repo.fail_with = RuntimeError("database is down")
+    queue.send({"bulk_change_id": 7})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert requests_of(result) == []
+    [dead] = queue.list_dead_letters(10)
+    reason = dead.attributes["DeadLetterReason"]
+    assert "failed 3 times" in reason and "database is down" in reason
