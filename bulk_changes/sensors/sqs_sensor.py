@@ -38,6 +38,7 @@ from dagster import (
     JobDefinition,
     RunRequest,
     RunsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -380,7 +381,7 @@ def run_request_for(ref: BulkChangeRef, bulk: Any, run_key: str) -> RunRequest:
 
 
 def build_queue_sensor(
-    job: Any,
+    job: JobDefinition,
     minimum_interval_seconds: int = 5,
     *,
     name: str = SENSOR_NAME,
@@ -388,18 +389,17 @@ def build_queue_sensor(
     pending_ttl_seconds: float = 3600.0,
     submit: SubmitFn | None = None,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
-) -> Any:
+) -> SensorDefinition:
     """The queue sensor for ``job`` (``process_bulk_change``).
 
     Resources: ``queue`` (SqsQueue), ``amop_db`` (AmopDatabase), ``tenant_config``
     (TenantConfig). ``submit`` stores a submit message (default: intake, as the CLI does).
     """
     submit_fn = submit or submit_via_intake
-    job_def: JobDefinition | Any = job
 
     @sensor(
         name=name,
-        job=job_def,
+        job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         required_resource_keys={"queue", "amop_db", "tenant_config"},
         default_status=default_status,
