@@ -23,3 +23,9 @@ defs = Definitions(
     sensors=[queue_sensor],
     resources=RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
 )
+
+
+def process_bulk_change_job():
+    """The job with this environment's resources, for ``reconstructable`` (re-execution
+    from Python, e.g. after a run worker died)."""
+    return defs.resolve_job_def("process_bulk_change")

@@ -1,0 +1,287 @@
+"""Through the queue, the daemon's sensor and real run workers, against the simulators."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from bulk_changes.demo import demo_iccid, demo_imei, demo_msisdn, make_inventory
+from bulk_changes_tests.e2e.stack import run_worker_pids, start_stack, stop_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = start_stack(tmp_path_factory.mktemp("e2e"))
+    inventories = {}
+    for index, tenant in ((1, "acme"), (2, "globex")):
+        inventories[tenant] = make_inventory(index, 200)
+        stack.import_devices(tenant, inventories[tenant])
+    stack.inventories = inventories
+    yield stack
+    stop_stack(stack)
+
+
+def devices(stack, tenant, integration, start, count):
+    rows = [r for r in stack.inventories[tenant] if r["integration"] == integration]
+    return rows[start : start + count]
+
+
+def fields_by_label(service):
+    return {f["label"]: f["value"] for f in service["fields"]}
+
+
+def traits(line):
+    return {c["name"]: c["value"] for c in line["serviceCharacteristic"]}
+
+
+def test_all_change_types_on_both_integrations_agree_with_the_simulators(stack):
+    sims = stack.sims
+    plan = {
+        "ucc_j": (
+            "acme",
+            "username_cost_center",
+            "jasper",
+            [
+                {"iccid": d["iccid"], "username": f"u{i}", "cost_center_1": f"CC{i}"}
+                for i, d in enumerate(devices(stack, "acme", "jasper", 0, 4))
+            ],
+        ),
+        "ucc_t": (
+            "globex",
+            "username_cost_center",
+            "telegence",
+            [
+                {"msisdn": d["msisdn"], "username": f"t{i}", "cost_center_3": "X"}
+                for i, d in enumerate(devices(stack, "globex", "telegence", 0, 4))
+            ],
+        ),
+        "status_j": (
+            "acme",
+            "device_status",
+            "jasper",
+            [
+                {"iccid": d["iccid"], "status": "DEACTIVATED"}
+                for d in devices(stack, "acme", "jasper", 4, 4)
+            ],
+        ),
+        "status_t": (
+            "acme",
+            "device_status",
+            "telegence",
+            [
+                {"msisdn": d["msisdn"], "status": "S"}
+                for d in devices(stack, "acme", "telegence", 4, 4)
+            ],
+        ),
+        "plan_j": (
+            "globex",
+            "carrier_rate_plan",
+            "jasper",
+            [
+                {"iccid": d["iccid"], "rate_plan": "IOT_5GB"}
+                for d in devices(stack, "globex", "jasper", 4, 4)
+            ],
+        ),
+        "plan_t": (
+            "acme",
+            "carrier_rate_plan",
+            "telegence",
+            [
+                {"msisdn": d["msisdn"], "rate_plan": "SOC5GB"}
+                for d in devices(stack, "acme", "telegence", 8, 4)
+            ],
+        ),
+        "equip_t": (
+            "globex",
+            "equipment",
+            "telegence",
+            [
+                {
+                    "msisdn": d["msisdn"],
+                    "new_imei": demo_imei(7_000_000 + i),
+                    "reason_code": "CUST_OWN_EQU",
+                }
+                for i, d in enumerate(devices(stack, "globex", "telegence", 8, 4))
+            ],
+        ),
+        "equip_j": (
+            "acme",
+            "equipment",
+            "jasper",
+            [
+                {"iccid": d["iccid"], "new_imei": demo_imei(1), "reason_code": "R"}
+                for d in devices(stack, "acme", "jasper", 12, 2)
+            ],
+        ),
+    }
+    ids = {name: stack.submit(*spec) for name, spec in plan.items()}
+    stack.wait_final(list(ids.values()))
+    reports = {name: stack.status_json(bulk_id) for name, bulk_id in ids.items()}
+
+    for name, report in reports.items():
+        expected = "PROCESSED_WITH_ERRORS" if name == "equip_j" else "PROCESSED"
+        assert report["status"] == expected, (name, report)
+    assert {d["status"] for d in reports["equip_j"]["devices"]} == {"ERROR"}
+    assert all("not offered by Jasper" in d["reason"] for d in reports["equip_j"]["devices"])
+
+    for row in plan["ucc_j"][3]:
+        assert sims.jasper.state(row["iccid"])["accountCustom1"] == row["username"]
+        service_id = next(d for d in stack.inventories["acme"] if d["iccid"] == row["iccid"])[
+            "revio_service_id"
+        ]
+        assert (
+            fields_by_label(sims.revio.state(service_id))["Cost Center 1"] == row["cost_center_1"]
+        )
+    for row in plan["ucc_t"][3]:
+        inv = next(d for d in stack.inventories["globex"] if d["msisdn"] == row["msisdn"])
+        service = sims.revio.state(inv["revio_service_id"])
+        assert fields_by_label(service)["Username"] == row["username"]
+        assert service["description"] == row["username"]  # globex maps the username to both
+        assert fields_by_label(service)["Cost Center 3"] == "X"
+    for row in plan["status_j"][3]:
+        assert sims.jasper.state(row["iccid"])["status"] == "DEACTIVATED"
+    for row in plan["status_t"][3]:
+        assert sims.telegence.state(row["msisdn"])["status"] == "S"
+    for row in plan["plan_j"][3]:
+        assert sims.jasper.state(row["iccid"])["ratePlan"] == "IOT_5GB"
+        inv = next(d for d in stack.inventories["globex"] if d["iccid"] == row["iccid"])
+        assert sims.revio.state(inv["revio_service_id"])["usage_plan_group_id"] == 105
+    for row in plan["plan_t"][3]:
+        assert traits(sims.telegence.state(row["msisdn"]))["singleUserCode"] == "SOC5GB"
+    for row in plan["equip_t"][3]:
+        assert traits(sims.telegence.state(row["msisdn"]))["IMEI"] == row["new_imei"]
+
+    # the AMOP inventory agrees too
+    device = stack.repo.devices_by_key("acme", "jasper", [plan["ucc_j"][3][0]["iccid"]])
+    assert next(iter(device.values()))["username"] == "u0"
+    assert stack.violations() == {
+        s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
+    }
+
+
+def test_with_20_percent_server_errors_every_valid_device_is_processed(stack):
+    for sim in stack.sims.all():
+        sim.configure(error_rate=0.2)
+    try:
+        ids = [
+            stack.submit(
+                "acme",
+                "username_cost_center",
+                "telegence",
+                [
+                    {"msisdn": d["msisdn"], "cost_center_2": "R"}
+                    for d in devices(stack, "acme", "telegence", 20, 15)
+                ],
+            ),
+            stack.submit(
+                "globex",
+                "device_status",
+                "jasper",
+                [
+                    {"iccid": d["iccid"], "status": "DEACTIVATED"}
+                    for d in devices(stack, "globex", "jasper", 20, 15)
+                ],
+            ),
+        ]
+        stack.wait_final(ids)
+    finally:
+        for sim in stack.sims.all():
+            sim.configure(error_rate=0.0)
+    for bulk_id in ids:
+        report = stack.status_json(bulk_id)
+        assert report["status"] == "PROCESSED", report
+        assert report["counts"] == {"PROCESSED": 15}
+    assert sum(s.stats()["faults"]["5xx"] for s in stack.sims.all()) > 0
+
+
+def test_permanently_failing_device_ends_error_with_the_carriers_message(stack):
+    rows = devices(stack, "acme", "jasper", 40, 3)
+    stack.sims.jasper.configure(fail_keys={rows[0]["iccid"]: "Device is locked by the operator"})
+    try:
+        bulk_id = stack.submit(
+            "acme",
+            "device_status",
+            "jasper",
+            [{"iccid": r["iccid"], "status": "RETIRED"} for r in rows],
+        )
+        stack.wait_final([bulk_id])
+    finally:
+        stack.sims.jasper.configure(fail_keys={})
+    report = stack.status_json(bulk_id)
+    by_device = {d["device"]: d for d in report["devices"]}
+    assert by_device[rows[0]["iccid"]]["status"] == "ERROR"
+    assert "Device is locked by the operator" in by_device[rows[0]["iccid"]]["reason"]
+    assert [by_device[r["iccid"]]["status"] for r in rows[1:]] == ["PROCESSED", "PROCESSED"]
+
+
+def test_killed_run_worker_then_reexecution_from_failure_repeats_no_succeeded_step(
+    stack, monkeypatch
+):
+    from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+
+    from bulk_changes.definitions import process_bulk_change_job
+
+    rows = []
+    for n in range(1000):
+        rows.append(
+            {
+                "integration": "telegence",
+                "iccid": demo_iccid(7, n),
+                "msisdn": demo_msisdn(7, n),
+                "status": "A",
+                "rate_plan": "SOC1GB",
+                "revio_service_id": "",
+            }
+        )
+    stack.import_devices("acme", rows)
+    calls_before = len(stack.sims.telegence.calls())
+    bulk_id = stack.submit(
+        "acme", "device_status", "telegence", [{"msisdn": r["msisdn"], "status": "S"} for r in rows]
+    )
+
+    # wait until the run is well under way, then kill its worker outright
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        counts = stack.repo.counts(bulk_id)
+        if counts.get("PROCESSED", 0) >= 250:
+            break
+        time.sleep(0.2)
+    run_id = stack.repo.get_bulk_change(bulk_id).last_run_id
+    pids = run_worker_pids(run_id)
+    assert pids, "no run worker process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    counts_at_kill = stack.repo.counts(bulk_id)
+    assert counts_at_kill.get("PROCESSED", 0) < 1000
+
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    instance = DagsterInstance.get()
+    run = instance.get_run_by_id(run_id)
+    # what an operator does in the UI for a run whose worker died
+    instance.report_run_failed(run)
+    result = execute_job(
+        reconstructable(process_bulk_change_job),
+        instance=instance,
+        reexecution_options=ReexecutionOptions.from_failure(run_id, instance),
+    )
+    assert result.success
+    report = stack.status_json(bulk_id)
+    assert report["status"] == "PROCESSED" and report["counts"] == {"PROCESSED": 1000}
+
+    patches = Counter(
+        call["key"]
+        for call in stack.sims.telegence.calls(calls_before)
+        if call["method"] == "PATCH" and 200 <= call["status"] < 300
+    )
+    assert set(patches) == {r["msisdn"] for r in rows}
+    assert max(patches.values()) == 1, [k for k, n in patches.items() if n > 1]
+    assert stack.violations() == {
+        s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
+    }
