@@ -36,6 +36,8 @@ def local_resources() -> dict[str, object]:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
             visibility_timeout_seconds=int(env_or("BULK_CHANGES_VISIBILITY_TIMEOUT", "60")),
+            # a local server forgets its queues when it restarts
+            create_if_missing=True,
         ),
         "jasper": JasperApi(),
         "telegence": TelegenceApi(),

@@ -156,16 +156,20 @@ class DbLimiter:
 
     def _take_turn(self, account_name: str, limit: RateLimit) -> None:
         interval = limit.interval * self.safety
-        now = self.clock()
-        clock = t.rate_limit_clock.c.next_free_at
+        clock = t.rate_limit_clock.c
         with self.engine.begin() as conn:
+            # The row is locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE) and
+            # the time read after: a turn is never handed out in the past, where it would
+            # bunch up with the turns handed out while this one waited for the lock.
             next_free = conn.execute(
-                update(t.rate_limit_clock)
-                .where(t.rate_limit_clock.c.account == account_name)
-                .values(next_free_at=case((clock > now, clock), else_=now) + interval)
-                .returning(t.rate_limit_clock.c.next_free_at)
+                select(clock.next_free_at).where(clock.account == account_name).with_for_update()
             ).scalar_one()
-        start_at = float(next_free) - interval
+            start_at = max(float(next_free), self.clock())
+            conn.execute(
+                update(t.rate_limit_clock)
+                .where(clock.account == account_name)
+                .values(next_free_at=start_at + interval)
+            )
         wait = start_at - self.clock()
         if wait > 0:
             self.sleep(wait)

@@ -56,6 +56,7 @@ class BulkChange:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    last_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def _bulk(row: Any) -> BulkChange:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        last_run_id=row.last_run_id,
     )
 
 

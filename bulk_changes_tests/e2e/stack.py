@@ -244,15 +244,15 @@ def stop_stack(stack: Stack) -> None:
 
 
 def run_worker_pids(run_id: str) -> list[int]:
-    """Processes running the given run (the run worker launched for it)."""
+    """The run worker of a run: the process whose stdout is that run's compute log."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stdout = os.readlink(entry / "fd" / "1")
         except OSError:
             continue
-        if "execute_run" in cmdline and run_id in cmdline:
+        if run_id in stdout and "compute_logs" in stdout:
             pids.append(int(entry.name))
     return pids
