@@ -1,0 +1,103 @@
+"""The AMOP database on SQLite and PostgreSQL: schema upgrades, idempotency, exactly-once moves."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import select
+
+from bulk_changes.db import schema as t
+from bulk_changes.db.repository import NewDeviceChange, Repository
+from bulk_changes.db.schema import LATEST, upgrade
+from bulk_changes.domain.state_machine import DeviceStatus
+from bulk_changes.intake import inventory_rows
+from bulk_changes_tests.helpers import iccid
+
+
+def make_bulk(repo, key=None, devices=3):
+    rows = inventory_rows(
+        [
+            {"integration": "jasper", "iccid": iccid(i), "status": "ACTIVATED"}
+            for i in range(devices)
+        ],
+        "t",
+    )
+    repo.upsert_devices("acme", rows)
+    found = repo.devices_by_key("acme", "jasper", [r["iccid"] for r in rows])
+    return repo.create_bulk_change(
+        tenant_id="acme",
+        change_type="device_status",
+        integration="jasper",
+        notify=[],
+        idempotency_key=key,
+        requested_by="t",
+        source="test",
+        changes=[
+            NewDeviceChange(
+                row_number=i + 1, device_key=k, device_id=d["id"], request={"status": "DEACTIVATED"}
+            )
+            for i, (k, d) in enumerate(sorted(found.items()))
+        ],
+    )
+
+
+def test_upgrade_twice_is_harmless_and_records_the_version(any_engine):
+    assert upgrade(any_engine) == LATEST
+    with any_engine.connect() as conn:
+        versions = [r.version for r in conn.execute(select(t.schema_version))]
+    assert versions == [LATEST]
+
+
+def test_reimport_updates_and_never_duplicates(any_engine):
+    repo = Repository(any_engine)
+    rows = inventory_rows(
+        [{"integration": "jasper", "iccid": iccid(1), "status": "ACTIVATED"}], "t"
+    )
+    assert repo.upsert_devices("acme", rows) == (1, 0)
+    rows[0]["status"] = "DEACTIVATED"
+    assert repo.upsert_devices("acme", rows) == (0, 1)
+    assert repo.count_devices("acme") == 1
+    assert repo.devices_by_key("acme", "jasper", [iccid(1)])[iccid(1)]["status"] == "DEACTIVATED"
+
+
+def test_same_idempotency_key_returns_the_same_bulk_change(any_engine):
+    repo = Repository(any_engine)
+    first, created = make_bulk(repo, key="k-1")
+    again, created_again = make_bulk(repo, key="k-1")
+    assert (again, created, created_again) == (first, True, False)
+
+
+def test_concurrent_finalize_makes_the_bulk_change_final_exactly_once(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo)
+    repo.start_processing(bulk_id, "run", False)
+    for change in repo.device_changes_of(bulk_id):
+        repo.finish_device_change(
+            bulk_change_id=bulk_id,
+            device_change_id=change.id,
+            status=DeviceStatus.PROCESSED,
+            reason=None,
+            step=None,
+        )
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: repo.finalize(bulk_id), range(8)))
+    assert sum(changed for _, _, changed in results) == 1
+    assert repo.get_bulk_change(bulk_id).status == "PROCESSED"
+
+
+def test_a_final_device_change_never_moves_again(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    args = dict(bulk_change_id=bulk_id, device_change_id=change.id, reason=None, step=None)
+    assert repo.finish_device_change(status=DeviceStatus.ERROR, **args)
+    assert not repo.finish_device_change(status=DeviceStatus.PROCESSED, **args)
+    assert repo.device_changes_of(bulk_id)[0].status == "ERROR"
+
+
+def test_bulk_not_final_while_devices_are_pending(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo)
+    repo.start_processing(bulk_id, "run", False)
+    status, counts, changed = repo.finalize(bulk_id)
+    assert (status, changed) == ("PROCESSING", False) and counts == {"NEW": 3}
