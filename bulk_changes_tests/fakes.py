@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulk_changes.domain.errors import NotFound
+from bulk_changes.processing.service_directory import ServiceDirectory
 from bulk_changes.resources.apis import JasperApi, RevioApi, TelegenceApi
 
 
@@ -128,6 +129,14 @@ class FakeRevioClient:
         self.system.call("get_service", str(service_id))
         return self._service(service_id)
 
+    def list_services(
+        self, page: int = 1, page_size: int = 500
+    ) -> tuple[list[dict[str, Any]], bool]:
+        self.system.call("list_services", str(page))
+        ordered = [self.system.services[k] for k in sorted(self.system.services)]
+        chunk = ordered[(page - 1) * page_size : page * page_size]
+        return [dict(s) for s in chunk], page * page_size < len(ordered)
+
     def find_services(self, number: str) -> list[dict[str, Any]]:
         self.system.call("find_services", number)
         return [s for s in self.system.services.values() if s["number"] == number]
@@ -183,9 +192,13 @@ class FakeClients:
             else FakeTelegenceClient(systems["telegence"])
         )
         self._billing = FakeRevioClient(systems["revio"])
+        self._services = ServiceDirectory()
 
     def carrier(self) -> Any:
         return self._carrier
 
     def billing(self) -> Any:
         return self._billing
+
+    def services(self) -> Any:
+        return self._services

@@ -25,6 +25,7 @@ from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER, Stage
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.runner import StageReport, StageRunner
+from bulk_changes.processing.service_directory import directory_for
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
 from bulk_changes.resources.tenant_config import TenantConfig
@@ -48,8 +49,9 @@ class PartitionConfig(Config):
 class AccountClients:
     """The carrier and billing clients of one bulk change, built on first use."""
 
-    def __init__(self, carrier: Any, billing: Any) -> None:
+    def __init__(self, carrier: Any, billing: Any, services: Any) -> None:
         self._carrier_factory, self._billing_factory = carrier, billing
+        self._services = services
         self._carrier: Any = None
         self._billing: Any = None
 
@@ -62,6 +64,9 @@ class AccountClients:
         if self._billing is None:
             self._billing = self._billing_factory()
         return self._billing
+
+    def services(self) -> Any:
+        return self._services
 
 
 def _stage_runner(
@@ -87,6 +92,7 @@ def _stage_runner(
         return AccountClients(
             lambda: carrier_api.client(tenant.carrier_account(bulk.integration), limiter, recorder),
             lambda: revio.client(tenant.billing_account(), limiter, recorder),
+            directory_for(tenant.billing_account().name, context.run_id),
         )
 
     if stage is Stage.CARRIER:

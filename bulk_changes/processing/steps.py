@@ -27,6 +27,10 @@ class Clients(Protocol):
 
     def billing(self) -> Any: ...
 
+    def services(self) -> Any:
+        """The run's ServiceDirectory of the billing account."""
+        ...
+
 
 class ProgressStore(Protocol):
     def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None: ...
@@ -243,19 +247,28 @@ REVIO_BUILDERS: Mapping[str, Callable[[StepContext], OpsBuilder]] = {
 
 
 def revio_patch(ctx: StepContext) -> dict[str, Any] | None:
-    """Read the service, build the patch from what it holds now, apply it."""
+    """Patch the service from what it holds now; nothing to spend when it already agrees."""
+    from bulk_changes.resources.revio import guard_failed
+
     build = REVIO_BUILDERS[ctx.step.name](ctx)
     service_id = _service_id(ctx)
-    applied: list[dict[str, Any]] = []
-
-    def record(service: Mapping[str, Any]) -> list[dict[str, Any]]:
-        ops = build(service)
-        # Already as wanted (a re-run, a repeated request): no call to spend.
-        applied[:] = [] if already_applied(service, ops) else ops
-        return applied
-
-    ctx.clients.billing().set_fields(service_id, record)
-    return {"service_id": service_id, "ops": [op for op in applied if op.get("op") == "replace"]}
+    billing = ctx.clients.billing()
+    directory = ctx.clients.services()
+    service = directory.get(service_id, billing)
+    ops = build(service)
+    if not ops or already_applied(service, ops):
+        return {"service_id": service_id, "unchanged": "already up to date"}
+    try:
+        updated = billing.patch_service(service_id, ops)
+    except Rejected as exc:
+        if not guard_failed(exc, ops):
+            raise
+        # The fields moved since the page was read: read this service afresh and retry.
+        directory.forget([service_id])
+        result = billing.set_fields(service_id, build)
+        return {"service_id": service_id, "ops": result.get("ops", []), "reread": True}
+    directory.remember(updated)
+    return {"service_id": service_id, "ops": [op for op in ops if op.get("op") == "replace"]}
 
 
 # ---- verification after a crash ------------------------------------------------------------

@@ -59,7 +59,7 @@ def _record(body: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(body).items() if k != "ok"}
 
 
-def _guard_failed(exc: errors.Rejected, ops: list[dict[str, Any]]) -> bool:
+def guard_failed(exc: errors.Rejected, ops: list[dict[str, Any]]) -> bool:
     """The patch was refused because a guard ``test`` op failed (the fields moved)."""
     return (
         any(op.get("op") == "test" for op in ops)
@@ -180,7 +180,7 @@ class RevioClient:
             try:
                 self.patch_service(service_id, ops)
             except errors.Rejected as exc:
-                if not _guard_failed(exc, ops):
+                if not guard_failed(exc, ops):
                     raise
                 if attempt == 2:
                     raise errors.Rejected(

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.repository import NewDeviceChange, Repository
-from bulk_changes.db.schema import LATEST, upgrade
+from bulk_changes.db.schema import LATEST, UPGRADES, upgrade
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.intake import inventory_rows
 from bulk_changes_tests.helpers import iccid
@@ -45,7 +45,8 @@ def test_upgrade_twice_is_harmless_and_records_the_version(any_engine):
     assert upgrade(any_engine) == LATEST
     with any_engine.connect() as conn:
         versions = [r.version for r in conn.execute(select(t.schema_version))]
-    assert versions == [LATEST]
+    assert versions == [number for number, _ in UPGRADES]
+    assert versions[-1] == LATEST
 
 
 def test_reimport_updates_and_never_duplicates(any_engine):

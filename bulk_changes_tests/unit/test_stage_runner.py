@@ -234,3 +234,40 @@ def test_telegence_cancelled_line_is_activated_once_and_polled(repo, settings, f
         "request_activation",
         "activation_status",
     ]
+
+
+def test_revio_services_are_read_in_pages_not_one_per_device(repo, settings, fake_key):
+    rows = inventory(30, "jasper")
+    repo.upsert_devices("acme", rows)
+    seed_services(fake_systems(fake_key), rows)
+    result = submit(
+        repo,
+        settings,
+        "username_cost_center",
+        "jasper",
+        [{"iccid": r["iccid"], "cost_center_1": "CC"} for r in rows],
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert {c.status for c in changes.values()} == {"PROCESSED"}
+    revio = fake_systems(fake_key)["revio"].names()
+    assert revio.count("patch_service") == 30
+    assert revio.count("get_service") == 0
+    assert revio.count("list_services") == 1
+
+
+def test_device_already_up_to_date_costs_no_revio_write(repo, settings, fake_key):
+    rows = inventory(1, "jasper")
+    repo.upsert_devices("acme", rows)
+    seed_services(fake_systems(fake_key), rows)
+    service = fake_systems(fake_key)["revio"].services[5000]
+    next(f for f in service["fields"] if f["label"] == "Cost Center 1")["value"] = "CC"
+    result = submit(
+        repo,
+        settings,
+        "username_cost_center",
+        "jasper",
+        [{"iccid": rows[0]["iccid"], "cost_center_1": "CC"}],
+    )
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[rows[0]["iccid"]].status == "PROCESSED"
+    assert "patch_service" not in fake_systems(fake_key)["revio"].names()
