@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,20 +171,32 @@ class Stack:
         }
 
 
-def start_stack(root: Path) -> Stack:
-    sims = start_simulators()
-    # The simulators enforce the documented limits; Telegence publishes none, so the
-    # test account's own limit is enforced there too.
-    sims.telegence.configure(rate_per_second=40, max_in_flight=6)
+def start_stack(
+    root: Path,
+    *,
+    tenants: Callable[[Any], dict[str, Any]] = tenants_yaml,
+    credentials: dict[str, dict[str, Any]] | None = None,
+    configure_sims: Callable[[Any], None] | None = None,
+    env_overrides: dict[str, str] | None = None,
+    dagster_yaml: str = DAGSTER_YAML,
+) -> Stack:
+    """Start everything; ``tenants`` builds the tenant file from the simulators' URLs."""
+    sims = start_simulators(credentials=credentials)
+    if configure_sims is None:
+        # The simulators enforce the documented limits; Telegence publishes none, so the
+        # test account's own limit is enforced there too.
+        sims.telegence.configure(rate_per_second=40, max_in_flight=6)
+    else:
+        configure_sims(sims)
     sqs_port = free_port()
     sqs = start_local_sqs_process(sqs_port, root / "sqs.log")
     (root / "dagster_home").mkdir()
-    (root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+    (root / "dagster_home" / "dagster.yaml").write_text(dagster_yaml)
     (root / "workspace.yaml").write_text(
         "load_from:\n  - python_module:\n      module_name: bulk_changes.definitions\n      location_name: bulk_changes\n"
     )
-    tenants = root / "tenants.yaml"
-    tenants.write_text(yaml.safe_dump(tenants_yaml(sims)))
+    tenants_file = root / "tenants.yaml"
+    tenants_file.write_text(yaml.safe_dump(tenants(sims)))
     db_url = f"sqlite:///{root / 'amop.sqlite'}"
     queue_name = f"e2e-{uuid.uuid4().hex[:8]}"
     env = {
@@ -191,7 +204,7 @@ def start_stack(root: Path) -> Stack:
         "DAGSTER_HOME": str(root / "dagster_home"),
         "BULK_CHANGES_HOME": str(root),
         "BULK_CHANGES_DB_URL": db_url,
-        "BULK_CHANGES_TENANTS": str(tenants),
+        "BULK_CHANGES_TENANTS": str(tenants_file),
         "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{sqs_port}",
         "BULK_CHANGES_QUEUE": queue_name,
         "BULK_CHANGES_DLQ": f"{queue_name}-dlq",
@@ -200,6 +213,7 @@ def start_stack(root: Path) -> Stack:
         "BULK_CHANGES_VISIBILITY_TIMEOUT": "30",
         "BULK_CHANGES_BASE_DELAY": "0.05",
         "BULK_CHANGES_MAX_ATTEMPTS": "10",
+        **(env_overrides or {}),
     }
     queue = SqsQueue(
         endpoint_url=env["BULK_CHANGES_SQS_ENDPOINT"],
