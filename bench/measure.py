@@ -1,0 +1,129 @@
+"""Process-tree sampling (CPU seconds, peak memory) and per-account call figures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> tuple[int, float, int] | None:
+    """(ppid, cpu seconds, rss bytes) of a process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    ppid = int(fields[1])
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    rss = int(fields[21]) * PAGE
+    return ppid, cpu, rss
+
+
+class TreeSampler:
+    """Samples the processes below the given roots: CPU used (by every process ever seen)
+    and the peak of their summed resident memory."""
+
+    def __init__(self, roots: list[int], interval: float = 0.25) -> None:
+        self.roots = set(roots)
+        self.interval = interval
+        self.cpu_by_pid: dict[int, float] = {}
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_pid.values())
+
+    def sample(self) -> None:
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                found = _stat(int(entry.name))
+                if found:
+                    stats[int(entry.name)] = found
+        children: dict[int, list[int]] = defaultdict(list)
+        for pid, (ppid, _, _) in stats.items():
+            children[ppid].append(pid)
+        tree, todo = set(), [r for r in self.roots if r in stats]
+        while todo:
+            pid = todo.pop()
+            if pid not in tree:
+                tree.add(pid)
+                todo.extend(children.get(pid, []))
+        rss = 0
+        for pid in tree:
+            _, cpu, mem = stats[pid]
+            self.cpu_by_pid[pid] = max(cpu, self.cpu_by_pid.get(pid, 0.0))
+            rss += mem
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+def account_figures(
+    calls: list[dict[str, Any]], limit_per_second: float, makespan: float
+) -> dict[str, Any]:
+    durations = [c.get("duration_ms") or 0.0 for c in calls]
+    mean_latency = sum(durations) / len(durations) / 1000.0 if durations else 0.0
+    return {
+        "calls": len(calls),
+        "limit_per_second": round(limit_per_second, 3),
+        "utilization": round(len(calls) / (limit_per_second * makespan), 3) if makespan else 0.0,
+        "mean_latency_ms": round(mean_latency * 1000, 1),
+        "one_in_flight_bound_s": round(len(calls) * mean_latency, 1),
+        "throttled": sum(1 for c in calls if c.get("throttled")),
+    }
+
+
+def per_second_series(calls: list[dict[str, Any]], start: float) -> dict[int, int]:
+    series: dict[int, int] = defaultdict(int)
+    for call in calls:
+        series[int(call["t"] - start)] += 1
+    return dict(series)
+
+
+def plot(path: Path, title: str, accounts: dict[str, tuple[dict[int, int], float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for name, (series, limit) in accounts.items():
+        if not series:
+            continue
+        xs = list(range(0, max(series) + 1))
+        line = ax.plot(xs, [series.get(x, 0) for x in xs], label=f"{name} calls/s")[0]
+        ax.axhline(
+            limit, color=line.get_color(), linestyle="--", linewidth=1, label=f"{name} limit"
+        )
+    ax.set_xlabel("seconds since the message was sent")
+    ax.set_ylabel("calls per second")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def wall() -> float:
+    return time.time()

@@ -1,0 +1,317 @@
+"""Benchmark: the real path (queue message, sensor, Dagster run, AMOP database) against
+the simulators with realistic latency and the documented limits, scaled up uniformly.
+
+    python -m bench.run_bench                       # every scenario, 2,000 devices, scale 10
+    python -m bench.run_bench --devices 10000 --scenarios jasper_ucc,unconstrained
+    python -m bench.run_bench --smoke               # a few hundred devices, for the test suite
+
+Prints a table per scenario and the whole result as JSON; writes a PNG per scenario.
+It never fails on time: it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.measure import TreeSampler, account_figures, per_second_series, plot
+from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
+from bulk_changes.demo import demo_iccid, demo_msisdn
+from bulk_changes_tests.e2e.stack import start_stack, stop_stack
+
+SYSTEMS = ("jasper", "telegence", "revio")
+
+
+def utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the project writes them in UTC
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def account_name(system: str, tenant: str, scenario: Scenario) -> str:
+    return f"{system}-{'shared' if scenario.shared_accounts else tenant}"
+
+
+def login(system: str, account: str) -> str:
+    return {"jasper": account, "telegence": f"app-{account}", "revio": f"{account}@bench"}[system]
+
+
+def credentials(scenario: Scenario) -> dict[str, dict[str, Any]]:
+    accounts = {account_name(s, t, scenario) for s in SYSTEMS for t in scenario.tenants}
+    creds: dict[str, dict[str, Any]] = {"jasper": {}, "telegence": {}, "revio": {}}
+    for account in accounts:
+        system = account.split("-", 1)[0]
+        key = login(system, account)
+        creds[system][key] = ("pw", "sub") if system == "revio" else "key"
+    return creds
+
+
+def limits(system: str, scale: float, scenario: Scenario) -> tuple[float, float, int]:
+    calls, window, in_flight = BASE_LIMITS[system]
+    if not scenario.constrained:
+        return 100_000.0, 1.0, 64
+    return calls * scale, window, in_flight
+
+
+def tenants_file(scenario: Scenario, scale: float):
+    def build(sims: Any) -> dict[str, Any]:
+        urls = {"jasper": sims.jasper_url, "telegence": sims.telegence_url, "revio": sims.revio_url}
+        accounts: dict[str, Any] = {}
+        for tenant in scenario.tenants:
+            for system in SYSTEMS:
+                name = account_name(system, tenant, scenario)
+                calls, window, in_flight = limits(system, scale, scenario)
+                spec: dict[str, Any] = {
+                    "system": system,
+                    "base_url": urls[system],
+                    "calls_per_second": calls / window,
+                    "max_in_flight": in_flight,
+                    "timeout_seconds": 10,
+                }
+                user = login(system, name)
+                if system == "jasper":
+                    spec.update(username=user, api_key="key")
+                elif system == "telegence":
+                    spec.update(app_id=user, app_secret="key", activation_poll_seconds=0.1)
+                else:
+                    spec.update(
+                        username=name, client_code="bench", password="pw", subscription_key="sub"
+                    )
+                accounts[name] = spec
+        return {
+            "accounts": accounts,
+            "tenants": [
+                {
+                    "id": tenant,
+                    "accounts": {s: account_name(s, tenant, scenario) for s in SYSTEMS},
+                    "rate_plan_billing": {"IOT_1GB": 101, "SOC1GB": 201, "SOC5GB": 205},
+                }
+                for tenant in scenario.tenants
+            ],
+        }
+
+    return build
+
+
+def configure(scenario: Scenario, scale: float):
+    def setup(sims: Any) -> None:
+        for system, sim in zip(SYSTEMS, sims.all(), strict=True):
+            if not scenario.constrained:
+                sim.configure(enforce_limits=False, latency_ms=0)
+                continue
+            calls, window, in_flight = limits(system, scale, scenario)
+            per_account = {
+                login(system, account_name(system, t, scenario)): {
+                    "rate_limit": int(calls),
+                    "rate_window_seconds": window,
+                    "max_in_flight": in_flight,
+                }
+                for t in scenario.tenants
+            }
+            sim.configure(
+                latency_ms=BASE_LATENCY_MS[system] / scale,
+                latency_jitter_ms=BASE_LATENCY_MS[system] / scale / 3,
+                account_limits=per_account,
+            )
+
+    return setup
+
+
+def inventory(tenant_index: int, integration: str, count: int, offset: int) -> list[dict[str, str]]:
+    rows = []
+    for n in range(offset, offset + count):
+        rows.append(
+            {
+                "integration": integration,
+                "iccid": demo_iccid(tenant_index, n),
+                "msisdn": demo_msisdn(tenant_index, n) if integration == "telegence" else "",
+                "status": "ACTIVATED" if integration == "jasper" else "A",
+                "rate_plan": "IOT_1GB" if integration == "jasper" else "SOC1GB",
+                "revio_service_id": str(1_000_000 * tenant_index + n),
+            }
+        )
+    return rows
+
+
+def request_rows(
+    change_type: str, integration: str, devices: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    key = "iccid" if integration == "jasper" else "msisdn"
+    change = {
+        "username_cost_center": {"username": "bench-user", "cost_center_1": "BENCH"},
+        "device_status": {"status": "DEACTIVATED" if integration == "jasper" else "S"},
+        "carrier_rate_plan": {"rate_plan": "SOC5GB" if integration == "telegence" else "IOT_1GB"},
+    }[change_type]
+    return [{key: d[key], **change} for d in devices]
+
+
+def run_scenario(
+    scenario: Scenario, scale: float, out_dir: Path, batch_size: int
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
+    stack = start_stack(
+        root,
+        tenants=tenants_file(scenario, scale),
+        credentials=credentials(scenario),
+        configure_sims=configure(scenario, scale),
+        env_overrides={
+            "BULK_CHANGES_SENSOR_INTERVAL": "1",
+            "BULK_CHANGES_BATCH_SIZE": str(batch_size),
+        },
+    )
+    sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
+    try:
+        offsets: dict[tuple[str, str], int] = {}
+        planned = []
+        for send in scenario.sends:
+            index = scenario.tenants.index(send.tenant) + 1
+            start = offsets.get((send.tenant, send.integration), 0)
+            rows = inventory(index, send.integration, send.devices, start)
+            offsets[(send.tenant, send.integration)] = start + send.devices
+            stack.import_devices(send.tenant, rows)
+            planned.append((send, request_rows(send.change_type, send.integration, rows)))
+        calls_before = {
+            s: len(sim.calls()) for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)
+        }
+        first = time.time()
+        sent: dict[int, tuple[Any, float]] = {}
+        for send, rows in sorted(planned, key=lambda p: p[0].after_seconds):
+            while time.time() < first + send.after_seconds:
+                time.sleep(0.2)
+            sent_at = time.time()
+            bulk_id = stack.submit(send.tenant, send.change_type, send.integration, rows)
+            sent[bulk_id] = (send, sent_at)
+        stack.wait_final(list(sent), timeout=6 * 3600)
+        finished = time.time()
+        result = collect(stack, scenario, scale, sent, first, finished, calls_before, root)
+    finally:
+        stop_stack(stack)
+        sampler.stop()
+    devices = sum(s.devices for s, _ in sent.values())
+    result["cpu_seconds_total"] = round(sampler.cpu_seconds, 1)
+    result["cpu_seconds_per_1000_devices"] = round(sampler.cpu_seconds / devices * 1000, 2)
+    result["peak_memory_mb"] = round(sampler.peak_rss / 2**20, 1)
+    png = out_dir / f"{scenario.name}.png"
+    plot(png, f"{scenario.name} (scale {scale:g})", result.pop("_series"))
+    result["plot"] = str(png)
+    return result
+
+
+def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -> dict[str, Any]:
+    from dagster import DagsterInstance, RunsFilter
+
+    instance = DagsterInstance.from_config(str(root / "dagster_home"))
+    repo = stack.repo
+    bulk_rows = []
+    for bulk_id, (send, sent_at) in sent.items():
+        bulk = repo.get_bulk_change(bulk_id)
+        records = instance.get_run_records(
+            RunsFilter(tags={"bulk_changes/bulk_change_id": str(bulk_id)})
+        )
+        starts = [r.start_time for r in records if r.start_time]
+        bulk_rows.append(
+            {
+                "bulk_change_id": bulk_id,
+                "label": send.label or f"{send.tenant} {send.change_type}/{send.integration}",
+                "devices": send.devices,
+                "status": bulk.status,
+                "counts": repo.counts(bulk_id),
+                "makespan_s": round(bulk.finished_at.timestamp() - sent_at, 1)
+                if bulk.finished_at
+                else None,
+                "message_to_run_start_s": round(min(starts) - sent_at, 1) if starts else None,
+                "retries": sum(o.get("retry", 0) for o in repo.audit_summary(bulk_id).values()),
+            }
+        )
+    makespan = finished - first
+    devices = sum(s.devices for s, _ in sent.values())
+    accounts: dict[str, Any] = {}
+    series: dict[str, tuple[dict[int, int], float]] = {}
+    per_device: dict[str, float] = {}
+    for system, sim in zip(SYSTEMS, stack.sims.all(), strict=True):
+        calls = sim.calls(calls_before[system])
+        per_device[system] = round(len(calls) / devices, 3)
+        by_account: dict[str, list[dict[str, Any]]] = {}
+        for call in calls:
+            by_account.setdefault(call.get("account") or "?", []).append(call)
+        for account, account_calls in by_account.items():
+            calls_limit, window, _ = limits(system, scale, scenario)
+            limit = calls_limit / window
+            accounts[f"{system}:{account}"] = account_figures(account_calls, limit, makespan)
+            series[f"{system}:{account}"] = (per_second_series(account_calls, first), limit)
+    violations = {
+        s: sim.stats()["violations"] for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)
+    }
+    return {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "scale": scale,
+        "devices": devices,
+        "makespan_s": round(makespan, 1),
+        "bulk_changes": bulk_rows,
+        "accounts": accounts,
+        "calls_per_device": per_device,
+        "throttled": sum(a["throttled"] for a in accounts.values()),
+        "violations": violations,
+        "_series": series,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n== {result['scenario']}: {result['description']} (scale {result['scale']:g})")
+    print(
+        f"   makespan {result['makespan_s']} s, {result['devices']} devices, throttled {result['throttled']},"
+        f" CPU {result['cpu_seconds_per_1000_devices']} s/1000 devices, peak memory {result['peak_memory_mb']} MB"
+    )
+    print(
+        f"   {'account':<28}{'calls':>8}{'limit/s':>9}{'util':>7}{'latency':>9}{'1-in-flight bound':>19}"
+    )
+    for name, a in sorted(result["accounts"].items()):
+        print(
+            f"   {name:<28}{a['calls']:>8}{a['limit_per_second']:>9}{a['utilization']:>7}"
+            f"{a['mean_latency_ms']:>8}ms{a['one_in_flight_bound_s']:>18}s"
+        )
+    print(f"   calls per device: {result['calls_per_device']}")
+    for b in result["bulk_changes"]:
+        print(
+            f"   bulk {b['bulk_change_id']} {b['label']}: {b['status']} {b['counts']} makespan {b['makespan_s']} s,"
+            f" message->run start {b['message_to_run_start_s']} s, retries {b['retries']}"
+        )
+    print(f"   plot: {result['plot']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--memory-devices", type=int, default=20000)
+    parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--scenarios", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--smoke", action="store_true", help="a few hundred devices, two scenarios")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.devices, args.scale = 200, 20.0
+        args.scenarios = args.scenarios or "jasper_ucc,unconstrained"
+    chosen = scenarios(args.devices, args.memory_devices)
+    names = [n for n in args.scenarios.split(",") if n] or list(chosen)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        result = run_scenario(chosen[name], args.scale, args.out, args.batch_size)
+        print_table(result)
+        results.append(result)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
