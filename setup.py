@@ -9,7 +9,14 @@ setup(
     version="0.1.0",
     description="Bulk device changes across Jasper, Telegence, Rev.io and the AMOP database, on Dagster",
     packages=find_packages(exclude=["bulk_changes_tests*"]),
-    package_data={"bulk_changes": ["schemas/*.json", "defaults/*.yaml", "defaults/*.csv"]},
+    package_data={
+        "bulk_changes": [
+            "schemas/*.json",
+            "defaults/*.yaml",
+            "defaults/*.csv",
+            "templates/email/*",
+        ]
+    },
     python_requires=">=3.11",
     install_requires=[
         f"dagster=={DAGSTER}",

@@ -85,6 +85,94 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatcher(res: dict[str, Any]) -> Any:
+    import os
+
+    from bulk_changes.notify.dispatcher import build_dispatcher
+
+    return build_dispatcher(
+        amop_db=res["amop_db"],
+        tenant_config=res["tenant_config"],
+        mail=res["mail"],
+        webhooks=res["webhooks"],
+        notifications=res["notifications"],
+        holder=f"cli:{os.getpid()}",
+    )
+
+
+def _delivery_json(d: Any) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "event_id": d.event.event_id,
+        "type": d.event.type,
+        "bulk_change_id": d.event.bulk_change_id,
+        "tenant": d.event.tenant_id,
+        "channel": d.channel,
+        "target": d.target.split("?", 1)[0] if d.channel == "webhook" else d.target,
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "failed_at": d.failed_at.isoformat() if d.failed_at else None,
+        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+    }
+
+
+def cmd_webhooks_failed(args: argparse.Namespace) -> int:
+    from bulk_changes.db.outbox import Outbox
+
+    failed = Outbox(_resources()["amop_db"].engine()).failed("webhook")
+    rows = [_delivery_json(d) for d in failed]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no failed webhook deliveries")
+        return 0
+    for r in rows:
+        print(
+            f"{r['id']:>6}  {r['event_id']}  {r['type']:<26} bulk change {r['bulk_change_id']} "
+            f"({r['tenant']})  {r['target']}  {r['attempts']} attempt(s), failed {r['failed_at']}"
+            f"\n        last error: {r['last_error']}"
+        )
+    print(f"{len(rows)} failed; send one again with: bulk-changes webhooks redeliver ID")
+    return 0
+
+
+def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
+    res = _resources()
+    dispatcher = _dispatcher(res)
+    if args.id.isdigit():
+        found = dispatcher.outbox.get(int(args.id))
+        deliveries = [found] if found else []
+    else:
+        deliveries = dispatcher.outbox.by_event_id(args.id)
+    deliveries = [d for d in deliveries if d.channel == "webhook"]
+    if not deliveries:
+        print(f"no webhook delivery {args.id}", file=sys.stderr)
+        return 1
+    code = 0
+    for delivery in deliveries:
+        outcome, after = dispatcher.redeliver(delivery)
+        row = _delivery_json(after)
+        if args.json:
+            print(json.dumps({"outcome": outcome, **row}))
+        else:
+            print(
+                f"delivery {row['id']} ({row['event_id']}, {row['type']}) to {row['target']}: "
+                f"{outcome}, now {row['status']}"
+                + (f"; error: {row['last_error']}" if outcome != "delivered" else "")
+            )
+        code = code or (0 if outcome == "delivered" else 1)
+    return code
+
+
+def cmd_webhooks_secret(args: argparse.Namespace) -> int:
+    from bulk_changes.domain.webhook_signing import generate_secret
+
+    print(generate_secret())
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bulk_changes.simulators import serve_forever
 
@@ -150,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--devices", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    webhooks = sub.add_parser("webhooks", help="webhook deliveries")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    failed = webhooks_sub.add_parser(
+        "failed", help="webhook deliveries that failed for good (after 24 hours of retries)"
+    )
+    failed.add_argument("--json", action="store_true")
+    failed.set_defaults(func=cmd_webhooks_failed)
+    redeliver = webhooks_sub.add_parser(
+        "redeliver", help="send a webhook delivery again now (same webhook-id)"
+    )
+    redeliver.add_argument("id", help="a delivery id (from 'failed' or 'status'), or an event id")
+    redeliver.add_argument("--json", action="store_true")
+    redeliver.set_defaults(func=cmd_webhooks_redeliver)
+    secret = webhooks_sub.add_parser("new-secret", help="print a new whsec_ secret")
+    secret.set_defaults(func=cmd_webhooks_secret)
 
     simulate = sub.add_parser("simulate", help="serve the Jasper, Telegence and Rev.io simulators")
     simulate.add_argument("--host", default="127.0.0.1")

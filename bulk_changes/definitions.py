@@ -6,6 +6,7 @@ from dagster import DefaultSensorStatus, Definitions
 
 from bulk_changes.environments import RESOURCES_BY_ENV, env_or
 from bulk_changes.jobs import process_bulk_change
+from bulk_changes.sensors.notifications import build_run_failure_sensor, build_sweep_sensor
 from bulk_changes.sensors.sqs_sensor import build_queue_sensor
 
 queue_sensor = build_queue_sensor(
@@ -18,9 +19,18 @@ queue_sensor = build_queue_sensor(
     ),
 )
 
+_notify_status = (
+    DefaultSensorStatus.RUNNING
+    if env_or("BULK_CHANGES_NOTIFY_SENSORS", "running") == "running"
+    else DefaultSensorStatus.STOPPED
+)
+_notify_interval = int(env_or("BULK_CHANGES_NOTIFY_INTERVAL", "10"))
+notification_sweep = build_sweep_sensor(_notify_interval, _notify_status)
+run_failure_alerts = build_run_failure_sensor([process_bulk_change], _notify_interval, _notify_status)
+
 defs = Definitions(
     jobs=[process_bulk_change],
-    sensors=[queue_sensor],
+    sensors=[queue_sensor, notification_sweep, run_failure_alerts],
     resources=RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
 )
 

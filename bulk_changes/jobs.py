@@ -1,9 +1,10 @@
-"""The job: load -> partition -> carrier -> billing -> record -> collect -> finalize."""
+"""The job: load -> partition -> carrier -> billing -> record -> collect -> finalize -> notify."""
 
 from __future__ import annotations
 
 from dagster import in_process_executor, job
 
+from bulk_changes.ops.notify import deliver_notifications
 from bulk_changes.ops.process import (
     apply_billing_updates,
     apply_carrier_updates,
@@ -22,4 +23,4 @@ def process_bulk_change() -> None:
     loaded = load_device_changes()
     batches = partition_batches(loaded)
     results = batches.map(apply_carrier_updates).map(apply_billing_updates).map(record_results)
-    finalize_bulk_change(results.collect(), loaded)
+    deliver_notifications(finalize_bulk_change(results.collect(), loaded))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bulk_changes.db.outbox import Outbox
 from bulk_changes.db.repository import Repository
 
 
@@ -30,6 +31,7 @@ def status_of(repo: Repository, bulk_change_id: int, with_devices: bool) -> dict
         "duration_seconds": duration,
         "counts": repo.counts(bulk.id),
         "calls": repo.audit_summary(bulk.id),
+        "notifications": notifications_of(repo, bulk.id),
     }
     if with_devices:
         report["devices"] = [
@@ -44,6 +46,54 @@ def status_of(repo: Repository, bulk_change_id: int, with_devices: bool) -> dict
             for c in repo.device_changes_of(bulk.id)
         ]
     return report
+
+
+def _shown_target(channel: str, target: str) -> str:
+    # a webhook URL's query may hold a token: show the endpoint only
+    return target.split("?", 1)[0] if channel == "webhook" else target
+
+
+def notifications_of(repo: Repository, bulk_change_id: int) -> list[dict[str, Any]]:
+    """Each notification event and the state of its deliveries (no secrets: endpoints
+    without their query, addresses, statuses, errors as stored, already redacted)."""
+    out = []
+    for event in Outbox(repo.engine).notifications_of(bulk_change_id):
+        out.append(
+            {
+                "event_id": event["event_id"],
+                "type": event["type"],
+                "created_at": _iso(event["created_at"]),
+                "planned": event["planned"],
+                "deliveries": [
+                    {
+                        "id": d["id"],
+                        "channel": d["channel"],
+                        "target": _shown_target(d["channel"], d["target"]),
+                        "status": d["status"],
+                        "attempts": d["attempts"],
+                        "last_error": d["last_error"],
+                        "next_attempt_at": _iso(d["next_attempt_at"]),
+                        "delivered_at": _iso(d["delivered_at"]),
+                        "failed_at": _iso(d["failed_at"]),
+                    }
+                    for d in event["deliveries"]
+                ],
+            }
+        )
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _delivery_line(d: dict[str, Any]) -> str:
+    line = f"{d['channel']} {d['target']}: {d['status']} ({d['attempts']} attempt(s))"
+    if d["status"] == "PENDING" and d.get("next_attempt_at"):
+        line += f", next {d['next_attempt_at']}"
+    if d["status"] != "DELIVERED" and d.get("last_error"):
+        line += f", last error: {d['last_error']}"
+    return line
 
 
 def format_text(report: dict[str, Any]) -> str:
@@ -67,6 +117,16 @@ def format_text(report: dict[str, Any]) -> str:
                 for system, outcomes in sorted(report["calls"].items())
             )
         )
+    if report.get("notifications"):
+        lines.append("  notifications:")
+        for event in report["notifications"]:
+            lines.append(f"    {event['type']:<26} {event['event_id']}")
+            if not event["planned"]:
+                lines.append("      not planned yet (the next delivery pass plans it)")
+            elif not event["deliveries"]:
+                lines.append("      no destination configured")
+            for d in event["deliveries"]:
+                lines.append(f"      {_delivery_line(d)}")
     for device in report.get("devices", []):
         reason = f"  {device['reason']}" if device["reason"] else ""
         lines.append(

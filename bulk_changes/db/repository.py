@@ -12,6 +12,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bulk_changes.db import outbox
 from bulk_changes.db import schema as t
 from bulk_changes.domain.audit import Exchange, to_text
 from bulk_changes.domain.state_machine import (
@@ -322,6 +323,16 @@ class Repository:
                 select(t.bulk_changes.c.status).where(t.bulk_changes.c.id == bulk_change_id)
             ).scalar_one()
             if retry_failed_only:
+                # their next final result is a new one: it goes out again by webhook
+                outbox.forget_reports(
+                    conn,
+                    conn.execute(
+                        select(t.device_changes.c.id).where(
+                            t.device_changes.c.bulk_change_id == bulk_change_id,
+                            t.device_changes.c.status == DeviceStatus.API_FAILED.value,
+                        )
+                    ).scalars(),
+                )
                 reopened = conn.execute(
                     update(t.device_changes)
                     .where(
@@ -339,9 +350,14 @@ class Repository:
             if bulk == BulkStatus.NEW.value or (
                 bulk == BulkStatus.PROCESSED_WITH_ERRORS.value and reopened
             ):
-                values.update(
-                    status=BulkStatus.PROCESSING.value, started_at=now(), finished_at=None
-                )
+                # conditional: of two runs racing, one moves it and writes the event
+                moved = conn.execute(
+                    update(t.bulk_changes)
+                    .where(t.bulk_changes.c.id == bulk_change_id, t.bulk_changes.c.status == bulk)
+                    .values(status=BulkStatus.PROCESSING.value, started_at=now(), finished_at=None)
+                ).rowcount
+                if moved:
+                    outbox.write_processing(conn, bulk_change_id)
             conn.execute(
                 update(t.bulk_changes).where(t.bulk_changes.c.id == bulk_change_id).values(**values)
             )
@@ -695,8 +711,15 @@ class Repository:
                         created_at=now(),
                     )
                 )
+                outbox.write_final(conn, bulk_change_id, target.value, counts)
                 return target.value, counts, True
             return current, counts, False
+
+    def report_final_devices(self, bulk_change_id: int, device_change_ids: Sequence[int]) -> int:
+        """device_changes.completed events for those of ``device_change_ids`` that are
+        final and not reported yet (a batch that finished). -> devices reported."""
+        with self.engine.begin() as conn:
+            return outbox.report_final_devices(conn, bulk_change_id, device_change_ids)
 
     def audit_of(
         self, bulk_change_id: int, device_change_id: int | None = None

@@ -168,10 +168,84 @@ def _v1_create(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+# ---- version 2: the notification outbox ---------------------------------------------------
+# Its own MetaData: version 1 creates everything in ``metadata``, and must stay as it was.
+outbox_metadata = MetaData()
+
+# One row per notification, written in the transaction of the state change that causes it.
+outbox_events = Table(
+    "outbox_events",
+    outbox_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # order of the events
+    Column("event_id", String(64), nullable=False, unique=True),  # webhook-id / Message-ID
+    Column("type", String(64), nullable=False),
+    Column("bulk_change_id", Integer),
+    Column("tenant_id", String(64)),
+    Column("payload", Text, nullable=False),  # webhooks: the exact body sent
+    Column("dedupe_key", String(255), unique=True),  # e.g. one alert per failed run
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("planned_at", DateTime(timezone=True)),  # deliveries created
+    Index("ix_outbox_events_bulk", "bulk_change_id", "id"),
+    Index("ix_outbox_events_planned", "planned_at"),
+)
+
+# One row per event and destination (a webhook endpoint, the mail recipients).
+outbox_deliveries = Table(
+    "outbox_deliveries",
+    outbox_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_row_id", Integer, ForeignKey("outbox_events.id"), nullable=False),
+    Column("channel", String(16), nullable=False),  # webhook, email
+    Column("target", String(1000), nullable=False),  # endpoint URL, or the addresses
+    Column("status", String(16), nullable=False),  # PENDING, DELIVERED, FAILED
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_by", String(128)),
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("failed_at", DateTime(timezone=True)),
+    UniqueConstraint("event_row_id", "channel", "target", name="uq_outbox_delivery"),
+    Index("ix_outbox_deliveries_status", "status", "next_attempt_at"),
+)
+
+# Every attempt: started before the send, finished after (an attempt left 'sending' was
+# interrupted: the receiver may have it, and the retry carries the same event id).
+outbox_attempts = Table(
+    "outbox_attempts",
+    outbox_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", Integer, ForeignKey("outbox_deliveries.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("holder", String(128)),  # run id or sensor tick that made it
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("outcome", String(16), nullable=False),  # sending, delivered, failed, interrupted
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("duration_ms", Float),
+    Index("ix_outbox_attempts_delivery", "delivery_id"),
+)
+
+# Which device results went out in a device_changes.completed event: each device once.
+outbox_device_reports = Table(
+    "outbox_device_reports",
+    outbox_metadata,
+    Column("device_change_id", Integer, primary_key=True),
+    Column("event_row_id", Integer, ForeignKey("outbox_events.id"), nullable=False),
+)
+
+
+def _v2_outbox(conn: Connection) -> None:
+    outbox_metadata.create_all(conn)
+
+
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_create),
+    (2, _v2_outbox),
 ]
 
 LATEST = UPGRADES[-1][0]

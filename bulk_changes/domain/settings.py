@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulk_changes.domain.errors import ConfigurationError
+from bulk_changes.domain.notifications import WEBHOOK_EVENTS
+from bulk_changes.domain.webhook_signing import secret_key
 
 
 class Secret:
@@ -98,6 +100,18 @@ USERNAME_MAPPINGS = ("field", "description", "both")
 
 
 @dataclass(frozen=True)
+class WebhookEndpoint:
+    """A tenant's receiver: where, the Standard Webhooks secret, which events."""
+
+    url: str
+    secret: Secret
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+    def wants(self, event_type: str) -> bool:
+        return event_type in self.events
+
+
+@dataclass(frozen=True)
 class Tenant:
     id: str
     notify: tuple[str, ...] = ()
@@ -108,6 +122,7 @@ class Tenant:
     username_mapping: str = "field"
     # carrier rate plan -> Rev.io usage plan group id
     rate_plan_billing: dict[str, int] = field(default_factory=dict)
+    webhooks: tuple[WebhookEndpoint, ...] = ()
 
     def carrier_account(self, integration: str) -> JasperAccount | TelegenceAccount:
         account = self.jasper if integration == "jasper" else self.telegence
@@ -209,6 +224,48 @@ def parse_account(name: str, data: dict[str, Any]) -> Account:
     raise ConfigurationError(f"{where}: unknown system {system!r} (jasper, telegence, revio)")
 
 
+def parse_webhooks(raw: Any, where: str) -> tuple[WebhookEndpoint, ...]:
+    """``webhooks: [{url, secret, events}]``; ``events`` omitted or ``["*"]``: all of them."""
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigurationError(f"{where}: webhooks is a list of {{url, secret, events}}")
+    endpoints: list[WebhookEndpoint] = []
+    for index, item in enumerate(raw):
+        at = f"{where}: webhooks[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigurationError(f"{at}: expected a mapping")
+        url = str(_require(item, "url", at))
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"{at}: url must be http:// or https://")
+        secret = str(_require(item, "secret", at))
+        try:
+            secret_key(secret)
+        except ValueError as exc:
+            # the message names the format, never the value
+            raise ConfigurationError(f"{at}: {exc}") from None
+        events = item.get("events") or ["*"]
+        if isinstance(events, str):
+            events = [events]
+        if list(events) == ["*"]:
+            events = list(WEBHOOK_EVENTS)
+        unknown = sorted(set(map(str, events)) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise ConfigurationError(
+                f"{at}: unknown events {', '.join(unknown)} (known: {', '.join(WEBHOOK_EVENTS)})"
+            )
+        if any(e.url == url for e in endpoints):
+            raise ConfigurationError(f"{at}: {url} is listed twice")
+        endpoints.append(
+            WebhookEndpoint(
+                url=url,
+                secret=Secret(secret),
+                events=tuple(e for e in WEBHOOK_EVENTS if e in set(map(str, events))),
+            )
+        )
+    return tuple(endpoints)
+
+
 def parse_settings(data: dict[str, Any]) -> Settings:
     """Build Settings from the parsed configuration file.
 
@@ -262,6 +319,7 @@ def parse_settings(data: dict[str, Any]) -> Settings:
             revio=linked["revio"],
             username_mapping=mapping,
             rate_plan_billing=billing,
+            webhooks=parse_webhooks(raw.get("webhooks"), where),
         )
     if not tenants:
         raise ConfigurationError("configuration: no tenants defined")

@@ -243,7 +243,10 @@ def record_results(
     repo = amop_db.repository()
     statuses = {c.id: c.status for c in repo.device_changes(batch["device_change_ids"])}
     summary = {"bulk_change_id": batch["bulk_change_id"], "statuses": statuses}
-    return Output(summary, metadata=out.metadata)
+    # device_changes.completed for the devices of this batch that are final: each device
+    # once (finalize reports whatever no batch did)
+    reported = repo.report_final_devices(batch["bulk_change_id"], batch["device_change_ids"])
+    return Output(summary, metadata={**out.metadata, "devices_reported": reported})
 
 
 @op(retry_policy=OP_RETRY)

@@ -9,8 +9,10 @@ from bulk_changes.ops.process import load_device_changes, partition_batches
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import ProcessingSettings
 from bulk_changes.resources.tenant_config import TenantConfig
+from bulk_changes.resources.webhooks import NotificationSettings
 from bulk_changes_tests.conftest import inventory, seed_services, submit
 from bulk_changes_tests.fakes import FakeJasperApi, FakeRevioApi, FakeTelegenceApi, fake_systems
+from bulk_changes_tests.notify_fakes import FakeMailer, FakeWebhookSender
 
 
 def resources(db_url, fake_key):
@@ -21,6 +23,9 @@ def resources(db_url, fake_key):
         "telegence": FakeTelegenceApi(key=fake_key),
         "revio": FakeRevioApi(key=fake_key),
         "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+        "mail": FakeMailer(key=fake_key),
+        "webhooks": FakeWebhookSender(key=fake_key),
+        "notifications": NotificationSettings(),
     }
 
 

@@ -1,0 +1,624 @@
+"""The notification outbox in the AMOP database.
+
+Writing: ``write_*`` functions take the open connection of the transaction that changes
+the state (the repository calls them), so an event exists exactly when its cause does.
+Delivering: ``Outbox`` plans deliveries for each event, hands one delivery at a time to a
+single sender (a lease), and records every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bulk_changes.db import schema as t
+from bulk_changes.domain import notifications as n
+
+FINAL_DEVICE_VALUES = ("PROCESSED", "API_FAILED", "ERROR", "CANCELLED")
+
+PENDING, DELIVERED, FAILED = "PENDING", "DELIVERED", "FAILED"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; every stored one is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+# ---- writing events (inside the caller's transaction) -------------------------------------
+
+
+def _bulk_row(conn: Connection, bulk_change_id: int) -> dict[str, Any]:
+    row = conn.execute(select(t.bulk_changes).where(t.bulk_changes.c.id == bulk_change_id)).first()
+    if row is None:
+        raise LookupError(f"bulk change {bulk_change_id} does not exist")
+    bulk = dict(row._mapping)
+    for key in ("created_at", "started_at", "finished_at"):
+        bulk[key] = aware(bulk[key])
+    return bulk
+
+
+def write_event(
+    conn: Connection,
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    bulk_change_id: int | None = None,
+    tenant_id: str | None = None,
+    dedupe_key: str | None = None,
+) -> int:
+    """One event; its id (``msg_...``) is fixed here for every attempt that follows."""
+    created = now()
+    return int(
+        conn.execute(
+            insert(t.outbox_events).values(
+                event_id=n.new_event_id(),
+                type=event_type,
+                bulk_change_id=bulk_change_id,
+                tenant_id=tenant_id,
+                payload=n.webhook_body(event_type, created, data),
+                dedupe_key=dedupe_key,
+                created_at=created,
+            )
+        ).inserted_primary_key[0]
+    )
+
+
+def write_processing(conn: Connection, bulk_change_id: int) -> int:
+    """bulk_change.processing, in the transaction that moved the bulk change to PROCESSING."""
+    bulk = _bulk_row(conn, bulk_change_id)
+    devices = conn.execute(
+        select(func.count())
+        .select_from(t.device_changes)
+        .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+    ).scalar_one()
+    return write_event(
+        conn,
+        n.BULK_CHANGE_PROCESSING,
+        n.processing_data(bulk, int(devices)),
+        bulk_change_id=bulk_change_id,
+        tenant_id=bulk["tenant_id"],
+    )
+
+
+def device_results(
+    conn: Connection, bulk_change_id: int, ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Device changes of a bulk change (or those of ``ids``), with their inventory keys."""
+    query = (
+        select(
+            t.device_changes.c.id,
+            t.device_changes.c.row_number,
+            t.device_changes.c.device_key,
+            t.device_changes.c.device_id,
+            t.device_changes.c.request,
+            t.device_changes.c.status,
+            t.device_changes.c.attempts,
+            t.device_changes.c.last_error,
+            t.device_changes.c.finished_at,
+            t.devices.c.iccid,
+            t.devices.c.msisdn,
+        )
+        .select_from(
+            t.device_changes.outerjoin(t.devices, t.devices.c.id == t.device_changes.c.device_id)
+        )
+        .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+        .order_by(t.device_changes.c.id)
+    )
+    rows: list[dict[str, Any]] = []
+    chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)] if ids is not None else [None]
+    for chunk in chunks:
+        q = query if chunk is None else query.where(t.device_changes.c.id.in_(chunk))
+        for r in conn.execute(q):
+            row = dict(r._mapping)
+            row["finished_at"] = aware(row["finished_at"])
+            rows.append(row)
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
+def report_final_devices(
+    conn: Connection, bulk_change_id: int, ids: Sequence[int] | None = None
+) -> int:
+    """device_changes.completed events, in groups of up to 100, for the final device
+    changes (of ``ids``, or all) not reported yet: each device once across the groups."""
+    reported = select(t.outbox_device_reports.c.device_change_id)
+    results = [
+        r for r in device_results(conn, bulk_change_id, ids) if r["status"] in FINAL_DEVICE_VALUES
+    ]
+    if not results:
+        return 0
+    already = {
+        row[0]
+        for start in range(0, len(results), 500)
+        for row in conn.execute(
+            reported.where(
+                t.outbox_device_reports.c.device_change_id.in_(
+                    [r["id"] for r in results[start : start + 500]]
+                )
+            )
+        )
+    }
+    results = [r for r in results if r["id"] not in already]
+    if not results:
+        return 0
+    bulk = _bulk_row(conn, bulk_change_id)
+    group = conn.execute(
+        select(func.count())
+        .select_from(t.outbox_events)
+        .where(
+            t.outbox_events.c.bulk_change_id == bulk_change_id,
+            t.outbox_events.c.type == n.DEVICE_CHANGES_COMPLETED,
+        )
+    ).scalar_one()
+    for members in n.device_groups([n.device_result(r) for r in results]):
+        group += 1
+        row_id = write_event(
+            conn,
+            n.DEVICE_CHANGES_COMPLETED,
+            n.group_data(bulk, int(group), members),
+            bulk_change_id=bulk_change_id,
+            tenant_id=bulk["tenant_id"],
+        )
+        conn.execute(
+            insert(t.outbox_device_reports),
+            [{"device_change_id": m["device_change_id"], "event_row_id": row_id} for m in members],
+        )
+    return len(results)
+
+
+def forget_reports(conn: Connection, device_change_ids: Iterable[int]) -> None:
+    """Device changes reopened for a retry: their next final result is reported again."""
+    ids = list(device_change_ids)
+    for start in range(0, len(ids), 500):
+        conn.execute(
+            t.outbox_device_reports.delete().where(
+                t.outbox_device_reports.c.device_change_id.in_(ids[start : start + 500])
+            )
+        )
+
+
+def write_final(
+    conn: Connection, bulk_change_id: int, status: str, counts: Mapping[str, int]
+) -> list[int]:
+    """In the transaction that made the bulk change final: the device results no batch
+    reported, bulk_change.completed, then the emails (completion, username report,
+    errors)."""
+    report_final_devices(conn, bulk_change_id)
+    bulk = _bulk_row(conn, bulk_change_id)
+    data = n.completed_data(bulk, status, counts)
+    written = [
+        write_event(
+            conn,
+            n.BULK_CHANGE_COMPLETED,
+            data,
+            bulk_change_id=bulk_change_id,
+            tenant_id=bulk["tenant_id"],
+        )
+    ]
+    notify = json.loads(bulk.get("notify") or "[]")
+    for email in n.final_events(bulk["change_type"], counts):
+        written.append(
+            write_event(
+                conn,
+                email,
+                {**data, "notify": notify},
+                bulk_change_id=bulk_change_id,
+                tenant_id=bulk["tenant_id"],
+            )
+        )
+    return written
+
+
+# ---- delivering ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    row_id: int
+    event_id: str
+    type: str
+    bulk_change_id: int | None
+    tenant_id: str | None
+    payload: str
+    created_at: datetime
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.payload)["data"]
+        return data
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    event: OutboxEvent
+    channel: str
+    target: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    claimed_by: str | None
+    claimed_until: datetime | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    failed_at: datetime | None
+
+    def busy(self, at: datetime) -> bool:
+        return self.claimed_until is not None and self.claimed_until > at
+
+
+def _event(row: Any) -> OutboxEvent:
+    return OutboxEvent(
+        row_id=row.id,
+        event_id=row.event_id,
+        type=row.type,
+        bulk_change_id=row.bulk_change_id,
+        tenant_id=row.tenant_id,
+        payload=row.payload,
+        created_at=aware(row.created_at),  # type: ignore[arg-type]
+    )
+
+
+_DELIVERY_COLUMNS = [
+    t.outbox_deliveries.c.id.label("d_id"),
+    t.outbox_deliveries.c.channel,
+    t.outbox_deliveries.c.target,
+    t.outbox_deliveries.c.status,
+    t.outbox_deliveries.c.attempts,
+    t.outbox_deliveries.c.next_attempt_at,
+    t.outbox_deliveries.c.claimed_by,
+    t.outbox_deliveries.c.claimed_until,
+    t.outbox_deliveries.c.last_error,
+    t.outbox_deliveries.c.created_at.label("d_created_at"),
+    t.outbox_deliveries.c.delivered_at,
+    t.outbox_deliveries.c.failed_at,
+    t.outbox_events.c.id,
+    t.outbox_events.c.event_id,
+    t.outbox_events.c.type,
+    t.outbox_events.c.bulk_change_id,
+    t.outbox_events.c.tenant_id,
+    t.outbox_events.c.payload,
+    t.outbox_events.c.created_at,
+]
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row.d_id,
+        event=_event(row),
+        channel=row.channel,
+        target=row.target,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=aware(row.next_attempt_at),  # type: ignore[arg-type]
+        claimed_by=row.claimed_by,
+        claimed_until=aware(row.claimed_until),
+        last_error=row.last_error,
+        created_at=aware(row.d_created_at),  # type: ignore[arg-type]
+        delivered_at=aware(row.delivered_at),
+        failed_at=aware(row.failed_at),
+    )
+
+
+def _deliveries_query() -> Any:
+    return select(*_DELIVERY_COLUMNS).select_from(
+        t.outbox_deliveries.join(
+            t.outbox_events, t.outbox_events.c.id == t.outbox_deliveries.c.event_row_id
+        )
+    )
+
+
+class Outbox:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- events outside a bulk change's transactions (run failure alerts) --
+
+    def add_alert(self, event_type: str, data: Mapping[str, Any], dedupe_key: str) -> bool:
+        """An event written once per ``dedupe_key`` (a sensor that evaluates a failed run
+        again writes nothing). -> True when written now."""
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    select(t.outbox_events.c.id).where(t.outbox_events.c.dedupe_key == dedupe_key)
+                ).first()
+                if exists:
+                    return False
+                write_event(conn, event_type, data, dedupe_key=dedupe_key)
+                return True
+        except IntegrityError:
+            return False
+
+    def report_final_devices(self, bulk_change_id: int, ids: Sequence[int]) -> int:
+        with self.engine.begin() as conn:
+            return report_final_devices(conn, bulk_change_id, ids)
+
+    def events(self, bulk_change_id: int | None = None) -> list[OutboxEvent]:
+        query = select(t.outbox_events).order_by(t.outbox_events.c.id)
+        if bulk_change_id is not None:
+            query = query.where(t.outbox_events.c.bulk_change_id == bulk_change_id)
+        with self.engine.connect() as conn:
+            return [_event(r) for r in conn.execute(query)]
+
+    def device_results(self, bulk_change_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return device_results(conn, bulk_change_id)
+
+    # -- planning: which deliveries an event has --
+
+    def unplanned(self, limit: int = 500) -> list[OutboxEvent]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.outbox_events)
+                .where(t.outbox_events.c.planned_at.is_(None))
+                .order_by(t.outbox_events.c.id)
+                .limit(limit)
+            )
+            return [_event(r) for r in rows]
+
+    def plan(
+        self, event: OutboxEvent, targets: Sequence[tuple[str, str]], at: datetime | None = None
+    ) -> bool:
+        """Create the event's deliveries, once (whoever plans it first)."""
+        stamp = at or now()
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(t.outbox_events)
+                .where(t.outbox_events.c.id == event.row_id, t.outbox_events.c.planned_at.is_(None))
+                .values(planned_at=stamp)
+            ).rowcount
+            if not claimed:
+                return False
+            if targets:
+                conn.execute(
+                    insert(t.outbox_deliveries),
+                    [
+                        {
+                            "event_row_id": event.row_id,
+                            "channel": channel,
+                            "target": target,
+                            "status": PENDING,
+                            "attempts": 0,
+                            "next_attempt_at": stamp,
+                            "created_at": stamp,
+                        }
+                        for channel, target in dict.fromkeys(targets)
+                    ],
+                )
+        return True
+
+    # -- delivering --
+
+    def pending(self, bulk_change_id: int | None = None, limit: int = 2000) -> list[Delivery]:
+        """Deliveries still to make, in the order of their events."""
+        query = _deliveries_query().where(t.outbox_deliveries.c.status == PENDING)
+        if bulk_change_id is not None:
+            query = query.where(t.outbox_events.c.bulk_change_id == bulk_change_id)
+        query = query.order_by(t.outbox_events.c.id, t.outbox_deliveries.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_delivery(r) for r in conn.execute(query)]
+
+    def get(self, delivery_id: int) -> Delivery | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                _deliveries_query().where(t.outbox_deliveries.c.id == delivery_id)
+            ).first()
+        return _delivery(row) if row else None
+
+    def by_event_id(self, event_id: str) -> list[Delivery]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                _deliveries_query()
+                .where(t.outbox_events.c.event_id == event_id)
+                .order_by(t.outbox_deliveries.c.id)
+            )
+            return [_delivery(r) for r in rows]
+
+    def claim(
+        self,
+        delivery: Delivery,
+        holder: str,
+        lease_seconds: float,
+        *,
+        at: datetime | None = None,
+        force: bool = False,
+    ) -> int | None:
+        """Take the delivery for one attempt, unless another sender holds it. -> the
+        attempt's row id. An attempt an earlier holder left unfinished is marked
+        'interrupted' (it may have reached the receiver: the retry has the same id)."""
+        stamp = at or now()
+        condition = [
+            t.outbox_deliveries.c.id == delivery.id,
+            or_(
+                t.outbox_deliveries.c.claimed_until.is_(None),
+                t.outbox_deliveries.c.claimed_until <= stamp,
+            ),
+        ]
+        if not force:
+            condition.append(t.outbox_deliveries.c.status == PENDING)
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(t.outbox_deliveries)
+                .where(*condition)
+                .values(
+                    claimed_by=holder,
+                    claimed_until=stamp + timedelta(seconds=lease_seconds),
+                    attempts=t.outbox_deliveries.c.attempts + 1,
+                )
+            ).rowcount
+            if not taken:
+                return None
+            conn.execute(
+                update(t.outbox_attempts)
+                .where(
+                    t.outbox_attempts.c.delivery_id == delivery.id,
+                    t.outbox_attempts.c.outcome == "sending",
+                )
+                .values(outcome="interrupted", finished_at=stamp)
+            )
+            attempt = conn.execute(
+                select(t.outbox_deliveries.c.attempts).where(
+                    t.outbox_deliveries.c.id == delivery.id
+                )
+            ).scalar_one()
+            return int(
+                conn.execute(
+                    insert(t.outbox_attempts).values(
+                        delivery_id=delivery.id,
+                        attempt=attempt,
+                        holder=holder,
+                        started_at=stamp,
+                        outcome="sending",
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def record_delivered(
+        self,
+        delivery: Delivery,
+        attempt_row_id: int,
+        *,
+        status_code: int | None,
+        duration_ms: float,
+        at: datetime | None = None,
+    ) -> None:
+        stamp = at or now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.outbox_attempts)
+                .where(t.outbox_attempts.c.id == attempt_row_id)
+                .values(
+                    outcome="delivered",
+                    finished_at=stamp,
+                    status_code=status_code,
+                    duration_ms=duration_ms,
+                )
+            )
+            conn.execute(
+                update(t.outbox_deliveries)
+                .where(t.outbox_deliveries.c.id == delivery.id)
+                .values(
+                    status=DELIVERED,
+                    delivered_at=stamp,
+                    failed_at=None,
+                    last_error=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+    def record_failed(
+        self,
+        delivery: Delivery,
+        attempt_row_id: int,
+        *,
+        error: str,
+        status_code: int | None,
+        duration_ms: float,
+        next_attempt_at: datetime | None,
+        at: datetime | None = None,
+    ) -> None:
+        """A failed attempt: retried at ``next_attempt_at``, or None: failed for good."""
+        stamp = at or now()
+        values: dict[str, Any] = {
+            "last_error": error,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        if next_attempt_at is None:
+            values.update(status=FAILED, failed_at=stamp)
+        else:
+            values.update(status=PENDING, next_attempt_at=next_attempt_at)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.outbox_attempts)
+                .where(t.outbox_attempts.c.id == attempt_row_id)
+                .values(
+                    outcome="failed",
+                    finished_at=stamp,
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=duration_ms,
+                )
+            )
+            conn.execute(
+                update(t.outbox_deliveries)
+                .where(t.outbox_deliveries.c.id == delivery.id)
+                .values(**values)
+            )
+
+    # -- reading for people --
+
+    def failed(self, channel: str | None = None) -> list[Delivery]:
+        query = _deliveries_query().where(t.outbox_deliveries.c.status == FAILED)
+        if channel:
+            query = query.where(t.outbox_deliveries.c.channel == channel)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(t.outbox_deliveries.c.id))
+            return [_delivery(r) for r in rows]
+
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.outbox_attempts)
+                .where(t.outbox_attempts.c.delivery_id == delivery_id)
+                .order_by(t.outbox_attempts.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def notifications_of(self, bulk_change_id: int) -> list[dict[str, Any]]:
+        """Each event of a bulk change with its deliveries (for ``bulk-changes status``)."""
+        with self.engine.connect() as conn:
+            events = conn.execute(
+                select(t.outbox_events)
+                .where(t.outbox_events.c.bulk_change_id == bulk_change_id)
+                .order_by(t.outbox_events.c.id)
+            ).all()
+            deliveries = conn.execute(
+                _deliveries_query()
+                .where(t.outbox_events.c.bulk_change_id == bulk_change_id)
+                .order_by(t.outbox_deliveries.c.id)
+            ).all()
+        by_event: dict[int, list[Delivery]] = {}
+        for row in deliveries:
+            d = _delivery(row)
+            by_event.setdefault(d.event.row_id, []).append(d)
+        out = []
+        for row in events:
+            event = _event(row)
+            out.append(
+                {
+                    "event_id": event.event_id,
+                    "type": event.type,
+                    "created_at": event.created_at,
+                    "planned": row.planned_at is not None,
+                    "deliveries": [
+                        {
+                            "id": d.id,
+                            "channel": d.channel,
+                            "target": d.target,
+                            "status": d.status,
+                            "attempts": d.attempts,
+                            "last_error": d.last_error,
+                            "next_attempt_at": d.next_attempt_at if d.status == PENDING else None,
+                            "delivered_at": d.delivered_at,
+                            "failed_at": d.failed_at,
+                        }
+                        for d in by_event.get(event.row_id, [])
+                    ],
+                }
+            )
+        return out
