@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -50,6 +51,24 @@ def _make_sqlite_writes_wait(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    # Threads of one process queue on a lock rather than in SQLite's busy handler, which
+    # sleeps in steps of up to 100 ms between tries: measured, that sleeping was most of
+    # a device's time. Other processes still wait in the busy handler.
+    writer = threading.RLock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writer.acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(connection):  # type: ignore[no-untyped-def]
+        writer.release()
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(connection):  # type: ignore[no-untyped-def]
+        writer.release()

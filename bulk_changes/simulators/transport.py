@@ -62,6 +62,9 @@ class Handles(Protocol):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: with Nagle's algorithm the second waits for
+    # the client's delayed ACK (40 ms), an artefact no real API has. Measured: 43 ms a call.
+    disable_nagle_algorithm = True
     timeout = 120
     server: SimHTTPServer
 
