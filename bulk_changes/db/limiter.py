@@ -59,9 +59,11 @@ class DbLimiter:
         started = self.clock()
         with gate:  # threads of this process queue here, not in the database
             self._ensure_rows(account_name, limit)
-            holder, slot = self._take_slot(account_name, limit)
+            holder, slot, start_at = self._take_slot_and_turn(account_name, limit)
             try:
-                self._take_turn(account_name, limit)
+                wait = start_at - self.clock()
+                if wait > 0:
+                    self.sleep(wait)
                 self.waited_seconds += self.clock() - started
                 self.calls += 1
                 yield
@@ -134,45 +136,43 @@ class DbLimiter:
                 pass  # another process created it first
         self._known_accounts.add(key)
 
-    def _take_slot(self, account_name: str, limit: RateLimit) -> tuple[str, int]:
+    def _take_slot_and_turn(self, account_name: str, limit: RateLimit) -> tuple[str, int, float]:
+        """One transaction: a free in-flight slot (leased), then the next turn on the
+        account's clock. -> (holder, slot, when the call may start)."""
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
+        interval = limit.interval * self.safety
+        slots = t.rate_limit_slots.c
+        clock = t.rate_limit_clock.c
         while True:
-            now = self.clock()
-            for slot in range(limit.max_in_flight):
-                with self.engine.begin() as conn:
+            with self.engine.begin() as conn:
+                # Locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE), the time
+                # read after: a turn is never handed out in the past, where it would bunch
+                # up with the turns handed out while this one waited for the lock.
+                next_free = conn.execute(
+                    select(clock.next_free_at)
+                    .where(clock.account == account_name)
+                    .with_for_update()
+                ).scalar_one()
+                now = self.clock()
+                for slot in range(limit.max_in_flight):
                     taken = conn.execute(
                         update(t.rate_limit_slots)
                         .where(
-                            t.rate_limit_slots.c.account == account_name,
-                            t.rate_limit_slots.c.slot == slot,
-                            (t.rate_limit_slots.c.holder.is_(None))
-                            | (t.rate_limit_slots.c.expires_at < now),
+                            slots.account == account_name,
+                            slots.slot == slot,
+                            (slots.holder.is_(None)) | (slots.expires_at < now),
                         )
                         .values(holder=holder, expires_at=now + self.lease_seconds)
                     ).rowcount
-                if taken:
-                    return holder, slot
+                    if taken:
+                        start_at = max(float(next_free), now)
+                        conn.execute(
+                            update(t.rate_limit_clock)
+                            .where(clock.account == account_name)
+                            .values(next_free_at=start_at + interval)
+                        )
+                        return holder, slot, start_at
             self.sleep(self.poll_seconds)
-
-    def _take_turn(self, account_name: str, limit: RateLimit) -> None:
-        interval = limit.interval * self.safety
-        clock = t.rate_limit_clock.c
-        with self.engine.begin() as conn:
-            # The row is locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE) and
-            # the time read after: a turn is never handed out in the past, where it would
-            # bunch up with the turns handed out while this one waited for the lock.
-            next_free = conn.execute(
-                select(clock.next_free_at).where(clock.account == account_name).with_for_update()
-            ).scalar_one()
-            start_at = max(float(next_free), self.clock())
-            conn.execute(
-                update(t.rate_limit_clock)
-                .where(clock.account == account_name)
-                .values(next_free_at=start_at + interval)
-            )
-        wait = start_at - self.clock()
-        if wait > 0:
-            self.sleep(wait)
 
     def _release(self, account_name: str, slot: int, holder: str) -> None:
         with self.engine.begin() as conn:
@@ -185,3 +185,18 @@ class DbLimiter:
                 )
                 .values(holder=None, expires_at=0.0)
             )
+
+
+def release_slots_of_process(engine: Engine, host: str, pid: int) -> int:
+    """Give back at once the in-flight slots held by a process known to be dead (its
+    holders are ``host:pid:...``, see ``DbLimiter``), instead of waiting for their lease
+    to end; returns how many."""
+    prefix = f"{host}:{pid}:"
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                update(t.rate_limit_slots)
+                .where(t.rate_limit_slots.c.holder.startswith(prefix, autoescape=True))
+                .values(holder=None, expires_at=0.0)
+            ).rowcount
+        )

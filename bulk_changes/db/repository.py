@@ -461,6 +461,50 @@ class Repository:
                     done[r.device_change_id].add(r.step)
         return done
 
+    def started_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Steps begun (their call may have been made) by any run, per device change."""
+        ids = list(device_change_ids)
+        started: dict[int, set[str]] = {i: set() for i in ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for r in conn.execute(
+                    select(t.step_progress.c.device_change_id, t.step_progress.c.step).where(
+                        t.step_progress.c.device_change_id.in_(ids[start : start + 500]),
+                        t.step_progress.c.step.like("%#started"),
+                    )
+                ):
+                    started[r.device_change_id].add(r.step.removesuffix("#started"))
+        return started
+
+    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> None:
+        """Before a step's call, in one transaction: the device change is PROCESSING and
+        the step is marked started (so a crash after the call can be checked, not repeated)."""
+        marker = f"{step}#started"
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.device_changes)
+                .where(
+                    t.device_changes.c.id == device_change_id,
+                    t.device_changes.c.status == DeviceStatus.NEW.value,
+                )
+                .values(status=DeviceStatus.PROCESSING.value, updated_at=now())
+            )
+            exists = conn.execute(
+                select(t.step_progress.c.step).where(
+                    t.step_progress.c.device_change_id == device_change_id,
+                    t.step_progress.c.step == marker,
+                )
+            ).first()
+            if not exists:
+                conn.execute(
+                    insert(t.step_progress).values(
+                        device_change_id=device_change_id,
+                        step=marker,
+                        data=json.dumps({"run_id": run_id}),
+                        updated_at=now(),
+                    )
+                )
+
     def mark_processing(self, device_change_id: int) -> bool:
         """NEW -> PROCESSING; False when the device change is already final."""
         with self.engine.begin() as conn:

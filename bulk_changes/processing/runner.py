@@ -100,6 +100,7 @@ class StageRunner:
         changes = self.repo.device_changes(device_change_ids)
         devices = self.repo.devices_by_id([c.device_id for c in changes if c.device_id is not None])
         done = self.repo.completed_steps([c.id for c in changes])
+        self._started = self.repo.started_steps([c.id for c in changes])
         work: list[tuple[DeviceChange, Mapping[str, Any], set[str]]] = []
         for change in changes:
             report.devices += 1
@@ -135,12 +136,6 @@ class StageRunner:
             return
         plan = plan_for(self.change_type, self.integration, change.request)
         steps = steps_in_stage(plan, stage)
-        if (
-            steps
-            and change.status == DeviceStatus.NEW.value
-            and not self.repo.mark_processing(change.id)
-        ):
-            return
         for step in steps:
             if step.name in done:
                 with self._lock:
@@ -231,12 +226,11 @@ class StageRunner:
     ) -> bool:
         """Check a step that was started before but never recorded (the process died
         between the call and its record): if the external system already shows the
-        change, record it instead of calling again. Otherwise mark the step started."""
-        marker = f"{step.name}#started"
+        change, record it instead of calling again. Otherwise mark the step started (and
+        the device change PROCESSING) before the call."""
         verifier = VERIFIERS.get(step.name)
-        if self.repo.step_progress(change.id, marker) is None or verifier is None:
-            if verifier is not None:
-                self.repo.save_step_progress(change.id, marker, {"run_id": self.run_id})
+        if step.name not in self._started.get(change.id, set()) or verifier is None:
+            self.repo.begin_step(change.id, step.name, self.run_id)
             return False
         try:
             result = verifier(ctx)
