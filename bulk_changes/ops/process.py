@@ -1,6 +1,6 @@
 """The ops of ``process_bulk_change``: thin, they move data between resources and the runner."""
 
-
+import os
 from typing import Any
 
 from dagster import (
@@ -43,7 +43,7 @@ class LoadConfig(Config):
 
 
 class PartitionConfig(Config):
-    batch_size: int = 100
+    batch_size: int = int(os.environ.get("BULK_CHANGES_BATCH_SIZE", "100"))
 
 
 class AccountClients:
