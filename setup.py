@@ -8,7 +8,7 @@ setup(
     name="bulk_changes",
     version="0.1.0",
     description="Bulk device changes across Jasper, Telegence, Rev.io and the AMOP database, on Dagster",
-    packages=find_packages(exclude=["bulk_changes_tests*"]),
+    packages=find_packages(exclude=["bulk_changes_tests*", "bench*"]),
     package_data={
         "bulk_changes": [
             "schemas/*.json",
@@ -40,6 +40,13 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "jsonschema>=4.0",
+            # the benchmark's plots (bench/, smoke-run by the tests)
+            "matplotlib>=3.8",
+            # notifications: a real SMTP server in the tests, an independent Standard
+            # Webhooks implementation at the test receiver, certificates for STARTTLS/TLS
+            "aiosmtpd>=1.4",
+            "standardwebhooks>=1.0",
+            "trustme>=1.1",
         ],
     },
     entry_points={"console_scripts": ["bulk-changes=bulk_changes.cli:main"]},

@@ -150,6 +150,18 @@ def request_rows(
     return [{key: d[key], **change} for d in devices]
 
 
+def wait_for_sensor(stack: Any, timeout: float = 180.0) -> None:
+    """Start the clock once the daemon's sensor answers: a message naming no bulk change
+    reaches the dead-letter queue only through a sensor tick."""
+    stack.queue.send({"bulk_change_id": 999_999_999})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if stack.queue.list_dead_letters(1):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the queue sensor did not tick")
+
+
 def run_scenario(
     scenario: Scenario, scale: float, out_dir: Path, batch_size: int
 ) -> dict[str, Any]:
@@ -165,6 +177,7 @@ def run_scenario(
         },
     )
     sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
+    wait_for_sensor(stack)
     try:
         offsets: dict[tuple[str, str], int] = {}
         planned = []
@@ -262,6 +275,67 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
     }
 
 
+BASELINE_SCENARIOS = {"jasper_ucc", "jasper_status", "telegence_rate_plan", "unconstrained"}
+
+
+def run_baseline(scenario: Scenario, scale: float) -> dict[str, Any] | None:
+    """The prior system's strategy against the same simulators, budgets and devices."""
+    import resource
+    import subprocess
+
+    from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
+
+    if scenario.name not in BASELINE_SCENARIOS:
+        return None
+    (send,) = scenario.sends
+    sims = start_simulators(credentials=credentials(scenario))
+    try:
+        configure(scenario, scale)(sims)
+        rows = inventory(1, send.integration, send.devices, 0)
+        seed_from_inventory_rows(sims, rows)
+        config = tenants_file(scenario, scale)(sims)
+        request = request_rows(send.change_type, send.integration, rows[:1])[0]
+        spec = {
+            "accounts": config["accounts"],
+            "carrier_account": account_name(send.integration, send.tenant, scenario),
+            "revio_account": account_name("revio", send.tenant, scenario),
+            "change_type": send.change_type,
+            "request": {k: v for k, v in request.items() if k not in ("iccid", "msisdn")},
+            "devices": rows,
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.baseline_prior"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=6 * 3600,
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        figures = json.loads(done.stdout)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        makespan = figures["makespan_s"] or 1e-9
+        accounts = {}
+        for system, sim in zip(SYSTEMS, sims.all(), strict=True):
+            calls = sim.calls()
+            if calls:
+                calls_limit, window, _ = limits(system, scale, scenario)
+                accounts[system] = account_figures(calls, calls_limit / window, makespan)
+        figures.update(
+            cpu_seconds_per_1000_devices=round(cpu / send.devices * 1000, 2),
+            calls_per_device={s: round(a["calls"] / send.devices, 3) for s, a in accounts.items()},
+            accounts=accounts,
+            violations={
+                s: sim.stats()["violations"] for s, sim in zip(SYSTEMS, sims.all(), strict=True)
+            },
+        )
+        return figures
+    finally:
+        sims.stop()
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n== {result['scenario']}: {result['description']} (scale {result['scale']:g})")
     print(
@@ -282,6 +356,16 @@ def print_table(result: dict[str, Any]) -> None:
             f"   bulk {b['bulk_change_id']} {b['label']}: {b['status']} {b['counts']} makespan {b['makespan_s']} s,"
             f" message->run start {b['message_to_run_start_s']} s, retries {b['retries']}"
         )
+    base = result.get("baseline")
+    if base and "error" not in base:
+        ratio = base["makespan_s"] / result["makespan_s"] if result["makespan_s"] else 0
+        print(
+            f"   prior system's strategy: makespan {base['makespan_s']} s ({ratio:.2f}x ours),"
+            f" processed {base['processed']}, failed {base['failed']}, throttled answers {base['throttled']},"
+            f" calls/device {base['calls_per_device']}, CPU {base['cpu_seconds_per_1000_devices']} s/1000"
+        )
+    elif base:
+        print(f"   prior system's strategy failed to run: {base['error'][-300:]}")
     print(f"   plot: {result['plot']}", flush=True)
 
 
@@ -296,16 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="", help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--smoke", action="store_true", help="a few hundred devices, two scenarios")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the prior system's strategy"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.scale = 200, 20.0
-        args.scenarios = args.scenarios or "jasper_ucc,unconstrained"
+        args.scenarios = args.scenarios or "jasper_ucc"
     chosen = scenarios(args.devices, args.memory_devices)
     names = [n for n in args.scenarios.split(",") if n] or list(chosen)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
         result = run_scenario(chosen[name], args.scale, args.out, args.batch_size)
+        if not args.no_baseline:
+            result["baseline"] = run_baseline(chosen[name], args.scale)
         print_table(result)
         results.append(result)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
