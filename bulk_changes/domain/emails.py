@@ -6,6 +6,7 @@ attachments. Pure: builds ``email.message.EmailMessage`` values, sends nothing.
 from __future__ import annotations
 
 import csv
+import email.policy
 import html
 import io
 import json
@@ -190,7 +191,9 @@ def _message(
     sent_at: datetime,
     attachments: Sequence[tuple[str, str]] = (),
 ) -> EmailMessage:
-    message = EmailMessage()
+    # Headers unfolded up to RFC 5322's 998: the library's folding at 78 can put a
+    # subject of about that length on a continuation line, read back with a leading space.
+    message = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
     message["Subject"] = subject
     message["From"] = sender
     message["To"] = ", ".join(to)

@@ -176,3 +176,14 @@ def test_durations_read_like_people_write_them():
     assert emails.duration_text(3.25) == "3.2 s"
     assert emails.duration_text(125) == "2 min 05 s"
     assert emails.duration_text(3 * 3600 + 62) == "3 h 01 min 02 s"
+
+
+def test_subjects_survive_the_trip_through_bytes():
+    import email
+    import email.policy
+
+    for data in (DATA, {**DATA, "change_type": "carrier_rate_plan", "status": "PROCESSED"}):
+        message = emails.completion_email("m", data, DEVICES, ["a@x"], "b@x", SENT_AT)
+        wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        back = email.message_from_bytes(wire, policy=email.policy.default)
+        assert back["Subject"] == message["Subject"]
