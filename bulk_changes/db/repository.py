@@ -98,6 +98,13 @@ class AuditEntry:
     response: Any = None
 
 
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; the project writes them in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def _bulk(row: Any) -> BulkChange:
     return BulkChange(
         id=row.id,
@@ -109,9 +116,9 @@ def _bulk(row: Any) -> BulkChange:
         notify=json.loads(row.notify or "[]"),
         requested_by=row.requested_by,
         source=row.source,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
+        created_at=aware(row.created_at),
+        started_at=aware(row.started_at),
+        finished_at=aware(row.finished_at),
         last_run_id=row.last_run_id,
     )
 
