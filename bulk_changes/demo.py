@@ -474,6 +474,11 @@ def run_demo(args: argparse.Namespace) -> int:
             say(
                 f"all {len(plan)} bulk changes are final ({time.monotonic() - demo.started:.0f} s in all)"
             )
+            mails = sorted((demo.root / "outbox-mail").glob("*.eml"))
+            say(
+                f"notification emails (no SMTP server in the demo): {len(mails)} .eml files in "
+                f"{demo.root / 'outbox-mail'}; `bulk-changes status ID` shows each delivery"
+            )
         if not args.headless and ok:
             say(
                 f"Dagster UI: http://127.0.0.1:{PORTS['ui']}  (Runs: one per bulk change, tagged by tenant;"

@@ -120,11 +120,13 @@ def format_text(report: dict[str, Any]) -> str:
     if report.get("notifications"):
         lines.append("  notifications:")
         for event in report["notifications"]:
-            lines.append(f"    {event['type']:<26} {event['event_id']}")
+            head = f"    {event['type']:<26} {event['event_id']}"
             if not event["planned"]:
-                lines.append("      not planned yet (the next delivery pass plans it)")
+                lines.append(f"{head}  (not sent yet: the next delivery pass takes it)")
             elif not event["deliveries"]:
-                lines.append("      no destination configured")
+                lines.append(f"{head}  (no destination configured)")
+            else:
+                lines.append(head)
             for d in event["deliveries"]:
                 lines.append(f"      {_delivery_line(d)}")
     for device in report.get("devices", []):

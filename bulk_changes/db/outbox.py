@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import schema as t
@@ -313,8 +313,11 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-def _deliveries_query() -> Any:
-    return select(*_DELIVERY_COLUMNS).select_from(
+def _deliveries_query(with_payload: bool = True) -> Any:
+    columns = _DELIVERY_COLUMNS
+    if not with_payload:  # lists of many deliveries: bodies are read one at a time to send
+        columns = [c for c in columns if c.name != "payload"] + [literal("").label("payload")]
+    return select(*columns).select_from(
         t.outbox_deliveries.join(
             t.outbox_events, t.outbox_events.c.id == t.outbox_deliveries.c.event_row_id
         )
@@ -352,6 +355,28 @@ class Outbox:
             query = query.where(t.outbox_events.c.bulk_change_id == bulk_change_id)
         with self.engine.connect() as conn:
             return [_event(r) for r in conn.execute(query)]
+
+    def event(self, row_id: int) -> OutboxEvent:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.outbox_events).where(t.outbox_events.c.id == row_id)).one()
+        return _event(row)
+
+    def update_audit(self, bulk_change_id: int, step: str) -> list[dict[str, Any]]:
+        """The audit rows of one step of a bulk change (the username report's source)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    t.audit_log.c.device_change_id,
+                    t.audit_log.c.step,
+                    t.audit_log.c.outcome,
+                    t.audit_log.c.request,
+                    t.audit_log.c.response,
+                    t.audit_log.c.created_at,
+                )
+                .where(t.audit_log.c.bulk_change_id == bulk_change_id, t.audit_log.c.step == step)
+                .order_by(t.audit_log.c.id)
+            )
+            return [dict(r._mapping) for r in rows]
 
     def device_results(self, bulk_change_id: int) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -403,8 +428,9 @@ class Outbox:
     # -- delivering --
 
     def pending(self, bulk_change_id: int | None = None, limit: int = 2000) -> list[Delivery]:
-        """Deliveries still to make, in the order of their events."""
-        query = _deliveries_query().where(t.outbox_deliveries.c.status == PENDING)
+        """Deliveries still to make, in the order of their events (without their bodies:
+        ``event`` reads one)."""
+        query = _deliveries_query(with_payload=False).where(t.outbox_deliveries.c.status == PENDING)
         if bulk_change_id is not None:
             query = query.where(t.outbox_events.c.bulk_change_id == bulk_change_id)
         query = query.order_by(t.outbox_events.c.id, t.outbox_deliveries.c.id).limit(limit)

@@ -35,7 +35,7 @@ def email_for(
     if event.type == n.EMAIL_ERRORS:
         return emails.errors_email(event.event_id, data, devices, to, sender, sent_at)
     if event.type == n.EMAIL_USERNAME_REPORT:
-        audit = [a for a in repo.audit_of(bulk_id) if a.get("step") == UPDATE_AMOP.name]
+        audit = outbox.update_audit(bulk_id, UPDATE_AMOP.name)
         inventory = repo.devices_by_id([d["device_id"] for d in devices if d.get("device_id")])
         lines = emails.username_lines(devices, inventory, audit, data.get("requested_by"))
         return emails.username_report_email(event.event_id, data, lines, to, sender, sent_at)

@@ -186,10 +186,10 @@ class Dispatcher:
         if attempt_id is None:
             report.busy += 1
             return BUSY
-        event = delivery.event
+        event = self.outbox.event(delivery.event.row_id)  # with its body
         started = time.monotonic()
         try:
-            status_code = self._send(delivery, at)
+            status_code = self._send(delivery, event, at)
         except Exception as exc:  # every failure is recorded and retried, none escapes
             elapsed = (time.monotonic() - started) * 1000
             error = self.redact(str(exc) or type(exc).__name__)
@@ -226,8 +226,7 @@ class Dispatcher:
         )
         return DELIVERED
 
-    def _send(self, delivery: Delivery, at: datetime) -> int | None:
-        event = delivery.event
+    def _send(self, delivery: Delivery, event: OutboxEvent, at: datetime) -> int | None:
         if delivery.channel == n.WEBHOOK:
             endpoint = self.endpoint(event.tenant_id, delivery.target)
             # the timestamp is the real time of this attempt (receivers check it)

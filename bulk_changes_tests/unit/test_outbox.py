@@ -316,3 +316,36 @@ def test_no_destination_no_delivery(repo, settings, tmp_path, fake_key):
     webhook_events = [e for e in notes if e["type"] in n.WEBHOOK_EVENTS]
     assert webhook_events and all(e["deliveries"] == [] for e in webhook_events)
     assert sent(fake_key).webhooks == [] and len(sent(fake_key).mails) == 1
+
+
+class SlowSender:
+    """Each send takes 5 (fake) seconds, then fails: a receiver that times out."""
+
+    def __init__(self, ticks):
+        self.ticks = ticks
+        self.calls = 0
+
+    def send(self, url, secret, event_id, body, timestamp=None):
+        self.calls += 1
+        self.ticks[0] += 5.0
+        raise TimeoutError("no answer within 5 s")
+
+
+def test_a_slow_receiver_costs_one_timeout_per_pass_within_the_time_budget(
+    repo, settings, tmp_path, fake_key
+):
+    hooks = tenants_file(
+        tmp_path,
+        {"acme": [{"url": f"https://slow{i}.example", "secret": WEBHOOK_SECRET} for i in range(6)]},
+    )
+    for _ in range(3):
+        final_bulk_change(repo, settings)
+    ticks = [0.0]
+    slow = SlowSender(ticks)
+    d = dispatcher(repo, hooks, FakeMailer(key=fake_key), slow)
+    d.monotonic = lambda: ticks[0]
+    report = d.deliver(budget_seconds=12)
+    # 6 endpoints x 3 bulk changes queued; each endpoint tried once at most, and the pass
+    # stops once 12 s are spent: 3 timeouts, not 18
+    assert slow.calls == 3 and report.out_of_time
+    assert report.failed_attempts == 3
