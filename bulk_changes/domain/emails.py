@@ -401,8 +401,8 @@ def username_report_email(
         "MSISDN",
         "previous username",
         "new username",
-        "previous cost centers",
-        "new cost centers",
+        "previous cost centers (1 / 2 / 3)",
+        "new cost centers (1 / 2 / 3)",
         "date",
         "changed by",
     )

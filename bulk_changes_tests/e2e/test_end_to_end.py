@@ -285,3 +285,44 @@ def test_killed_run_worker_then_reexecution_from_failure_repeats_no_succeeded_st
     assert stack.violations() == {
         s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
     }
+
+
+def test_the_daemon_sweeps_the_outbox_and_alerts_on_failed_runs(stack, monkeypatch):
+    """The notification sensors run in the daemon: the sweep delivers an event no run
+    delivered; each failed run (the killed worker's, above) has its one alert."""
+    from dataclasses import asdict
+
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from bulk_changes.db.outbox import Outbox
+    from bulk_changes.domain import notifications as n
+
+    outbox = Outbox(stack.repo.engine)
+    bulk = stack.repo.list_bulk_changes(limit=1)[0]
+    data = n.completed_data(asdict(bulk), bulk.status, stack.repo.counts(bulk.id))
+    assert outbox.add_alert(
+        n.EMAIL_COMPLETION, {**data, "notify": ["sweep@acme.example"]}, "e2e-sweep"
+    )
+    event = next(e for e in outbox.events() if e.type == n.EMAIL_COMPLETION and not e.tenant_id)
+    mail = stack.root / "outbox-mail" / f"{event.event_id}@bulk-changes.eml"
+    deadline = time.monotonic() + 60
+    while not mail.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert mail.exists(), f"the sweep sensor did not deliver {event.event_id}; logs: {stack.root}"
+    assert outbox.by_event_id(event.event_id)[0].status == "DELIVERED"
+    # every bulk change's notifications were delivered (by its run or the sweep)
+    for b in stack.repo.list_bulk_changes(limit=100):
+        states = {d["status"] for e in outbox.notifications_of(b.id) for d in e["deliveries"]}
+        assert states <= {"DELIVERED"}, (b.id, states)
+
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    failed = DagsterInstance.get().get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        alerts = {e.data["run_id"] for e in outbox.events() if e.type == n.ALERT_RUN_FAILURE}
+        if {r.run_id for r in failed} <= alerts:
+            break
+        time.sleep(1)
+    assert {r.run_id for r in failed} <= alerts
+    assert len([e for e in outbox.events() if e.type == n.ALERT_RUN_FAILURE]) == len(alerts)
