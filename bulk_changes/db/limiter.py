@@ -31,7 +31,7 @@ class DbLimiter:
         engine: Engine,
         *,
         lease_seconds: float = 120.0,
-        safety: float = 1.05,
+        safety: float = 1.1,
         poll_seconds: float = 0.02,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -60,15 +60,17 @@ class DbLimiter:
         with gate:  # threads of this process queue here, not in the database
             self._ensure_rows(account_name, limit)
             holder, slot, start_at = self._take_slot_and_turn(account_name, limit)
+            sent_at = start_at
             try:
                 wait = start_at - self.clock()
                 if wait > 0:
                     self.sleep(wait)
-                self.waited_seconds += self.clock() - started
+                sent_at = self.clock()
+                self.waited_seconds += sent_at - started
                 self.calls += 1
                 yield
             finally:
-                self._release(account_name, slot, holder)
+                self._release(account_name, slot, holder, sent_at + limit.interval * self.safety)
 
     def penalize(self, account_name: str, seconds: float) -> None:
         """The account was throttled: nobody calls it again for ``seconds``."""
@@ -174,8 +176,17 @@ class DbLimiter:
                         return holder, slot, start_at
             self.sleep(self.poll_seconds)
 
-    def _release(self, account_name: str, slot: int, holder: str) -> None:
+    def _release(self, account_name: str, slot: int, holder: str, not_before: float) -> None:
+        """Free the slot; and if this call left late (a busy machine woke its thread after
+        its turn), move the clock so the next turn keeps a full interval from the real
+        start: a late call must not squeeze its successor into the same window."""
+        clock = t.rate_limit_clock.c
         with self.engine.begin() as conn:
+            conn.execute(
+                update(t.rate_limit_clock)
+                .where(clock.account == account_name, clock.next_free_at < not_before)
+                .values(next_free_at=not_before)
+            )
             conn.execute(
                 update(t.rate_limit_slots)
                 .where(
