@@ -512,22 +512,6 @@ class Repository:
                     )
                 )
 
-    def mark_processing(self, device_change_id: int) -> bool:
-        """NEW -> PROCESSING; False when the device change is already final."""
-        with self.engine.begin() as conn:
-            status = conn.execute(
-                select(t.device_changes.c.status).where(t.device_changes.c.id == device_change_id)
-            ).scalar_one()
-            if status in FINAL_DEVICE_VALUES:
-                return False
-            if status != DeviceStatus.PROCESSING.value:
-                conn.execute(
-                    update(t.device_changes)
-                    .where(t.device_changes.c.id == device_change_id)
-                    .values(status=DeviceStatus.PROCESSING.value, updated_at=now())
-                )
-        return True
-
     def _audit_rows(
         self,
         bulk_change_id: int,
