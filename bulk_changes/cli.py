@@ -186,6 +186,49 @@ def cmd_queue_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from bulk_changes.resources.dead_letters import list_dead_letters
+
+    queue = _resources()["queue"]
+    letters = list_dead_letters(queue, args.limit)
+    if args.json:
+        print(json.dumps([letter.as_json() for letter in letters]))
+        return 0
+    print(f"{len(letters)} message(s) in the dead-letter queue {queue.dead_letter_queue_name}")
+    for letter in letters:
+        received = "?" if letter.receive_count is None else str(letter.receive_count)
+        print(
+            f"\n{letter.message_id}  original {letter.original_message_id}  "
+            f"received {received} time(s)  dead-lettered by {letter.dead_lettered_by}"
+            + (f" at {letter.sent_at}" if letter.sent_at else "")
+        )
+        print(f"  reason: {letter.reason}")
+        if letter.attributes:
+            print(f"  attributes: {json.dumps(letter.attributes, sort_keys=True)}")
+        body = letter.body if len(letter.body) <= 300 else letter.body[:299] + "\u2026"
+        print(f"  body: {body}")
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from bulk_changes.resources.dead_letters import redrive
+
+    if args.all == bool(args.message_ids):
+        print("bulk-changes: give --all or message ids (not both)", file=sys.stderr)
+        return 2
+    queue = _resources()["queue"]
+    result = redrive(queue, None if args.all else list(args.message_ids))
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        for letter, new_id in result.redriven:
+            print(f"redriven {letter.message_id} -> {queue.queue_name} as {new_id}")
+        print(f"{len(result.redriven)} message(s) sent back to {queue.queue_name}")
+        for missing in result.not_found:
+            print(f"not in the dead-letter queue: {missing}", file=sys.stderr)
+    return 1 if result.not_found else 0
+
+
 def cmd_local_sqs(args: argparse.Namespace) -> int:
     import os
 
@@ -271,6 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=9324)
     local.set_defaults(func=cmd_local_sqs)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue: what is there and why; send it back")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser(
+        "list",
+        help="messages in the dead-letter queue with their reason, original id and receive count",
+    )
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--limit", type=int, default=1000)
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_redrive = dlq_sub.add_parser(
+        "redrive",
+        help="send dead letters back to the queue (once their cause is fixed) and delete them",
+    )
+    dlq_redrive.add_argument(
+        "message_ids", nargs="*", metavar="MESSAGE_ID", help="dead-letter or original message id"
+    )
+    dlq_redrive.add_argument("--all", action="store_true", help="every message in the queue")
+    dlq_redrive.add_argument("--json", action="store_true")
+    dlq_redrive.set_defaults(func=cmd_dlq_redrive)
 
     demo = sub.add_parser("demo", help="simulators, local queue, Dagster and sample bulk changes")
     demo.add_argument(

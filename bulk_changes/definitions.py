@@ -7,6 +7,7 @@ from dagster import DefaultSensorStatus, Definitions
 from bulk_changes.environments import RESOURCES_BY_ENV, env_or
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.sensors.notifications import build_run_failure_sensor, build_sweep_sensor
+from bulk_changes.sensors.run_workers import build_dead_run_worker_sensor
 from bulk_changes.sensors.sqs_sensor import build_queue_sensor
 
 queue_sensor = build_queue_sensor(
@@ -28,9 +29,14 @@ _notify_interval = int(env_or("BULK_CHANGES_NOTIFY_INTERVAL", "10"))
 notification_sweep = build_sweep_sensor(_notify_interval, _notify_status)
 run_failure_alerts = build_run_failure_sensor([process_bulk_change], _notify_interval, _notify_status)
 
+# Default run launcher: a run whose worker process died is marked failed (README, Production).
+dead_run_workers = build_dead_run_worker_sensor(
+    minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "15"))
+)
+
 defs = Definitions(
     jobs=[process_bulk_change],
-    sensors=[queue_sensor, notification_sweep, run_failure_alerts],
+    sensors=[queue_sensor, notification_sweep, run_failure_alerts, dead_run_workers],
     resources=RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from sqlalchemy import Engine
 
 from bulk_changes.db.engine import make_engine
@@ -29,9 +29,17 @@ def engine_for(url: str) -> Engine:
 
 
 class AmopDatabase(ConfigurableResource):
-    """``url`` empty: $BULK_CHANGES_DB_URL, else a SQLite file under $BULK_CHANGES_HOME."""
+    """``url`` empty: $BULK_CHANGES_DB_URL, else a SQLite file under $BULK_CHANGES_HOME.
+
+    Set up in a run's worker, it also records that process on the run (host, pid) so
+    ``dead_run_worker_sensor`` can tell when it dies (every op of the job uses it)."""
 
     url: str = ""
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        from bulk_changes.sensors.run_workers import register_run_worker
+
+        register_run_worker(context.instance, context.dagster_run, context.log)
 
     def resolved_url(self) -> str:
         return self.url or default_database_url()

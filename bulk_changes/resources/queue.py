@@ -33,6 +33,7 @@ SYSTEM = "sqs"
 DEAD_LETTER_REASON = "DeadLetterReason"
 ORIGINAL_MESSAGE_ID = "OriginalMessageId"
 ORIGINAL_ATTRIBUTES = "OriginalAttributes"
+ORIGINAL_RECEIVE_COUNT = "OriginalReceiveCount"
 MAX_REASON_CHARS = 256
 MAX_ATTRIBUTES = 10  # SQS allows at most 10 message attributes
 DLQ_RETENTION_SECONDS = 14 * 24 * 3600
@@ -69,6 +70,14 @@ class QueueMessage:
     body: str
     attributes: dict[str, str] = field(default_factory=dict)
     receive_count: int = 1
+    # SQS's own attributes of the message (SentTimestamp, DeadLetterQueueSourceArn...)
+    system_attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The id the message had when first sent: kept through the dead-letter queue and
+        a redrive (``OriginalMessageId``), so a redriven message is the same request."""
+        return self.attributes.get(ORIGINAL_MESSAGE_ID) or self.message_id
 
 
 class ReceiptHandleInvalid(PermanentError):
@@ -317,12 +326,23 @@ class SqsQueue(ResourceWithBoto3Configuration):
             if wait_time_seconds is None
             else wait_time_seconds,
             "MessageAttributeNames": ["All"],
-            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+            "MessageSystemAttributeNames": ["All"],
         }
         if visibility_timeout_seconds is not None:
             kwargs["VisibilityTimeout"] = visibility_timeout_seconds
         result = self._on_queue(queue_name, "receive_message", **kwargs)
         return [_decode_message(raw) for raw in result.get("Messages", [])]
+
+    def change_visibility(
+        self, receipt_handle: str, seconds: int, *, queue_name: str | None = None
+    ) -> None:
+        """Hide a received message for ``seconds`` more (0: visible again at once)."""
+        self._on_queue(
+            queue_name,
+            "change_message_visibility",
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=seconds,
+        )
 
     def delete(self, receipt_handle: str, *, queue_name: str | None = None) -> None:
         """Delete a received message. Raises :class:`ReceiptHandleInvalid` when the handle
@@ -333,13 +353,15 @@ class SqsQueue(ResourceWithBoto3Configuration):
         """Move ``message`` to the dead-letter queue with its reason; returns the new id.
 
         The original body and attributes are kept, plus ``DeadLetterReason`` (one readable
-        line, at most 256 characters) and ``OriginalMessageId``. Sent first, deleted from
+        line, at most 256 characters), ``OriginalMessageId`` and ``OriginalReceiveCount``
+        (receives on the main queue). Sent first, deleted from
         the main queue second: a failure between the two gives a duplicate in the
         dead-letter queue, never a lost message.
         """
         extra = {
             DEAD_LETTER_REASON: readable_reason(reason),
-            ORIGINAL_MESSAGE_ID: message.message_id,
+            ORIGINAL_MESSAGE_ID: message.identity,
+            ORIGINAL_RECEIVE_COUNT: str(message.receive_count),
         }
         original = {k: v for k, v in message.attributes.items() if k not in extra and v != ""}
         if len(original) + len(extra) <= MAX_ATTRIBUTES:
@@ -352,24 +374,34 @@ class SqsQueue(ResourceWithBoto3Configuration):
             self.delete(message.receipt_handle)
         return new_id
 
-    def list_dead_letters(self, max_n: int = 10) -> list[QueueMessage]:
-        """Look at up to ``max_n`` dead letters without consuming them (they stay visible)."""
+    def list_dead_letters(self, max_n: int = 10, hide_seconds: int = 30) -> list[QueueMessage]:
+        """Look at up to ``max_n`` dead letters without consuming them.
+
+        Each is received hidden for ``hide_seconds`` (so the next receive returns the next
+        ones, not the same ten again) and made visible again once all are read. Someone
+        else reading the dead-letter queue meanwhile sees fewer; nothing is lost.
+        """
         found: dict[str, QueueMessage] = {}
-        attempts = max(3, max_n // 10 + 3)
-        for _ in range(attempts):
-            if len(found) >= max_n:
-                break
-            batch = self.receive(
-                min(10, max_n - len(found)),
-                wait_time_seconds=0,
-                visibility_timeout_seconds=0,
-                queue_name=self.dead_letter_queue_name,
-            )
-            new = [m for m in batch if m.message_id not in found]
-            if not new:
-                break
-            for message in new:
-                found[message.message_id] = message
+        try:
+            empty_receives = 0
+            while len(found) < max_n and empty_receives < 2:
+                batch = self.receive(
+                    min(10, max_n - len(found)),
+                    wait_time_seconds=0,
+                    visibility_timeout_seconds=hide_seconds,
+                    queue_name=self.dead_letter_queue_name,
+                )
+                new = [m for m in batch if m.message_id not in found]
+                # SQS samples servers: an empty answer is not proof of an empty queue.
+                empty_receives = 0 if new else empty_receives + 1
+                for message in new:
+                    found[message.message_id] = message
+        finally:
+            for message in found.values():
+                with contextlib.suppress(BulkChangeError):
+                    self.change_visibility(
+                        message.receipt_handle, 0, queue_name=self.dead_letter_queue_name
+                    )
         return list(found.values())[:max_n]
 
     def purge(self, queue_name: str | None = None) -> None:
@@ -408,6 +440,7 @@ def _decode_message(raw: dict[str, Any]) -> QueueMessage:
         body=str(raw.get("Body", "")),
         attributes=attributes,
         receive_count=receive_count,
+        system_attributes={str(k): str(v) for k, v in system.items()},
     )
 
 

@@ -290,7 +290,8 @@ class QueueTick:
 
     def handle(self, message: QueueMessage) -> None:
         try:
-            parsed = parse_message(message.body, message.attributes, message.message_id)
+            # identity: a redriven message keeps the id it was first sent with
+            parsed = parse_message(message.body, message.attributes, message.identity)
         except MessageError as exc:
             self.dead_letter(message, exc.reason)
             return

@@ -1,5 +1,7 @@
 """The whole system on this machine for end-to-end tests: simulators, a local SQS server,
-the real Dagster daemon launching real run workers, an AMOP SQLite file."""
+the real Dagster daemon launching real run workers, and either the embedded default (an
+AMOP SQLite file, SQLite Dagster storage) or PostgreSQL for both with the production
+instance configuration (deploy/dagster.yaml)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ from bulk_changes.resources.local_sqs import (
 from bulk_changes.resources.queue import SqsQueue
 from bulk_changes.resources.tenant_config import load_settings
 from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
+from bulk_changes_tests.postgres import (
+    create_database,
+    dagster_pg_env,
+    database_url,
+    drop_database,
+)
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 DAGSTER_YAML = """\
 run_coordinator:
@@ -98,6 +108,41 @@ class Stack:
     queue: SqsQueue
     db_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    backend: str = "sqlite"
+    # PostgreSQL: the AMOP database's and Dagster storage's names (dropped at the end)
+    amop_database: str | None = None
+    dagster_database: str | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def start_daemon(self) -> subprocess.Popen[bytes]:
+        """The real dagster-daemon (sensors, run queue, run monitoring, run retries), in a
+        session of its own: its code server and the run workers share its process group."""
+        with (self.root / "daemon.log").open("ab") as daemon_log:
+            daemon = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("dagster-daemon")),
+                    "run",
+                    "-w",
+                    str(self.root / "workspace.yaml"),
+                ],
+                env=self.env,
+                cwd=self.root,
+                stdout=daemon_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes.append(daemon)
+        self.daemon = daemon
+        return daemon
+
+    def kill_daemon(self) -> None:
+        """kill -9 the daemon with its code server and any run worker (a host crash)."""
+        assert self.daemon is not None
+        os.killpg(self.daemon.pid, signal.SIGKILL)
+        self.daemon.wait(30)
+        self.processes.remove(self.daemon)
+        self.daemon = None
 
     @property
     def repo(self) -> Repository:
@@ -178,9 +223,14 @@ def start_stack(
     credentials: dict[str, dict[str, Any]] | None = None,
     configure_sims: Callable[[Any], None] | None = None,
     env_overrides: dict[str, str] | None = None,
-    dagster_yaml: str = DAGSTER_YAML,
+    dagster_yaml: str | None = None,
+    backend: str = "sqlite",
 ) -> Stack:
-    """Start everything; ``tenants`` builds the tenant file from the simulators' URLs."""
+    """Start everything; ``tenants`` builds the tenant file from the simulators' URLs.
+
+    ``backend``: "sqlite" (the embedded default) or "postgresql": the AMOP database and
+    Dagster's storage each in a new database on the local PostgreSQL, the instance
+    configured by deploy/dagster.yaml (``production_instance``) unless ``dagster_yaml``."""
     sims = start_simulators(credentials=credentials)
     if configure_sims is None:
         # The simulators enforce the documented limits; Telegence publishes none, so the
@@ -191,13 +241,22 @@ def start_stack(
     sqs_port = free_port()
     sqs = start_local_sqs_process(sqs_port, root / "sqs.log")
     (root / "dagster_home").mkdir()
-    (root / "dagster_home" / "dagster.yaml").write_text(dagster_yaml)
+    amop_database = dagster_database = None
+    storage_env: dict[str, str] = {}
+    if backend == "postgresql":
+        amop_database = create_database("amop_e2e")
+        dagster_database = create_database("dagster_e2e")
+        db_url = database_url(amop_database)
+        storage_env = dagster_pg_env(dagster_database)
+        dagster_yaml = dagster_yaml or yaml.safe_dump(production_instance())
+    else:
+        db_url = f"sqlite:///{root / 'amop.sqlite'}"
+    (root / "dagster_home" / "dagster.yaml").write_text(dagster_yaml or DAGSTER_YAML)
     (root / "workspace.yaml").write_text(
         "load_from:\n  - python_module:\n      module_name: bulk_changes.definitions\n      location_name: bulk_changes\n"
     )
     tenants_file = root / "tenants.yaml"
     tenants_file.write_text(yaml.safe_dump(tenants(sims)))
-    db_url = f"sqlite:///{root / 'amop.sqlite'}"
     queue_name = f"e2e-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -213,6 +272,8 @@ def start_stack(
         "BULK_CHANGES_VISIBILITY_TIMEOUT": "30",
         "BULK_CHANGES_BASE_DELAY": "0.05",
         "BULK_CHANGES_MAX_ATTEMPTS": "10",
+        "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
+        **storage_env,
         **(env_overrides or {}),
     }
     queue = SqsQueue(
@@ -224,25 +285,58 @@ def start_stack(
         region_name="us-east-1",
     )
     queue.ensure_queues()
-    stack = Stack(root=root, sims=sims, env=env, queue=queue, db_url=db_url)
-    stack.processes.append(sqs)
-    daemon_log = (root / "daemon.log").open("ab")
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-daemon")),
-            "run",
-            "-w",
-            str(root / "workspace.yaml"),
-        ],
+    stack = Stack(
+        root=root,
+        sims=sims,
         env=env,
-        cwd=root,
-        stdout=daemon_log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        queue=queue,
+        db_url=db_url,
+        backend=backend,
+        amop_database=amop_database,
+        dagster_database=dagster_database,
     )
-    stack.processes.append(daemon)
+    stack.processes.append(sqs)
+    if backend == "postgresql":
+        set_pool_limits(root / "dagster_home", storage_env)
+    stack.start_daemon()
     return stack
+
+
+# As deploy/set-pool-limits.sh sets them. Explicit limits are required on PostgreSQL:
+# with only pools.default_limit, runs that first claim a pool concurrently can fail with
+# InFailedSqlTransaction (dagster #33552, open in 1.13.27).
+POOL_LIMITS = {"bulk_changes_carrier": 6, "bulk_changes_billing": 6}
+
+
+def set_pool_limits(home: Path, storage_env: dict[str, str]) -> None:
+    """What `dagster instance concurrency set POOL N` does, without two CLI start-ups."""
+    from dagster import DagsterInstance
+
+    saved = {name: os.environ.get(name) for name in storage_env}
+    os.environ.update(storage_env)
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            for pool, limit in POOL_LIMITS.items():
+                instance.event_log_storage.set_concurrency_slots(pool, limit)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def production_instance() -> dict[str, Any]:
+    """deploy/dagster.yaml as it is, but for shorter waits (the run queue and run
+    monitoring poll every few seconds) and runs of tenant ``initech`` held in the run
+    queue (sensor tests count runs without paying for run workers)."""
+    config: dict[str, Any] = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
+    config["run_monitoring"].update(poll_interval_seconds=5, free_slots_after_run_end_seconds=5)
+    config["concurrency"]["runs"]["tag_concurrency_limits"].append(
+        {"key": "bulk_changes/tenant", "value": "initech", "limit": 0}
+    )
+    return config
 
 
 def stop_stack(stack: Stack) -> None:
@@ -255,6 +349,11 @@ def stop_stack(stack: Stack) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     stop_local_sqs_process(stack.processes[0])
     stack.sims.stop()
+    if stack.amop_database:
+        engine_for(stack.db_url).dispose()
+    for name in (stack.amop_database, stack.dagster_database):
+        if name:
+            drop_database(name)
 
 
 def run_worker_pids(run_id: str) -> list[int]:

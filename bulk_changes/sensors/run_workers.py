@@ -1,0 +1,307 @@
+"""Runs whose worker died, on the default run launcher.
+
+Dagster's run monitoring asks the run launcher whether a run's worker is alive. The ECS
+and Kubernetes launchers can tell (the task or pod stopped); the DefaultRunLauncher cannot:
+a run worker killed outright (``kill -9``, the OOM killer) leaves its run STARTED for good,
+holding its run slot, its pool slots and its account's in-flight slot until a lease ends.
+
+So each run worker records itself on its run, in the tag ``bulk_changes/run_worker``: host,
+pid, the process's start time (so a pid used again by another process is not mistaken for
+it) and the boot id. ``dead_run_worker_sensor`` looks at the STARTED runs every few
+seconds; a run whose recorded worker is gone from this host is marked failed
+(``report_run_failed``) with a message saying so, its Dagster pool slots and its account
+in-flight slots are given back at once, and, when the instance's ``run_retries`` say so,
+Dagster re-executes it from failure (succeeded steps skipped; the AMOP database makes the
+failed step continue where it stopped).
+
+Safety: a worker is judged only by a sensor on its own host and boot, only when the pid
+is also the one Dagster itself recorded for the run's steps ("Executing steps in process
+(pid: N)"), and the run's status is read again just before it is marked. With a launcher
+that checks run workers itself the sensor stands aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    DagsterEventType,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    sensor,
+)
+
+RUN_WORKER_TAG = "bulk_changes/run_worker"
+SENSOR_NAME = "dead_run_worker_sensor"
+# Dagster's own engine events naming the process that executes a run's steps.
+_PID_EVENT_PREFIXES = ("Executing steps in process", "Started process for run")
+
+_registered: set[tuple[str, int]] = set()
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of ``pid``; None when there is none.
+    Raises OSError when /proc cannot tell."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    # the command name may hold spaces and parentheses: fields resume after the last ')'
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])  # fields 3 (state) and 22 (starttime)
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    run_id: str
+    host: str
+    pid: int
+    started: int | None  # clock ticks after boot (Linux); None elsewhere
+    boot: str
+
+    def tag_value(self) -> str:
+        return json.dumps(
+            {
+                "run": self.run_id,
+                "host": self.host,
+                "pid": self.pid,
+                "start": self.started,
+                "boot": self.boot,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def parse(cls, value: str | None) -> WorkerProcess | None:
+        if not value:
+            return None
+        try:
+            data = json.loads(value)
+            return cls(
+                run_id=str(data["run"]),
+                host=str(data["host"]),
+                pid=int(data["pid"]),
+                started=None if data.get("start") is None else int(data["start"]),
+                boot=str(data.get("boot") or ""),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def this_process(cls, run_id: str) -> WorkerProcess:
+        pid = os.getpid()
+        try:
+            stat = _proc_stat(pid)
+        except OSError:
+            stat = None
+        return cls(run_id, socket.gethostname(), pid, stat[1] if stat else None, _boot_id())
+
+    def gone(self) -> bool | None:
+        """True: the process no longer exists (or is a zombie, or its pid now belongs to
+        another process). False: it runs. None: this host cannot tell (another host)."""
+        if self.host != socket.gethostname():
+            return None
+        boot = _boot_id()
+        if self.boot and boot and self.boot != boot:
+            return True  # the host restarted since
+        try:
+            stat = _proc_stat(self.pid)
+        except OSError:
+            return _gone_by_signal(self.pid)
+        if stat is None:
+            return True
+        state, started = stat
+        if state in ("Z", "X"):
+            return True  # killed, not yet reaped by its parent (the code server)
+        return self.started is not None and started != self.started
+
+
+def _gone_by_signal(pid: int) -> bool | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    except OSError:
+        return None
+    return False
+
+
+def register_run_worker(instance: Any, run: Any, log: Any = None) -> None:
+    """Record this process on ``run`` as its worker, once per run and process, if it is
+    the process Dagster runs the run's steps in (the in-process executor's run worker; not
+    a step subprocess of the multiprocess executor, whose run worker the code server
+    watches). Never fails the run: a worker that could not record itself is not watched."""
+    if instance is None or run is None or not getattr(run, "run_id", None):
+        return
+    key = (run.run_id, os.getpid())
+    if key in _registered:
+        return
+    try:
+        _registered.add(key)
+        if os.getpid() not in dagster_step_pids(instance, run.run_id):
+            return
+        worker = WorkerProcess.this_process(run.run_id)
+        instance.add_run_tags(run.run_id, {RUN_WORKER_TAG: worker.tag_value()})
+    except Exception as exc:  # pragma: no cover - storage hiccup
+        if log is not None:
+            log.warning(f"could not record the run worker on run {run.run_id}: {exc!r}")
+
+
+def dagster_step_pids(instance: Any, run_id: str) -> set[int]:
+    """The pids Dagster itself recorded as executing the run's steps."""
+    pids: set[int] = set()
+    connection = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ENGINE_EVENT, limit=200
+    )
+    for record in connection.records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        message = (event.message if event else None) or entry.user_message or ""
+        if not message.startswith(_PID_EVENT_PREFIXES):
+            continue
+        data = event.event_specific_data if event else None
+        metadata = getattr(data, "metadata", None) or {}
+        pid = metadata.get("pid")
+        value = getattr(pid, "value", pid)
+        try:
+            pids.add(int(str(value)))
+        except (TypeError, ValueError):
+            continue
+    return pids
+
+
+# -- the sensor --------------------------------------------------------------------------------
+
+
+@dataclass
+class DeadRun:
+    run_id: str
+    worker: WorkerProcess
+    message: str
+
+
+def find_dead_runs(instance: Any) -> tuple[int, list[DeadRun]]:
+    """(STARTED runs looked at, those whose worker is gone from this host)."""
+    runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    dead: list[DeadRun] = []
+    for run in runs:
+        worker = WorkerProcess.parse(run.tags.get(RUN_WORKER_TAG))
+        # a tag copied from the parent of a re-execution names the parent's worker
+        if worker is None or worker.run_id != run.run_id or worker.gone() is not True:
+            continue
+        if worker.pid not in dagster_step_pids(instance, run.run_id):
+            continue  # not the process Dagster runs the steps in: no verdict
+        dead.append(DeadRun(run.run_id, worker, _message(instance, worker)))
+    return len(runs), dead
+
+
+def _message(instance: Any, worker: WorkerProcess) -> str:
+    retries = bool(getattr(instance, "run_retries_enabled", False)) and (
+        int(getattr(instance, "run_retries_max_retries", 0) or 0) > 0
+    )
+    then = (
+        "run retries will re-execute it from failure"
+        if retries
+        else "re-execute it from failure to continue it"
+    )
+    return (
+        f"Run worker process {worker.pid} on {worker.host} is gone: it was killed or crashed "
+        f"without reporting an end (found by {SENSOR_NAME}). Marked failed; {then} "
+        "(steps that succeeded are not repeated; devices continue where they stopped)."
+    )
+
+
+def mark_failed(instance: Any, dead: DeadRun, amop_db: Any = None, log: Any = None) -> bool:
+    """Mark the run failed if it is still STARTED; give back its pool and account slots."""
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    run = instance.get_run_by_id(dead.run_id)
+    if run is None or run.status != DagsterRunStatus.STARTED:
+        return False  # it ended meanwhile (its worker reported the end just in time)
+    instance.report_run_failed(
+        run,
+        dead.message,
+        job_failure_data=JobFailureData(
+            error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION
+        ),
+    )
+    try:
+        instance.event_log_storage.free_concurrency_slots_for_run(dead.run_id)
+    except Exception as exc:  # run monitoring frees them later (free_slots_after_run_end)
+        if log is not None:
+            log.warning(f"run {dead.run_id}: pool slots not freed now: {exc!r}")
+    if amop_db is not None:
+        from bulk_changes.db.limiter import release_slots_of_process
+
+        try:
+            freed = release_slots_of_process(amop_db.engine(), dead.worker.host, dead.worker.pid)
+        except Exception as exc:  # their lease ends them anyway
+            if log is not None:
+                log.warning(f"run {dead.run_id}: account slots not freed now: {exc!r}")
+        else:
+            if freed and log is not None:
+                log.info(f"run {dead.run_id}: {freed} account in-flight slot(s) given back")
+    return True
+
+
+def build_dead_run_worker_sensor(
+    minimum_interval_seconds: int = 15,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+    *,
+    name: str = SENSOR_NAME,
+) -> SensorDefinition:
+    """Marks failed the STARTED runs whose worker process is gone (default launcher)."""
+
+    @sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        required_resource_keys={"amop_db"},
+        description=(
+            "Default run launcher only: marks failed a STARTED run whose worker process is "
+            "gone from this host (killed, crashed), so run retries or an operator can "
+            "re-execute it from failure."
+        ),
+    )
+    def dead_run_worker_sensor(context: SensorEvaluationContext, **_: Any) -> SkipReason:
+        instance = context.instance
+        launcher = instance.run_launcher
+        if getattr(launcher, "supports_check_run_worker_health", False):
+            return SkipReason(
+                f"{type(launcher).__name__} checks run workers itself (run monitoring)"
+            )
+        looked_at, dead = find_dead_runs(instance)
+        marked = [
+            d.run_id
+            for d in dead
+            if mark_failed(instance, d, context.resources.amop_db, context.log)
+        ]
+        for run_id in marked:
+            context.log.warning(f"run {run_id}: worker gone, marked failed")
+        return SkipReason(
+            f"{looked_at} started run(s) looked at; "
+            + (f"marked failed (worker gone): {', '.join(marked)}" if marked else "all alive")
+        )
+
+    return dead_run_worker_sensor
