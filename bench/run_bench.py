@@ -69,7 +69,12 @@ def tenants_file(scenario: Scenario, scale: float):
                 spec: dict[str, Any] = {
                     "system": system,
                     "base_url": urls[system],
-                    "calls_per_second": calls / window,
+                    # the budget as the vendor states it, so the limiter knows its window
+                    **(
+                        {"calls_per_minute": calls}
+                        if window == 60
+                        else {"calls_per_second": calls / window}
+                    ),
                     "max_in_flight": in_flight,
                     "timeout_seconds": 10,
                 }

@@ -1,4 +1,5 @@
-"""The job: load -> partition -> carrier -> billing -> record -> collect -> finalize -> notify."""
+"""The job: load -> partition -> apply (carrier, Rev.io, AMOP per device) -> collect ->
+finalize -> notify."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ from dagster import ExecutorDefinition, in_process_executor, job, multiprocess_e
 
 from bulk_changes.ops.notify import deliver_notifications
 from bulk_changes.ops.process import (
-    apply_billing_updates,
-    apply_carrier_updates,
+    apply_device_changes,
     finalize_bulk_change,
     load_device_changes,
     partition_batches,
-    record_results,
 )
 
 
 def executor_from_env() -> ExecutorDefinition:
-    """BULK_CHANGES_EXECUTOR=in_process (default) or multiprocess (steps of different
-    batches and stages overlap, so carrier and Rev.io budgets are busy at once; each step
-    process costs about a CPU-second to start, see the benchmark figures in the README)."""
+    """BULK_CHANGES_EXECUTOR=in_process (default) or multiprocess (batches overlap; each
+    step process costs about a CPU-second and 150 MB to start, see the benchmark figures in
+    the README)."""
     if os.environ.get("BULK_CHANGES_EXECUTOR", "in_process") == "multiprocess":
         return multiprocess_executor.configured(
             {
@@ -32,8 +31,9 @@ def executor_from_env() -> ExecutorDefinition:
 
 
 # In-process: the work waits on the carriers' budgets, not on CPU, and a step process
-# costs 1.5-7 s to start here. Devices inside a batch run concurrently on threads up to
-# the account's calls in flight; the limit itself is kept in the AMOP database.
+# costs 1.5-7 s to start here. Devices inside a batch run concurrently on threads, each
+# device carrier -> Rev.io -> AMOP, so both budgets are busy at once; the limits
+# themselves are kept in the AMOP database.
 #
 # A run whose worker died is retried (instance run_retries) by re-executing ALL steps: the
 # AMOP database skips every device step that succeeded, so nothing is called twice, while
@@ -46,5 +46,5 @@ def executor_from_env() -> ExecutorDefinition:
 def process_bulk_change() -> None:
     loaded = load_device_changes()
     batches = partition_batches(loaded)
-    results = batches.map(apply_carrier_updates).map(apply_billing_updates).map(record_results)
+    results = batches.map(apply_device_changes)
     deliver_notifications(finalize_bulk_change(results.collect(), loaded))

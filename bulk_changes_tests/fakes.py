@@ -28,10 +28,13 @@ class FakeSystem:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     activation_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    # every call of the systems sharing this list, in the order they were made
+    sequence: list[tuple[str, str]] = field(default_factory=list)
 
     def call(self, name: str, key: str, payload: Any = None) -> dict[str, Any]:
         with self.lock:
             self.calls.append((name, str(key), payload))
+            self.sequence.append((name, str(key)))
             pending = self.failures.get(str(key))
             if pending:
                 raise pending.pop(0)
@@ -45,9 +48,10 @@ FAKES: dict[str, dict[str, FakeSystem]] = {}
 
 
 def fake_systems(key: str) -> dict[str, FakeSystem]:
-    return FAKES.setdefault(
-        key, {"jasper": FakeSystem(), "telegence": FakeSystem(), "revio": FakeSystem()}
-    )
+    if key not in FAKES:
+        sequence: list[tuple[str, str]] = []
+        FAKES[key] = {n: FakeSystem(sequence=sequence) for n in ("jasper", "telegence", "revio")}
+    return FAKES[key]
 
 
 class FakeJasperClient:

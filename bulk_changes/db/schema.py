@@ -241,11 +241,32 @@ def _v2_outbox(conn: Connection) -> None:
     outbox_metadata.create_all(conn)
 
 
+# ---- version 3: waiting callers of the limiter, served oldest first ----------------------
+limiter_metadata = MetaData()
+
+# A caller that found no free slot of an account waits here, so that slots go to whoever
+# has waited longest across every run and process; otherwise the process that just freed
+# a slot takes it again at once, and a small run beside a large one starves.
+rate_limit_waiters = Table(
+    "rate_limit_waiters",
+    limiter_metadata,
+    Column("account", String(64), primary_key=True),
+    Column("holder", String(128), primary_key=True),
+    Column("since", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+def _v3_limiter_waiters(conn: Connection) -> None:
+    limiter_metadata.create_all(conn)
+
+
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_create),
     (2, _v2_outbox),
+    (3, _v3_limiter_waiters),
 ]
 
 LATEST = UPGRADES[-1][0]

@@ -44,10 +44,16 @@ class RateLimit:
 
     calls_per_second: float
     max_in_flight: int
+    # the vendor's counting window: "5 a second" is 1 s, "500 a minute" is 60 s
+    window_seconds: float = 1.0
 
     @property
     def interval(self) -> float:
         return 1.0 / self.calls_per_second
+
+    @property
+    def calls_per_window(self) -> float:
+        return self.calls_per_second * self.window_seconds
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class RevioAccount:
     client_code: str
     password: Secret
     subscription_key: Secret
-    rate_limit: RateLimit = RateLimit(500 / 60, 4)
+    rate_limit: RateLimit = RateLimit(500 / 60, 4, 60.0)
     cost_center_labels: tuple[str, str, str] = ("Cost Center 1", "Cost Center 2", "Cost Center 3")
     cost_center_fallback_label: str = "Cost Center"
     username_label: str = "Username"
@@ -164,15 +170,15 @@ def _rate_limit(data: dict[str, Any], default: RateLimit, where: str) -> RateLim
     per_minute = data.get("calls_per_minute")
     if per_second is not None and per_minute is not None:
         raise ConfigurationError(f"{where}: give calls_per_second or calls_per_minute, not both")
-    rate = default.calls_per_second
+    rate, window = default.calls_per_second, default.window_seconds
     if per_second is not None:
-        rate = float(per_second)
+        rate, window = float(per_second), 1.0
     elif per_minute is not None:
-        rate = float(per_minute) / 60.0
+        rate, window = float(per_minute) / 60.0, 60.0
     in_flight = int(data.get("max_in_flight", default.max_in_flight))
     if rate <= 0 or in_flight < 1:
         raise ConfigurationError(f"{where}: rate limit must be positive, max_in_flight >= 1")
-    return RateLimit(rate, in_flight)
+    return RateLimit(rate, in_flight, window)
 
 
 def parse_account(name: str, data: dict[str, Any]) -> Account:
@@ -214,7 +220,7 @@ def parse_account(name: str, data: dict[str, Any]) -> Account:
             client_code=str(_require(data, "client_code", where)),
             password=Secret(str(_require(data, "password", where))),
             subscription_key=Secret(str(_require(data, "subscription_key", where))),
-            rate_limit=_rate_limit(data, RateLimit(500 / 60, 4), where),
+            rate_limit=_rate_limit(data, RateLimit(500 / 60, 4, 60.0), where),
             cost_center_labels=(str(labels[0]), str(labels[1]), str(labels[2])),
             cost_center_fallback_label=str(data.get("cost_center_fallback_label", "Cost Center")),
             username_label=str(data.get("username_label", "Username")),

@@ -22,7 +22,7 @@ from bulk_changes.db.repository import Repository
 from bulk_changes.domain.retry import RetryPolicy as DeviceRetryPolicy
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
-from bulk_changes.domain.step_plans import STAGE_ORDER, Stage
+from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.runner import StageReport, StageRunner
 from bulk_changes.processing.service_directory import directory_for
@@ -69,10 +69,9 @@ class AccountClients:
         return self._services
 
 
-def _stage_runner(
+def _device_runner(
     context: OpExecutionContext,
     bulk_change_id: int,
-    stage: Stage,
     amop_db: AmopDatabase,
     tenant_config: TenantConfig,
     jasper: JasperApi,
@@ -95,12 +94,11 @@ def _stage_runner(
             directory_for(tenant.billing_account().name, context.run_id),
         )
 
-    if stage is Stage.CARRIER:
-        in_flight = tenant.carrier_account(bulk.integration).rate_limit.max_in_flight
-    elif stage is Stage.BILLING and tenant.revio is not None:
-        in_flight = tenant.revio.rate_limit.max_in_flight
-    else:
-        in_flight = 1
+    # Enough threads to keep every account of the pipeline busy: more than its calls in
+    # flight, so a device backing off (or waiting on the other system) never idles it.
+    in_flight = tenant.carrier_account(bulk.integration).rate_limit.max_in_flight
+    if tenant.revio is not None:
+        in_flight += tenant.revio.rate_limit.max_in_flight
     return StageRunner(
         repo=repo,
         bulk=bulk,
@@ -161,16 +159,8 @@ def partition_batches(context: OpExecutionContext, config: PartitionConfig, load
     context.log.info(f"{len(ids)} device changes in {len(batches)} batch(es) of up to {size}")
 
 
-def _run_stage(
-    context: OpExecutionContext, batch: dict, stage: Stage, **resources: Any
-) -> Output[dict]:
-    runner = _stage_runner(context, batch["bulk_change_id"], stage, **resources)
-    report: StageReport = runner.run(batch["device_change_ids"], stage)
-    return Output(batch, metadata={"stage": stage.value, **report.as_metadata()})
-
-
-@op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_carrier")
-def apply_carrier_updates(
+@op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_devices")
+def apply_device_changes(
     context: OpExecutionContext,
     batch: dict,
     amop_db: AmopDatabase,
@@ -180,10 +170,16 @@ def apply_carrier_updates(
     revio: RevioApi,
     processing: ProcessingSettings,
 ) -> Output[dict]:
-    return _run_stage(
+    """Carrier update, Rev.io update, then the AMOP inventory and audit, device by device.
+
+    The three stages are pipelined per device inside the batch, not run as three ops one
+    after the other: with Dagster's in-process executor three ops would keep the carrier
+    busy and Rev.io idle, then the reverse (makespan T(carrier) + T(Rev.io) instead of the
+    larger of the two), and a step process per stage costs about a CPU-second to start.
+    """
+    runner = _device_runner(
         context,
-        batch,
-        Stage.CARRIER,
+        batch["bulk_change_id"],
         amop_db=amop_db,
         tenant_config=tenant_config,
         jasper=jasper,
@@ -191,62 +187,16 @@ def apply_carrier_updates(
         revio=revio,
         processing=processing,
     )
-
-
-@op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_billing")
-def apply_billing_updates(
-    context: OpExecutionContext,
-    batch: dict,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    jasper: JasperApi,
-    telegence: TelegenceApi,
-    revio: RevioApi,
-    processing: ProcessingSettings,
-) -> Output[dict]:
-    return _run_stage(
-        context,
-        batch,
-        Stage.BILLING,
-        amop_db=amop_db,
-        tenant_config=tenant_config,
-        jasper=jasper,
-        telegence=telegence,
-        revio=revio,
-        processing=processing,
-    )
-
-
-@op(out=Out(dict), retry_policy=OP_RETRY)
-def record_results(
-    context: OpExecutionContext,
-    batch: dict,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    jasper: JasperApi,
-    telegence: TelegenceApi,
-    revio: RevioApi,
-    processing: ProcessingSettings,
-) -> Output[dict]:
-    """Write each finished device's result to the AMOP inventory, with its audit row."""
-    out = _run_stage(
-        context,
-        batch,
-        Stage.DATABASE,
-        amop_db=amop_db,
-        tenant_config=tenant_config,
-        jasper=jasper,
-        telegence=telegence,
-        revio=revio,
-        processing=processing,
-    )
+    report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
     repo = amop_db.repository()
     statuses = {c.id: c.status for c in repo.device_changes(batch["device_change_ids"])}
-    summary = {"bulk_change_id": batch["bulk_change_id"], "statuses": statuses}
     # device_changes.completed for the devices of this batch that are final: each device
     # once (finalize reports whatever no batch did)
     reported = repo.report_final_devices(batch["bulk_change_id"], batch["device_change_ids"])
-    return Output(summary, metadata={**out.metadata, "devices_reported": reported})
+    return Output(
+        {"bulk_change_id": batch["bulk_change_id"], "statuses": statuses},
+        metadata={**report.as_metadata(), "devices_reported": reported},
+    )
 
 
 @op(retry_policy=OP_RETRY)
@@ -283,8 +233,7 @@ def finalize_bulk_change(
             revio=revio,
             processing=processing,
         )
-        for stage in STAGE_ORDER:
-            _stage_runner(context, bulk_id, stage, **resources).run(leftover, stage)
+        _device_runner(context, bulk_id, **resources).run(leftover, STAGE_ORDER)
     status, counts, changed = repo.finalize(bulk_id)
     bulk = repo.get_bulk_change(bulk_id)
     if BulkStatus(status) not in FINAL_BULK:

@@ -1,4 +1,6 @@
-"""Runs one stage (carrier, billing or database) of a batch of device changes.
+"""Runs a batch of device changes through their steps: each device on a thread of its own
+goes carrier, then billing, then the AMOP database, so the carrier's and Rev.io's budgets
+are busy at the same time (a device pipeline) instead of one stage after the other.
 
 Each step's outcome is committed the moment it is known, so a run that dies anywhere can
 be re-executed and continues where it stopped: completed steps are skipped, never repeated.
@@ -31,7 +33,7 @@ from bulk_changes.domain.outcomes import inventory_changes, previous_values
 from bulk_changes.domain.retry import GiveUp, RetryPolicy, decide
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
-from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for, steps_in_stage
+from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
 
@@ -42,7 +44,7 @@ class ClientsFactory(Protocol):
 
 @dataclass
 class StageReport:
-    """Counts of one stage over one batch, for the op's metadata."""
+    """Counts over one batch, for the op's metadata."""
 
     devices: int = 0
     skipped_final: int = 0
@@ -95,7 +97,8 @@ class StageRunner:
         self.rng = rng or random.Random()
         self._lock = threading.Lock()
 
-    def run(self, device_change_ids: Sequence[int], stage: Stage) -> StageReport:
+    def run(self, device_change_ids: Sequence[int], stages: Sequence[Stage]) -> StageReport:
+        """Carry each device change through its steps of ``stages`` (in plan order)."""
         report = StageReport()
         changes = self.repo.device_changes(device_change_ids)
         devices = self.repo.devices_by_id([c.device_id for c in changes if c.device_id is not None])
@@ -107,11 +110,11 @@ class StageRunner:
             if change.status in FINAL_DEVICE_VALUES:
                 report.skipped_final += 1
                 continue
-            work.append((change, devices.get(change.device_id or -1) or {}, done[change.id]))
+            work.append((change, devices.get(change.device_id or -1) or {}, set(done[change.id])))
         if not work:
             return report
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(work))) as pool:
-            futures = [pool.submit(self._run_device, c, d, s, stage, report) for c, d, s in work]
+            futures = [pool.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
             errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             # Infrastructure failed (the AMOP database, a bug): fail the op so Dagster
@@ -126,7 +129,7 @@ class StageRunner:
         change: DeviceChange,
         device: Mapping[str, Any],
         done: set[str],
-        stage: Stage,
+        stages: Sequence[Stage],
         report: StageReport,
     ) -> None:
         if change.device_id is None or not device:
@@ -135,8 +138,7 @@ class StageRunner:
             )
             return
         plan = plan_for(self.change_type, self.integration, change.request)
-        steps = steps_in_stage(plan, stage)
-        for step in steps:
+        for step in (s for s in plan if s.stage in stages):
             if step.name in done:
                 with self._lock:
                     report.steps_already_done += 1
@@ -146,6 +148,7 @@ class StageRunner:
                 return
             if not self._run_step(step, change, device, report):
                 return  # the device change ended; later steps and stages skip it
+            done.add(step.name)
 
     def _run_step(
         self, step: Step, change: DeviceChange, device: Mapping[str, Any], report: StageReport

@@ -305,7 +305,7 @@ def start_stack(
 # As deploy/set-pool-limits.sh sets them. Explicit limits are required on PostgreSQL:
 # with only pools.default_limit, runs that first claim a pool concurrently can fail with
 # InFailedSqlTransaction (dagster #33552, open in 1.13.27).
-POOL_LIMITS = {"bulk_changes_carrier": 6, "bulk_changes_billing": 6}
+POOL_LIMITS = {"bulk_changes_devices": 6}
 
 
 def set_pool_limits(home: Path, storage_env: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from bulk_changes_tests.postgres import dagster_pg_env, fresh_database, require_
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 INSTANCE_FILES = ["dagster.yaml", "ecs/dagster.yaml"]
-OPS_POOLS = {"bulk_changes_carrier", "bulk_changes_billing"}
+OPS_POOLS = {"bulk_changes_devices"}
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_postgres_instance_from_the_file_stores_and_reads_a_run(tmp_path, monkey
         # the pool limits, exactly as an operator sets them (dagster instance concurrency set)
         done = subprocess.run(
             [str(DEPLOY / "set-pool-limits.sh")],
-            env={**os.environ, "DAGSTER_HOME": str(home), "BULK_CHANGES_BILLING_POOL": "3"},
+            env={**os.environ, "DAGSTER_HOME": str(home), "BULK_CHANGES_DEVICES_POOL": "3"},
             capture_output=True,
             text=True,
             timeout=120,
@@ -138,7 +138,7 @@ def test_postgres_instance_from_the_file_stores_and_reads_a_run(tmp_path, monkey
                 pool: instance.event_log_storage.get_concurrency_info(pool).slot_count
                 for pool in OPS_POOLS
             }
-            assert slots == {"bulk_changes_carrier": 6, "bulk_changes_billing": 3}
+            assert slots == {"bulk_changes_devices": 3}
 
             run = instance.create_run_for_job(
                 job_def=stand_in, tags={"bulk_changes/tenant": "acme", "dagster/run_key": "k1"}

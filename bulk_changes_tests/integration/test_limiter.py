@@ -17,7 +17,7 @@ LIMIT = RateLimit(calls_per_second=20, max_in_flight=2)
 def _worker(url: str, calls: int, queue) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    limiter = DbLimiter(make_engine(url), safety=1.2)
+    limiter = DbLimiter(make_engine(url), margin_seconds=0.2)
 
     def one(_):
         with limiter.slot("acct", LIMIT):
@@ -100,3 +100,47 @@ def test_penalty_delays_the_next_call(any_engine):
     with limiter.slot("p-acct", RateLimit(100, 1)):
         pass
     assert time.monotonic() - started >= 0.4
+
+
+def test_a_second_run_gets_every_other_turn_while_a_busy_one_holds_the_account(any_engine):
+    """Two limiters stand for two runs' processes; the busy one has a thread waiting for
+    every turn, so without the waiters' queue it would take each freed slot again."""
+    import threading
+
+    limit = RateLimit(calls_per_second=40, max_in_flight=1)
+    busy, small = DbLimiter(any_engine), DbLimiter(any_engine)
+    stop = threading.Event()
+    busy_starts: list[float] = []
+
+    def keep_calling() -> None:
+        while not stop.is_set():
+            with busy.slot("shared", limit):
+                busy_starts.append(time.monotonic())
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=keep_calling) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    asked = time.monotonic()
+    small_starts = []
+    for _ in range(5):
+        with small.slot("shared", limit):
+            small_starts.append(time.monotonic())
+            time.sleep(0.005)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    between = [s for s in busy_starts if asked <= s <= small_starts[-1]]
+    # strict alternation would be 5; a turn or two either side is the polling
+    assert len(between) <= 7, (len(between), small_starts[-1] - asked)
+
+
+def test_the_jitter_margin_is_spread_over_the_calls_of_one_window(any_engine):
+    limiter = DbLimiter(any_engine, margin_seconds=0.02)
+    per_second = limiter.spacing(RateLimit(calls_per_second=5, max_in_flight=1))
+    per_minute = limiter.spacing(RateLimit(500 / 60, 4, window_seconds=60))
+    # five calls a second: 20 ms more per window of five calls
+    assert abs(per_second - (0.2 + 0.004)) < 1e-9
+    # 500 a minute: the same 20 ms over 500 calls
+    assert abs(per_minute - (0.12 + 0.00004)) < 1e-9

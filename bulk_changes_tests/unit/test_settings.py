@@ -36,6 +36,12 @@ def test_calls_per_minute_becomes_a_rate():
     assert parse_settings(BASE).accounts["r"].rate_limit.calls_per_second == pytest.approx(500 / 60)
 
 
+def test_a_per_minute_budget_keeps_its_one_minute_window():
+    settings = parse_settings(BASE)
+    assert settings.accounts["r"].rate_limit.window_seconds == 60
+    assert settings.accounts["j"].rate_limit.window_seconds == 1
+
+
 def test_secret_never_shows_in_repr():
     settings = parse_settings(BASE)
     assert "'k'" not in repr(settings) and "'p'" not in repr(settings)

@@ -19,18 +19,17 @@ POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0, jitter=0.0)
 def run_all_stages(repo, settings, bulk_id, fake_key, integration):
     bulk = repo.get_bulk_change(bulk_id)
     ids = [int(i) for i in repo.pending_device_changes_frame(bulk_id)["id"]]
-    for stage in STAGE_ORDER:
-        runner = StageRunner(
-            repo=repo,
-            bulk=bulk,
-            tenant=settings.tenant(bulk.tenant_id),
-            clients_factory=lambda recorder: FakeClients(fake_key, integration),
-            policy=POLICY,
-            run_id="run-1",
-            sleep=lambda s: None,
-            rng=random.Random(0),
-        )
-        runner.run(ids, stage)
+    runner = StageRunner(
+        repo=repo,
+        bulk=bulk,
+        tenant=settings.tenant(bulk.tenant_id),
+        clients_factory=lambda recorder: FakeClients(fake_key, integration),
+        policy=POLICY,
+        run_id="run-1",
+        sleep=lambda s: None,
+        rng=random.Random(0),
+    )
+    runner.run(ids, STAGE_ORDER)
     return {c.device_key: c for c in repo.device_changes_of(bulk_id)}
 
 
@@ -58,6 +57,30 @@ def test_every_step_runs_and_the_device_ends_processed(repo, settings, fake_key,
     service = systems["revio"].services[5000]
     assert {f["label"]: f["value"] for f in service["fields"]}["Cost Center 1"] == "CC-9"
     assert repo.devices_by_key("acme", "jasper", [device])[device]["username"] == "ann"
+
+
+def test_each_device_goes_on_to_billing_without_waiting_for_the_batch(
+    repo, settings, fake_key, jasper_devices
+):
+    rows = [{"iccid": d, "username": "ann", "cost_center_1": "CC-9"} for d in jasper_devices]
+    result = submit(repo, settings, "username_cost_center", "jasper", rows)
+    ids = [int(i) for i in repo.pending_device_changes_frame(result.id)["id"]]
+    StageRunner(
+        repo=repo,
+        bulk=repo.get_bulk_change(result.id),
+        tenant=settings.tenant("acme"),
+        clients_factory=lambda r: FakeClients(fake_key, "jasper"),
+        policy=POLICY,
+        run_id="r1",
+        max_workers=1,
+        sleep=lambda s: None,
+    ).run(ids, STAGE_ORDER)
+    sequence = fake_systems(fake_key)["jasper"].sequence
+    carrier = [i for i, (name, _) in enumerate(sequence) if name == "set_username"]
+    billing = [i for i, (name, _) in enumerate(sequence) if name.startswith("patch")]
+    assert len(carrier) == 3 and billing
+    # the first device's Rev.io update comes before the last device's carrier call
+    assert billing[0] < carrier[-1]
 
 
 def test_retryable_failure_is_retried_then_succeeds(repo, settings, fake_key, jasper_devices):
@@ -143,7 +166,7 @@ def test_rerun_repeats_no_completed_step(repo, settings, fake_key, jasper_device
         policy=POLICY,
         run_id="r1",
         sleep=lambda s: None,
-    ).run(ids, STAGE_ORDER[0])
+    ).run(ids, STAGE_ORDER[:1])
     changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
     assert changes[device].status == "PROCESSED"
     assert fake_systems(fake_key)["jasper"].names(device) == ["set_rate_plan"]
