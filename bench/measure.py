@@ -26,6 +26,26 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
     return ppid, cpu, rss
 
 
+def _role(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "other"
+    for marker, role in (
+        ("execute_run", "run worker"),
+        ("execute_step", "step process"),
+        ("grpc", "code server"),
+        ("dagster-daemon", "daemon"),
+        ("daemon run", "daemon"),
+        ("dagster-webserver", "webserver"),
+        ("dagster dev", "dagster dev"),
+        ("multiprocessing", "step process"),
+    ):
+        if marker in cmd:
+            return role
+    return "other"
+
+
 class TreeSampler:
     """Samples the processes below the given roots: CPU used (by every process ever seen)
     and the peak of their summed resident memory."""
@@ -34,7 +54,9 @@ class TreeSampler:
         self.roots = set(roots)
         self.interval = interval
         self.cpu_by_pid: dict[int, float] = {}
+        self.role_by_pid: dict[int, str] = {}
         self.peak_rss = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,6 +72,19 @@ class TreeSampler:
     @property
     def cpu_seconds(self) -> float:
         return sum(self.cpu_by_pid.values())
+
+    def snapshot(self) -> dict[int, float]:
+        """CPU seconds used so far by each process seen (sampled now)."""
+        self.sample()
+        with self._lock:
+            return dict(self.cpu_by_pid)
+
+    def cpu_by_role(self, before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+        """CPU seconds used between two snapshots, by what each process is."""
+        used: dict[str, float] = defaultdict(float)
+        for pid, cpu in after.items():
+            used[self.role_by_pid.get(pid, "other")] += cpu - before.get(pid, 0.0)
+        return {role: round(seconds, 2) for role, seconds in sorted(used.items())}
 
     def sample(self) -> None:
         stats = {}
@@ -68,11 +103,14 @@ class TreeSampler:
                 tree.add(pid)
                 todo.extend(children.get(pid, []))
         rss = 0
-        for pid in tree:
-            _, cpu, mem = stats[pid]
-            self.cpu_by_pid[pid] = max(cpu, self.cpu_by_pid.get(pid, 0.0))
-            rss += mem
-        self.peak_rss = max(self.peak_rss, rss)
+        with self._lock:
+            for pid in tree:
+                _, cpu, mem = stats[pid]
+                self.cpu_by_pid[pid] = max(cpu, self.cpu_by_pid.get(pid, 0.0))
+                if pid not in self.role_by_pid:
+                    self.role_by_pid[pid] = _role(pid)
+                rss += mem
+            self.peak_rss = max(self.peak_rss, rss)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

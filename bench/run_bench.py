@@ -168,7 +168,7 @@ def wait_for_sensor(stack: Any, timeout: float = 180.0) -> None:
 
 
 def run_scenario(
-    scenario: Scenario, scale: float, out_dir: Path, batch_size: int
+    scenario: Scenario, scale: float, out_dir: Path, batch_size: int, py_spy: bool = False
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
     stack = start_stack(
@@ -182,6 +182,11 @@ def run_scenario(
         },
     )
     sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
+    profiler = None
+    if py_spy:
+        from bench.pyspy import RunWorkerProfiler
+
+        profiler = RunWorkerProfiler(sampler, out_dir / f"py-spy-{scenario.name}").start()
     wait_for_sensor(stack)
     try:
         offsets: dict[tuple[str, str], int] = {}
@@ -197,6 +202,7 @@ def run_scenario(
             s: len(sim.calls()) for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)
         }
         first = time.time()
+        cpu_at_first = sampler.snapshot()
         sent: dict[int, tuple[Any, float]] = {}
         for send, rows in sorted(planned, key=lambda p: p[0].after_seconds):
             while time.time() < first + send.after_seconds:
@@ -206,13 +212,26 @@ def run_scenario(
             sent[bulk_id] = (send, sent_at)
         stack.wait_final(list(sent), timeout=6 * 3600)
         finished = time.time()
+        cpu_at_final = sampler.snapshot()
         result = collect(stack, scenario, scale, sent, first, finished, calls_before, root)
     finally:
         stop_stack(stack)
         sampler.stop()
+        if profiler is not None:
+            from bench.pyspy import summarize
+
+            profile = summarize(profiler.stop())
+    if profiler is not None:
+        result["py_spy"] = profile
     devices = sum(s.devices for s, _ in sent.values())
-    result["cpu_seconds_total"] = round(sampler.cpu_seconds, 1)
-    result["cpu_seconds_per_1000_devices"] = round(sampler.cpu_seconds / devices * 1000, 2)
+    # CPU from the first message to the last bulk change final: what the bulk changes cost
+    # a running system (the daemon's and code server's start-up are not in it)
+    by_role = sampler.cpu_by_role(cpu_at_first, cpu_at_final)
+    window_cpu = sum(by_role.values())
+    result["cpu_seconds_total"] = round(window_cpu, 1)
+    result["cpu_seconds_by_process"] = by_role
+    result["cpu_seconds_per_1000_devices"] = round(window_cpu / devices * 1000, 2)
+    result["cpu_seconds_with_startup"] = round(sampler.cpu_seconds, 1)
     result["peak_memory_mb"] = round(sampler.peak_rss / 2**20, 1)
     png = out_dir / f"{scenario.name}.png"
     plot(png, f"{scenario.name} (scale {scale:g})", result.pop("_series"))
@@ -355,6 +374,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"   {name:<28}{a['calls']:>8}{a['limit_per_second']:>9}{a['utilization']:>7}"
             f"{a['mean_latency_ms']:>8}ms{a['one_in_flight_bound_s']:>18}s"
         )
+    print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
     print(f"   calls per device: {result['calls_per_device']}")
     for b in result["bulk_changes"]:
         print(
@@ -371,6 +391,11 @@ def print_table(result: dict[str, Any]) -> None:
         )
     elif base:
         print(f"   prior system's strategy failed to run: {base['error'][-300:]}")
+    if "py_spy" in result:
+        profile = result["py_spy"]
+        print(f"   py-spy, run workers ({profile['samples']} busy samples), inclusive share:")
+        for name, share in list(profile["inclusive"].items())[:25]:
+            print(f"     {share:>6.1%}  {name}")
     print(f"   plot: {result['plot']}", flush=True)
 
 
@@ -388,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the prior system's strategy"
     )
+    parser.add_argument(
+        "--py-spy", action="store_true", help="sample the run workers with py-spy (installed)"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.scale = 200, 20.0
@@ -397,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
-        result = run_scenario(chosen[name], args.scale, args.out, args.batch_size)
+        result = run_scenario(chosen[name], args.scale, args.out, args.batch_size, args.py_spy)
         if not args.no_baseline:
             result["baseline"] = run_baseline(chosen[name], args.scale)
         print_table(result)

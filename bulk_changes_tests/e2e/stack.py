@@ -46,6 +46,7 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 4
+    dequeue_interval_seconds: 1
 telemetry:
   enabled: false
 """
