@@ -60,12 +60,19 @@ class DbLimiter:
     # ---- public --------------------------------------------------------------------
 
     @contextmanager
-    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
+        """Hold one of the account's in-flight slots for a call that starts at its turn.
+        ``lease_seconds``: how long after its start the call can still be in flight; a
+        process that dies holding the slot loses it then (default: the limiter's)."""
         gate = self._gate(account_name, limit)
         started = self.clock()
         with gate:  # threads of this process queue here, not in the database
             self._ensure_rows(account_name, limit)
-            holder, slot, start_at = self._take_slot_and_turn(account_name, limit)
+            holder, slot, start_at = self._take_slot_and_turn(
+                account_name, limit, lease_seconds or self.lease_seconds
+            )
             sent_at = start_at
             try:
                 wait = start_at - self.clock()
@@ -148,7 +155,9 @@ class DbLimiter:
                 pass  # another process created it first
         self._known_accounts.add(key)
 
-    def _take_slot_and_turn(self, account_name: str, limit: RateLimit) -> tuple[str, int, float]:
+    def _take_slot_and_turn(
+        self, account_name: str, limit: RateLimit, lease_seconds: float
+    ) -> tuple[str, int, float]:
         """One transaction: a free in-flight slot (leased), then the next turn on the
         account's clock. -> (holder, slot, when the call may start).
 
@@ -195,12 +204,12 @@ class DbLimiter:
                     ahead = int(conn.execute(older).scalar_one())
                 if len(free) > ahead:
                     slot = free[ahead]
+                    start_at = max(float(next_free), now)
                     conn.execute(
                         update(t.rate_limit_slots)
                         .where(slots.account == account_name, slots.slot == slot)
-                        .values(holder=holder, expires_at=now + self.lease_seconds)
+                        .values(holder=holder, expires_at=start_at + lease_seconds)
                     )
-                    start_at = max(float(next_free), now)
                     conn.execute(
                         update(t.rate_limit_clock)
                         .where(clock.account == account_name)

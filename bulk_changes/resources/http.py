@@ -52,7 +52,9 @@ Validator = Callable[["ApiResponse"], None]
 
 
 class Limiter(Protocol):
-    def slot(self, account_name: str, limit: RateLimit) -> AbstractContextManager[None]: ...
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> AbstractContextManager[None]: ...
 
     def penalize(self, account_name: str, seconds: float) -> None: ...
 
@@ -245,7 +247,10 @@ class HttpCaller:
         duration_ms = 0.0
         raw: requests.Response | None = None
         failure: requests.RequestException | None = None
-        with self.limiter.slot(self.account_name, self.rate_limit):
+        # The slot's lease outlives any call that can still be in flight (timeouts are per
+        # read, so twice the timeout): a killed worker's slot comes back that soon.
+        lease = 2 * self.timeout_seconds + 5
+        with self.limiter.slot(self.account_name, self.rate_limit, lease_seconds=lease):
             started = time.perf_counter()
             try:
                 raw = self.session.request(

@@ -12,7 +12,9 @@ class NoLimiter:
     """No limit at all: for unit tests and one-off tools, never for processing."""
 
     @contextmanager
-    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
         yield
 
     def penalize(self, account_name: str, seconds: float) -> None:

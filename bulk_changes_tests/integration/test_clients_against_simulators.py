@@ -46,7 +46,9 @@ class PacingLimiter:
         self.slots = 0
 
     @contextmanager
-    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
         with self.lock:  # one in flight is enough for these tests
             now = time.monotonic()
             wait = self.next_start.get(account_name, 0.0) - now
@@ -67,7 +69,9 @@ class CountingLimiter:
         self.penalties: list[tuple[str, float]] = []
 
     @contextmanager
-    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
         yield
 
     def penalize(self, account_name: str, seconds: float) -> None:

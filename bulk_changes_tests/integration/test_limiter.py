@@ -144,3 +144,24 @@ def test_the_jitter_margin_is_spread_over_the_calls_of_one_window(any_engine):
     assert abs(per_second - (0.2 + 0.004)) < 1e-9
     # 500 a minute: the same 20 ms over 500 calls
     assert abs(per_minute - (0.12 + 0.00004)) < 1e-9
+
+
+def test_a_slot_is_leased_for_as_long_as_its_call_can_last(any_engine):
+    import threading
+
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:  # stands for a worker killed in the middle of its call
+        with DbLimiter(any_engine).slot("lease-acct", RateLimit(100, 1), lease_seconds=0.5):
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    started = time.monotonic()
+    with DbLimiter(any_engine).slot("lease-acct", RateLimit(100, 1)):
+        waited = time.monotonic() - started
+    done.set()
+    holder.join(10)
+    assert 0.3 <= waited < 10

@@ -130,7 +130,9 @@ class RecordingLimiter:
         self.inside = False
 
     @contextmanager
-    def slot(self, account_name: str, limit: RateLimit) -> Iterator[None]:
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
         self.slots.append((account_name, limit))
         self.inside = True
         try:
