@@ -96,11 +96,13 @@ class TreeSampler:
         children: dict[int, list[int]] = defaultdict(list)
         for pid, (ppid, _, _) in stats.items():
             children[ppid].append(pid)
-        tree, todo = set(), [r for r in self.roots if r in stats]
+        # parents before children, so a child's role can follow its parent's
+        tree: list[int] = []
+        todo = [r for r in self.roots if r in stats]
         while todo:
-            pid = todo.pop()
+            pid = todo.pop(0)
             if pid not in tree:
-                tree.add(pid)
+                tree.append(pid)
                 todo.extend(children.get(pid, []))
         rss = 0
         with self._lock:
@@ -108,7 +110,16 @@ class TreeSampler:
                 _, cpu, mem = stats[pid]
                 self.cpu_by_pid[pid] = max(cpu, self.cpu_by_pid.get(pid, 0.0))
                 if pid not in self.role_by_pid:
-                    self.role_by_pid[pid] = _role(pid)
+                    role = _role(pid)
+                    # the default run launcher starts run workers as multiprocessing
+                    # children of the code server; the multiprocess executor's step
+                    # processes are children of a run worker
+                    parent = self.role_by_pid.get(stats[pid][0])
+                    if role in ("step process", "other") and parent == "code server":
+                        role = "run worker"
+                    elif role == "other" and parent == "run worker":
+                        role = "step process"
+                    self.role_by_pid[pid] = role
                 rss += mem
             self.peak_rss = max(self.peak_rss, rss)
 
@@ -122,6 +133,11 @@ def account_figures(
 ) -> dict[str, Any]:
     durations = [c.get("duration_ms") or 0.0 for c in calls]
     mean_latency = sum(durations) / len(durations) / 1000.0 if durations else 0.0
+    # Where the budget went unused: gaps between call starts longer than two turns, less
+    # the one turn each would have used anyway.
+    turn = 1.0 / limit_per_second if limit_per_second else 0.0
+    starts = sorted(c["t"] for c in calls)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False) if b - a > 2 * turn]
     return {
         "calls": len(calls),
         "limit_per_second": round(limit_per_second, 3),
@@ -129,6 +145,8 @@ def account_figures(
         "mean_latency_ms": round(mean_latency * 1000, 1),
         "one_in_flight_bound_s": round(len(calls) * mean_latency, 1),
         "throttled": sum(1 for c in calls if c.get("throttled")),
+        "idle_gaps": len(gaps),
+        "idle_gap_seconds": round(sum(g - turn for g in gaps), 2),
     }
 
 

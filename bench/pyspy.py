@@ -38,7 +38,7 @@ class RunWorkerProfiler:
                     self.recorders[pid] = subprocess.Popen(
                         [
                             "py-spy", "record", "--pid", str(pid), "--format", "raw",
-                            "--rate", str(self.rate), "--nonblocking",
+                            "--rate", str(self.rate), "--nonblocking", "--gil",
                             "-o", str(self.out_dir / f"run-worker-{pid}.txt"),
                         ],
                         stdout=subprocess.DEVNULL,
@@ -58,7 +58,8 @@ class RunWorkerProfiler:
 
 def summarize(files: list[Path], top: int = 25, idle: tuple[str, ...] = ()) -> dict[str, Any]:
     """Inclusive sample shares of the functions on the busy stacks (idle threads, waiting
-    in a lock, a sleep or a socket read, are dropped by py-spy's default --idle off)."""
+    in a lock, a sleep or a socket read, are dropped: --gil samples only the thread that
+    holds the interpreter lock, so the shares are of CPU time)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0

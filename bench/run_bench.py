@@ -302,7 +302,9 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
 BASELINE_SCENARIOS = {"jasper_ucc", "jasper_status", "telegence_rate_plan", "unconstrained"}
 
 
-def run_baseline(scenario: Scenario, scale: float) -> dict[str, Any] | None:
+def run_baseline(
+    scenario: Scenario, scale: float, most: int | None = None
+) -> dict[str, Any] | None:
     """The prior system's strategy against the same simulators, budgets and devices."""
     import resource
     import subprocess
@@ -315,7 +317,10 @@ def run_baseline(scenario: Scenario, scale: float) -> dict[str, Any] | None:
     sims = start_simulators(credentials=credentials(scenario))
     try:
         configure(scenario, scale)(sims)
-        rows = inventory(1, send.integration, send.devices, 0)
+        # the prior strategy is one device at a time: --baseline-devices caps it, and its
+        # figures are compared per device
+        devices = min(send.devices, most) if most else send.devices
+        rows = inventory(1, send.integration, devices, 0)
         seed_from_inventory_rows(sims, rows)
         config = tenants_file(scenario, scale)(sims)
         request = request_rows(send.change_type, send.integration, rows[:1])[0]
@@ -348,8 +353,9 @@ def run_baseline(scenario: Scenario, scale: float) -> dict[str, Any] | None:
                 calls_limit, window, _ = limits(system, scale, scenario)
                 accounts[system] = account_figures(calls, calls_limit / window, makespan)
         figures.update(
-            cpu_seconds_per_1000_devices=round(cpu / send.devices * 1000, 2),
-            calls_per_device={s: round(a["calls"] / send.devices, 3) for s, a in accounts.items()},
+            devices=devices,
+            cpu_seconds_per_1000_devices=round(cpu / devices * 1000, 2),
+            calls_per_device={s: round(a["calls"] / devices, 3) for s, a in accounts.items()},
             accounts=accounts,
             violations={
                 s: sim.stats()["violations"] for s, sim in zip(SYSTEMS, sims.all(), strict=True)
@@ -368,11 +374,13 @@ def print_table(result: dict[str, Any]) -> None:
     )
     print(
         f"   {'account':<28}{'calls':>8}{'limit/s':>9}{'util':>7}{'latency':>9}{'1-in-flight bound':>19}"
+        f"{'idle gaps':>17}"
     )
     for name, a in sorted(result["accounts"].items()):
         print(
             f"   {name:<28}{a['calls']:>8}{a['limit_per_second']:>9}{a['utilization']:>7}"
             f"{a['mean_latency_ms']:>8}ms{a['one_in_flight_bound_s']:>18}s"
+            f"{a['idle_gaps']:>7} / {a['idle_gap_seconds']:>6}s"
         )
     print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
     print(f"   calls per device: {result['calls_per_device']}")
@@ -383,9 +391,13 @@ def print_table(result: dict[str, Any]) -> None:
         )
     base = result.get("baseline")
     if base and "error" not in base:
-        ratio = base["makespan_s"] / result["makespan_s"] if result["makespan_s"] else 0
+        # seconds per device, theirs over ours (the baseline may have run fewer devices)
+        ours = result["makespan_s"] / result["devices"]
+        theirs = base["makespan_s"] / base.get("devices", result["devices"])
+        ratio = theirs / ours if ours else 0
         print(
-            f"   prior system's strategy: makespan {base['makespan_s']} s ({ratio:.2f}x ours),"
+            f"   prior system's strategy on {base.get('devices', result['devices'])} devices:"
+            f" makespan {base['makespan_s']} s ({ratio:.2f}x our time per device),"
             f" processed {base['processed']}, failed {base['failed']}, throttled answers {base['throttled']},"
             f" calls/device {base['calls_per_device']}, CPU {base['cpu_seconds_per_1000_devices']} s/1000"
         )
@@ -414,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-baseline", action="store_true", help="skip the prior system's strategy"
     )
     parser.add_argument(
+        "--baseline-devices",
+        type=int,
+        default=0,
+        help="run the prior system's strategy on at most this many devices (0: all)",
+    )
+    parser.add_argument(
         "--py-spy", action="store_true", help="sample the run workers with py-spy (installed)"
     )
     args = parser.parse_args(argv)
@@ -427,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         result = run_scenario(chosen[name], args.scale, args.out, args.batch_size, args.py_spy)
         if not args.no_baseline:
-            result["baseline"] = run_baseline(chosen[name], args.scale)
+            result["baseline"] = run_baseline(chosen[name], args.scale, args.baseline_devices)
         print_table(result)
         results.append(result)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))

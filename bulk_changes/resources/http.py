@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -177,6 +178,20 @@ def _connection_reason(exc: BaseException) -> str:
 # ---- the caller -------------------------------------------------------------------------
 
 
+def environment_session(base_url: str) -> requests.Session:
+    """A session with the environment's proxy and CA settings read once, here: by default
+    requests walks os.environ again on every call (a few per cent of a run worker's CPU
+    under py-spy)."""
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))  # NO_PROXY too
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+    return session
+
+
+
 class HttpCaller:
     """Makes one client's HTTP calls: limiter, timeout, audit and error translation."""
 
@@ -209,7 +224,7 @@ class HttpCaller:
         self.throttle_codes = frozenset(str(c) for c in throttle_codes)
         self.limiter: Limiter = limiter if limiter is not None else NoLimiter()
         self.on_exchange = on_exchange
-        self.session = session if session is not None else requests.Session()
+        self.session = session if session is not None else environment_session(self.base_url)
         self.default_throttle_delay = default_throttle_delay
 
     # -- public -----------------------------------------------------------------------
