@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -36,6 +37,7 @@ class DbLimiter:
         margin_seconds: float = 0.02,
         poll_seconds: float = 0.02,
         waiter_lease_seconds: float = 2.0,
+        max_handoffs: int = 50,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -54,6 +56,13 @@ class DbLimiter:
         self._local_gates: dict[str, threading.BoundedSemaphore] = {}
         self._gates_lock = threading.Lock()
         self._known_accounts: set[tuple[str, int]] = set()
+        # one-in-flight accounts: the slot handed from one thread of this process to the
+        # next without taking it again (see slot); bounded so other runs get their turn
+        self.max_handoffs = max_handoffs
+        self._local = threading.Lock()
+        self._queued: Counter[str] = Counter()
+        self._handed: dict[str, tuple[str, int, float, int]] = {}
+        self.handoffs = 0
         self.waited_seconds = 0.0
         self.calls = 0
 
@@ -67,12 +76,21 @@ class DbLimiter:
         ``lease_seconds``: how long after its start the call can still be in flight; a
         process that dies holding the slot loses it then (default: the limiter's)."""
         gate = self._gate(account_name, limit)
+        lease = lease_seconds or self.lease_seconds
         started = self.clock()
-        with gate:  # threads of this process queue here, not in the database
-            self._ensure_rows(account_name, limit)
-            holder, slot, start_at = self._take_slot_and_turn(
-                account_name, limit, lease_seconds or self.lease_seconds
-            )
+        with self._local:
+            self._queued[account_name] += 1
+        gate.acquire()  # threads of this process queue here, not in the database
+        try:
+            with self._local:
+                self._queued[account_name] -= 1
+                handed = self._handed.pop(account_name, None)
+            if handed is None:
+                self._ensure_rows(account_name, limit)
+                holder, slot, start_at = self._take_slot_and_turn(account_name, limit, lease)
+                chain = 0
+            else:
+                holder, slot, start_at, chain = handed
             sent_at = start_at
             try:
                 wait = start_at - self.clock()
@@ -83,7 +101,31 @@ class DbLimiter:
                 self.calls += 1
                 yield
             finally:
-                self._release(account_name, slot, holder, sent_at + self.spacing(limit))
+                # One call in flight and a thread of this process waiting for the next:
+                # hand it the slot and its turn in the release's own transaction, unless
+                # another run is waiting (it goes first) or this chain has run long.
+                with self._local:
+                    hand_on = (
+                        limit.max_in_flight == 1
+                        and self._queued[account_name] > 0
+                        and chain < self.max_handoffs
+                    )
+                next_start = self._release(
+                    account_name,
+                    slot,
+                    holder,
+                    sent_at + self.spacing(limit),
+                    hand_on_lease=lease if hand_on else None,
+                    spacing=self.spacing(limit),
+                )
+                if next_start is not None:
+                    with self._local:
+                        # the gate's only permit is still held here: the next thread to
+                        # pass the gate finds this, before anyone else can take the slot
+                        self._handed[account_name] = (holder, slot, next_start, chain + 1)
+                        self.handoffs += 1
+        finally:
+            gate.release()
 
     def spacing(self, limit: RateLimit) -> float:
         """Seconds between two call starts on the account."""
@@ -246,12 +288,57 @@ class DbLimiter:
                     )
             self.sleep(poll)
 
-    def _release(self, account_name: str, slot: int, holder: str, not_before: float) -> None:
+    def _release(
+        self,
+        account_name: str,
+        slot: int,
+        holder: str,
+        not_before: float,
+        *,
+        hand_on_lease: float | None = None,
+        spacing: float = 0.0,
+    ) -> float | None:
         """Free the slot; and if this call left late (a busy machine woke its thread after
         its turn), move the clock so the next turn keeps a full interval from the real
-        start: a late call must not squeeze its successor into the same window."""
+        start: a late call must not squeeze its successor into the same window.
+
+        With ``hand_on_lease``, and nobody waiting in ``rate_limit_waiters``, keep the slot
+        instead and take the next turn for a thread of this process: -> its start."""
         clock = t.rate_limit_clock.c
         with self.engine.begin() as conn:
+            if hand_on_lease is not None:
+                next_free = conn.execute(
+                    select(clock.next_free_at)
+                    .where(clock.account == account_name)
+                    .with_for_update()
+                ).scalar_one()
+                now = self.clock()
+                waiting = conn.execute(
+                    select(func.count()).where(
+                        t.rate_limit_waiters.c.account == account_name,
+                        t.rate_limit_waiters.c.expires_at >= now,
+                    )
+                ).scalar_one()
+                if not waiting:
+                    start_at = max(float(next_free), not_before, now)
+                    conn.execute(
+                        update(t.rate_limit_clock)
+                        .where(clock.account == account_name)
+                        .values(next_free_at=start_at + spacing)
+                    )
+                    kept = conn.execute(
+                        update(t.rate_limit_slots)
+                        .where(
+                            t.rate_limit_slots.c.account == account_name,
+                            t.rate_limit_slots.c.slot == slot,
+                            t.rate_limit_slots.c.holder == holder,
+                        )
+                        .values(expires_at=start_at + hand_on_lease)
+                    ).rowcount
+                    if kept:
+                        return start_at
+                    # the lease had run out and someone took the slot: release as usual
+                    # (the clock moved on only by one turn, which is safe)
             conn.execute(
                 update(t.rate_limit_clock)
                 .where(clock.account == account_name, clock.next_free_at < not_before)
@@ -266,6 +353,7 @@ class DbLimiter:
                 )
                 .values(holder=None, expires_at=0.0)
             )
+        return None
 
 
 def release_slots_of_process(engine: Engine, host: str, pid: int) -> int:

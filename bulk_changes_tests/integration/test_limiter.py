@@ -165,3 +165,24 @@ def test_a_slot_is_leased_for_as_long_as_its_call_can_last(any_engine):
     done.set()
     holder.join(10)
     assert 0.3 <= waited < 10
+
+
+def test_threads_of_one_process_hand_the_slot_on_and_the_budget_still_holds(any_engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = RateLimit(calls_per_second=20, max_in_flight=1)
+    limiter = DbLimiter(any_engine)
+    spans: list[tuple[float, float]] = []
+
+    def one(_: int) -> None:
+        with limiter.slot("handed", limit):
+            started = time.time()
+            time.sleep(0.005)
+            spans.append((started, time.time()))
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(one, range(30)))
+    assert len(spans) == 30
+    assert limiter.handoffs > 0
+    assert most_at_once(spans) == 1
+    assert most_in_any_second([s for s, _ in spans]) <= 20
