@@ -1,6 +1,7 @@
 """The ops of ``process_bulk_change``: thin, they move data between resources and the runner."""
 
 import os
+import sys
 from typing import Any
 
 from dagster import (
@@ -35,6 +36,9 @@ from bulk_changes.resources.tenant_config import TenantConfig
 OP_RETRY = RetryPolicy(
     max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
+
+
+SWITCH_INTERVAL = float(os.environ.get("BULK_CHANGES_SWITCH_INTERVAL", "0.001"))
 
 
 class LoadConfig(Config):
@@ -177,6 +181,10 @@ def apply_device_changes(
     busy and Rev.io idle, then the reverse (makespan T(carrier) + T(Rev.io) instead of the
     larger of the two), and a step process per stage costs about a CPU-second to start.
     """
+    # A thread whose answer has arrived waits for the interpreter lock up to the switch
+    # interval (5 ms by default) while other device threads run: on a one-in-flight
+    # account that wait is on the critical path of every call.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     runner = _device_runner(
         context,
         batch["bulk_change_id"],
