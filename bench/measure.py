@@ -56,6 +56,7 @@ class TreeSampler:
         self.cpu_by_pid: dict[int, float] = {}
         self.role_by_pid: dict[int, str] = {}
         self.peak_rss = 0
+        self.peak_rss_by_role: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -121,6 +122,8 @@ class TreeSampler:
                         role = "step process"
                     self.role_by_pid[pid] = role
                 rss += mem
+                role = self.role_by_pid[pid]
+                self.peak_rss_by_role[role] = max(self.peak_rss_by_role[role], mem)
             self.peak_rss = max(self.peak_rss, rss)
 
     def _run(self) -> None:

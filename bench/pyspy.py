@@ -18,7 +18,7 @@ from typing import Any
 class RunWorkerProfiler:
     """Starts ``py-spy record`` on every run worker the sampler discovers."""
 
-    def __init__(self, sampler: Any, out_dir: Path, rate: int = 50) -> None:
+    def __init__(self, sampler: Any, out_dir: Path, rate: int = 250) -> None:
         if shutil.which("py-spy") is None:
             raise RuntimeError("py-spy is not installed: pip install py-spy")
         self.sampler, self.out_dir, self.rate = sampler, out_dir, rate

@@ -233,6 +233,9 @@ def run_scenario(
     result["cpu_seconds_per_1000_devices"] = round(window_cpu / devices * 1000, 2)
     result["cpu_seconds_with_startup"] = round(sampler.cpu_seconds, 1)
     result["peak_memory_mb"] = round(sampler.peak_rss / 2**20, 1)
+    result["peak_memory_mb_by_process"] = {
+        role: round(peak / 2**20, 1) for role, peak in sorted(sampler.peak_rss_by_role.items())
+    }
     png = out_dir / f"{scenario.name}.png"
     plot(png, f"{scenario.name} (scale {scale:g})", result.pop("_series"))
     result["plot"] = str(png)
@@ -383,6 +386,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{a['idle_gaps']:>7} / {a['idle_gap_seconds']:>6}s"
         )
     print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
+    print(f"   peak memory MB of one process, by kind: {result['peak_memory_mb_by_process']}")
     print(f"   calls per device: {result['calls_per_device']}")
     for b in result["bulk_changes"]:
         print(

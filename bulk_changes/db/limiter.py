@@ -21,11 +21,69 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, case, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import schema as t
 from bulk_changes.domain.settings import RateLimit
+
+# The statements of every call, built once (building and keying them per call was a
+# tenth of a run worker's CPU under py-spy).
+_FOREVER = float("inf")
+_clock, _slots, _waiters = t.rate_limit_clock.c, t.rate_limit_slots.c, t.rate_limit_waiters.c
+_CLOCK_LOCKED = (
+    select(_clock.next_free_at).where(_clock.account == bindparam("b_account")).with_for_update()
+)
+_WAITERS_AHEAD = select(func.count()).where(
+    _waiters.account == bindparam("b_account"),
+    _waiters.holder != bindparam("b_holder"),
+    _waiters.expires_at >= bindparam("b_now"),
+    _waiters.since < bindparam("b_since"),
+)
+_FREE_SLOTS = (
+    select(_slots.slot)
+    .where(
+        _slots.account == bindparam("b_account"),
+        (_slots.holder.is_(None)) | (_slots.expires_at < bindparam("b_now")),
+    )
+    .order_by(_slots.slot)
+    .limit(bindparam("b_n"))
+)
+_TAKE_SLOT = (
+    update(t.rate_limit_slots)
+    .where(_slots.account == bindparam("b_account"), _slots.slot == bindparam("b_slot"))
+    .values(holder=bindparam("b_holder"), expires_at=bindparam("b_expires"))
+)
+_SET_CLOCK = (
+    update(t.rate_limit_clock)
+    .where(_clock.account == bindparam("b_account"))
+    .values(next_free_at=bindparam("b_next_free"))
+)
+_KEEP_SLOT = (
+    update(t.rate_limit_slots)
+    .where(
+        _slots.account == bindparam("b_account"),
+        _slots.slot == bindparam("b_slot"),
+        _slots.holder == bindparam("b_holder"),
+    )
+    .values(expires_at=bindparam("b_expires"))
+)
+_CLOCK_NOT_BEFORE = (
+    update(t.rate_limit_clock)
+    .where(
+        _clock.account == bindparam("b_account"), _clock.next_free_at < bindparam("b_not_before")
+    )
+    .values(next_free_at=bindparam("b_not_before"))
+)
+_FREE_SLOT = (
+    update(t.rate_limit_slots)
+    .where(
+        _slots.account == bindparam("b_account"),
+        _slots.slot == bindparam("b_slot"),
+        _slots.holder == bindparam("b_holder"),
+    )
+    .values(holder=None, expires_at=0.0)
+)
 
 
 class DbLimiter:
@@ -209,8 +267,6 @@ class DbLimiter:
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
         interval = self.spacing(limit)
         poll = min(self.poll_seconds, limit.interval / 4)
-        slots = t.rate_limit_slots.c
-        clock = t.rate_limit_clock.c
         waiters = t.rate_limit_waiters.c
         waiting_since: float | None = None
         alive_until = 0.0
@@ -219,43 +275,39 @@ class DbLimiter:
                 # Locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE), the time
                 # read after: a turn is never handed out in the past, where it would bunch
                 # up with the turns handed out while this one waited for the lock.
-                next_free = conn.execute(
-                    select(clock.next_free_at)
-                    .where(clock.account == account_name)
-                    .with_for_update()
-                ).scalar_one()
+                next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
                 now = self.clock()
+                ahead = int(
+                    conn.execute(
+                        _WAITERS_AHEAD,
+                        {
+                            "b_account": account_name,
+                            "b_holder": holder,
+                            "b_now": now,
+                            "b_since": waiting_since if waiting_since is not None else _FOREVER,
+                        },
+                    ).scalar_one()
+                )
                 free = [
                     int(n)
                     for n in conn.execute(
-                        select(slots.slot).where(
-                            slots.account == account_name,
-                            (slots.holder.is_(None)) | (slots.expires_at < now),
-                        )
+                        _FREE_SLOTS, {"b_account": account_name, "b_now": now, "b_n": ahead + 1}
                     ).scalars()
                 ]
-                ahead = 0
-                if free:
-                    older = select(func.count()).where(
-                        waiters.account == account_name,
-                        waiters.holder != holder,
-                        waiters.expires_at >= now,
-                    )
-                    if waiting_since is not None:
-                        older = older.where(waiters.since < waiting_since)
-                    ahead = int(conn.execute(older).scalar_one())
                 if len(free) > ahead:
                     slot = free[ahead]
                     start_at = max(float(next_free), now)
                     conn.execute(
-                        update(t.rate_limit_slots)
-                        .where(slots.account == account_name, slots.slot == slot)
-                        .values(holder=holder, expires_at=start_at + lease_seconds)
+                        _TAKE_SLOT,
+                        {
+                            "b_account": account_name,
+                            "b_slot": slot,
+                            "b_holder": holder,
+                            "b_expires": start_at + lease_seconds,
+                        },
                     )
                     conn.execute(
-                        update(t.rate_limit_clock)
-                        .where(clock.account == account_name)
-                        .values(next_free_at=start_at + interval)
+                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + interval}
                     )
                     if waiting_since is not None:
                         conn.execute(
@@ -304,54 +356,35 @@ class DbLimiter:
 
         With ``hand_on_lease``, and nobody waiting in ``rate_limit_waiters``, keep the slot
         instead and take the next turn for a thread of this process: -> its start."""
-        clock = t.rate_limit_clock.c
         with self.engine.begin() as conn:
             if hand_on_lease is not None:
-                next_free = conn.execute(
-                    select(clock.next_free_at)
-                    .where(clock.account == account_name)
-                    .with_for_update()
-                ).scalar_one()
+                next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
                 now = self.clock()
                 waiting = conn.execute(
-                    select(func.count()).where(
-                        t.rate_limit_waiters.c.account == account_name,
-                        t.rate_limit_waiters.c.expires_at >= now,
-                    )
+                    _WAITERS_AHEAD,
+                    {"b_account": account_name, "b_holder": "", "b_now": now, "b_since": _FOREVER},
                 ).scalar_one()
                 if not waiting:
                     start_at = max(float(next_free), not_before, now)
                     conn.execute(
-                        update(t.rate_limit_clock)
-                        .where(clock.account == account_name)
-                        .values(next_free_at=start_at + spacing)
+                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + spacing}
                     )
                     kept = conn.execute(
-                        update(t.rate_limit_slots)
-                        .where(
-                            t.rate_limit_slots.c.account == account_name,
-                            t.rate_limit_slots.c.slot == slot,
-                            t.rate_limit_slots.c.holder == holder,
-                        )
-                        .values(expires_at=start_at + hand_on_lease)
+                        _KEEP_SLOT,
+                        {
+                            "b_account": account_name,
+                            "b_slot": slot,
+                            "b_holder": holder,
+                            "b_expires": start_at + hand_on_lease,
+                        },
                     ).rowcount
                     if kept:
                         return start_at
                     # the lease had run out and someone took the slot: release as usual
                     # (the clock moved on only by one turn, which is safe)
+            conn.execute(_CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before})
             conn.execute(
-                update(t.rate_limit_clock)
-                .where(clock.account == account_name, clock.next_free_at < not_before)
-                .values(next_free_at=not_before)
-            )
-            conn.execute(
-                update(t.rate_limit_slots)
-                .where(
-                    t.rate_limit_slots.c.account == account_name,
-                    t.rate_limit_slots.c.slot == slot,
-                    t.rate_limit_slots.c.holder == holder,
-                )
-                .values(holder=None, expires_at=0.0)
+                _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
             )
         return None
 

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, Table, and_, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import outbox
@@ -496,21 +498,21 @@ class Repository:
                 )
                 .values(status=DeviceStatus.PROCESSING.value, updated_at=now())
             )
-            exists = conn.execute(
-                select(t.step_progress.c.step).where(
-                    t.step_progress.c.device_change_id == device_change_id,
-                    t.step_progress.c.step == marker,
+            conn.execute(
+                self._insert_new(t.step_progress).values(
+                    device_change_id=device_change_id,
+                    step=marker,
+                    data=json.dumps({"run_id": run_id}),
+                    updated_at=now(),
                 )
-            ).first()
-            if not exists:
-                conn.execute(
-                    insert(t.step_progress).values(
-                        device_change_id=device_change_id,
-                        step=marker,
-                        data=json.dumps({"run_id": run_id}),
-                        updated_at=now(),
-                    )
-                )
+            )
+
+    def _insert_new(self, table: Table) -> Any:
+        """INSERT that leaves an existing row (same primary key) as it is: one statement
+        instead of a SELECT then an INSERT, on both SQLite and PostgreSQL."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table).on_conflict_do_nothing()
 
     def _audit_rows(
         self,
@@ -558,21 +560,14 @@ class Repository:
         attempts: int,
     ) -> None:
         with self.engine.begin() as conn:
-            already = conn.execute(
-                select(t.completed_steps.c.step).where(
-                    t.completed_steps.c.device_change_id == device_change_id,
-                    t.completed_steps.c.step == step,
+            conn.execute(
+                self._insert_new(t.completed_steps).values(
+                    device_change_id=device_change_id,
+                    step=step,
+                    completed_at=now(),
+                    result=json.dumps(result, default=str) if result is not None else None,
                 )
-            ).first()
-            if not already:
-                conn.execute(
-                    insert(t.completed_steps).values(
-                        device_change_id=device_change_id,
-                        step=step,
-                        completed_at=now(),
-                        result=json.dumps(result, default=str) if result is not None else None,
-                    )
-                )
+            )
             conn.execute(
                 update(t.device_changes)
                 .where(t.device_changes.c.id == device_change_id)
