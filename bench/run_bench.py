@@ -168,7 +168,12 @@ def wait_for_sensor(stack: Any, timeout: float = 180.0) -> None:
 
 
 def run_scenario(
-    scenario: Scenario, scale: float, out_dir: Path, batch_size: int, py_spy: bool = False
+    scenario: Scenario,
+    scale: float,
+    out_dir: Path,
+    batch_size: int,
+    py_spy: bool = False,
+    code_server: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
     stack = start_stack(
@@ -180,6 +185,7 @@ def run_scenario(
             "BULK_CHANGES_SENSOR_INTERVAL": "1",
             "BULK_CHANGES_BATCH_SIZE": str(batch_size),
         },
+        code_server=code_server,
     )
     sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
     profiler = None
@@ -436,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the prior system's strategy on at most this many devices (0: all)",
     )
     parser.add_argument(
+        "--code-server",
+        action="store_true",
+        help="serve the code from one long-lived `dagster api grpc` process (as in production)"
+        " instead of the daemon's own code servers, which it replaces every minute",
+    )
+    parser.add_argument(
         "--py-spy", action="store_true", help="sample the run workers with py-spy (installed)"
     )
     args = parser.parse_args(argv)
@@ -447,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
-        result = run_scenario(chosen[name], args.scale, args.out, args.batch_size, args.py_spy)
+        result = run_scenario(
+            chosen[name], args.scale, args.out, args.batch_size, args.py_spy, args.code_server
+        )
         if not args.no_baseline:
             result["baseline"] = run_baseline(chosen[name], args.scale, args.baseline_devices)
         print_table(result)

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from collections import Counter
 from typing import Any
 
 from dagster import (
@@ -197,13 +198,23 @@ def apply_device_changes(
     )
     report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
     repo = amop_db.repository()
-    statuses = {c.id: c.status for c in repo.device_changes(batch["device_change_ids"])}
+    # counts, not a status per device: finalize collects every batch's output at once,
+    # and the AMOP database has the details
+    statuses = dict(Counter(c.status for c in repo.device_changes(batch["device_change_ids"])))
     # device_changes.completed for the devices of this batch that are final: each device
     # once (finalize reports whatever no batch did)
     reported = repo.report_final_devices(batch["bulk_change_id"], batch["device_change_ids"])
     return Output(
-        {"bulk_change_id": batch["bulk_change_id"], "statuses": statuses},
-        metadata={**report.as_metadata(), "devices_reported": reported},
+        {
+            "bulk_change_id": batch["bulk_change_id"],
+            "devices": len(batch["device_change_ids"]),
+            "statuses": statuses,
+        },
+        metadata={
+            **report.as_metadata(),
+            "devices_reported": reported,
+            "statuses": MetadataValue.json(statuses),
+        },
     )
 
 
@@ -227,7 +238,7 @@ def finalize_bulk_change(
     """
     bulk_id = loaded["bulk_change_id"]
     repo: Repository = amop_db.repository()
-    reported = sum(len(r["statuses"]) for r in results)
+    reported = sum(r["devices"] for r in results)
     leftover = [int(i) for i in repo.pending_device_changes_frame(bulk_id)["id"].tolist()]
     if leftover:
         context.log.warning(

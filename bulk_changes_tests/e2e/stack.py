@@ -137,6 +137,35 @@ class Stack:
         self.daemon = daemon
         return daemon
 
+    def start_code_server(self, port: int, timeout: float = 120.0) -> None:
+        """``dagster api grpc`` serving bulk_changes.definitions; returns once it listens."""
+        import socket
+
+        with (self.root / "code-server.log").open("ab") as log:
+            server = subprocess.Popen(
+                [
+                    sys.executable, "-m", "dagster", "api", "grpc",
+                    "-m", "bulk_changes.definitions", "-h", "127.0.0.1", "-p", str(port),
+                ],
+                env=self.env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self.processes.append(server)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the code server exited; see {self.root / 'code-server.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("the code server did not start listening")
+
     def kill_daemon(self) -> None:
         """kill -9 the daemon with its code server and any run worker (a host crash)."""
         assert self.daemon is not None
@@ -226,12 +255,17 @@ def start_stack(
     env_overrides: dict[str, str] | None = None,
     dagster_yaml: str | None = None,
     backend: str = "sqlite",
+    code_server: bool = False,
 ) -> Stack:
     """Start everything; ``tenants`` builds the tenant file from the simulators' URLs.
 
     ``backend``: "sqlite" (the embedded default) or "postgresql": the AMOP database and
     Dagster's storage each in a new database on the local PostgreSQL, the instance
-    configured by deploy/dagster.yaml (``production_instance``) unless ``dagster_yaml``."""
+    configured by deploy/dagster.yaml (``production_instance``) unless ``dagster_yaml``.
+
+    ``code_server``: the code location served by one long-lived ``dagster api grpc``
+    process that the workspace points at (as in production), instead of the servers the
+    daemon starts itself and replaces every minute."""
     sims = start_simulators(credentials=credentials)
     if configure_sims is None:
         # The simulators enforce the documented limits; Telegence publishes none, so the
@@ -253,8 +287,13 @@ def start_stack(
     else:
         db_url = f"sqlite:///{root / 'amop.sqlite'}"
     (root / "dagster_home" / "dagster.yaml").write_text(dagster_yaml or DAGSTER_YAML)
+    code_server_port = free_port() if code_server else None
     (root / "workspace.yaml").write_text(
-        "load_from:\n  - python_module:\n      module_name: bulk_changes.definitions\n      location_name: bulk_changes\n"
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_server_port}\n"
+        "      location_name: bulk_changes\n"
+        if code_server_port
+        else "load_from:\n  - python_module:\n      module_name: bulk_changes.definitions\n"
+        "      location_name: bulk_changes\n"
     )
     tenants_file = root / "tenants.yaml"
     tenants_file.write_text(yaml.safe_dump(tenants(sims)))
@@ -299,6 +338,8 @@ def start_stack(
     stack.processes.append(sqs)
     if backend == "postgresql":
         set_pool_limits(root / "dagster_home", storage_env)
+    if code_server_port:
+        stack.start_code_server(code_server_port)
     stack.start_daemon()
     return stack
 
