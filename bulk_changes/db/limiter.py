@@ -59,30 +59,19 @@ _SET_CLOCK = (
     .where(_clock.account == bindparam("b_account"))
     .values(next_free_at=bindparam("b_next_free"))
 )
-_KEEP_SLOT = (
-    update(t.rate_limit_slots)
-    .where(
-        _slots.account == bindparam("b_account"),
-        _slots.slot == bindparam("b_slot"),
-        _slots.holder == bindparam("b_holder"),
-    )
-    .values(expires_at=bindparam("b_expires"))
+_HELD_SLOT = update(t.rate_limit_slots).where(
+    _slots.account == bindparam("b_account"),
+    _slots.slot == bindparam("b_slot"),
+    _slots.holder == bindparam("b_holder"),
 )
+_KEEP_SLOT = _HELD_SLOT.values(expires_at=bindparam("b_expires"))
+_FREE_SLOT = _HELD_SLOT.values(holder=None, expires_at=0.0)
 _CLOCK_NOT_BEFORE = (
     update(t.rate_limit_clock)
     .where(
         _clock.account == bindparam("b_account"), _clock.next_free_at < bindparam("b_not_before")
     )
     .values(next_free_at=bindparam("b_not_before"))
-)
-_FREE_SLOT = (
-    update(t.rate_limit_slots)
-    .where(
-        _slots.account == bindparam("b_account"),
-        _slots.slot == bindparam("b_slot"),
-        _slots.holder == bindparam("b_holder"),
-    )
-    .values(holder=None, expires_at=0.0)
 )
 
 

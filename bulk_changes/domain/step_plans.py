@@ -113,7 +113,3 @@ def plan_for(
 ) -> tuple[Step, ...]:
     """The steps this request needs, in order. KeyError for a combination nobody offers."""
     return tuple(step for step in PLANS[(change_type, integration)] if step.applies(request))
-
-
-def steps_in_stage(steps: tuple[Step, ...], stage: Stage) -> tuple[Step, ...]:
-    return tuple(step for step in steps if step.stage is stage)

@@ -118,43 +118,44 @@ class Stack:
     def start_daemon(self) -> subprocess.Popen[bytes]:
         """The real dagster-daemon (sensors, run queue, run monitoring, run retries), in a
         session of its own: its code server and the run workers share its process group."""
-        with (self.root / "daemon.log").open("ab") as daemon_log:
-            daemon = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("dagster-daemon")),
-                    "run",
-                    "-w",
-                    str(self.root / "workspace.yaml"),
-                ],
-                env=self.env,
-                cwd=self.root,
-                stdout=daemon_log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes.append(daemon)
+        daemon = self._start_process(
+            [
+                str(Path(sys.executable).with_name("dagster-daemon")),
+                "run",
+                "-w",
+                str(self.root / "workspace.yaml"),
+            ],
+            "daemon.log",
+        )
         self.daemon = daemon
         return daemon
 
-    def start_code_server(self, port: int, timeout: float = 120.0) -> None:
-        """``dagster api grpc`` serving bulk_changes.definitions; returns once it listens."""
-        import socket
-
-        with (self.root / "code-server.log").open("ab") as log:
-            server = subprocess.Popen(
-                [
-                    sys.executable, "-m", "dagster", "api", "grpc",
-                    "-m", "bulk_changes.definitions", "-h", "127.0.0.1", "-p", str(port),
-                ],
+    def _start_process(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        """A process of the stack in a session of its own, its output in ``log_name``."""
+        with (self.root / log_name).open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
                 env=self.env,
                 cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
-        self.processes.append(server)
+            )
+        self.processes.append(proc)
+        return proc
+
+    def start_code_server(self, port: int, timeout: float = 120.0) -> None:
+        """``dagster api grpc`` serving bulk_changes.definitions; returns once it listens."""
+        import socket
+
+        server = self._start_process(
+            [
+                sys.executable, "-m", "dagster", "api", "grpc",
+                "-m", "bulk_changes.definitions", "-h", "127.0.0.1", "-p", str(port),
+            ],
+            "code-server.log",
+        )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if server.poll() is not None:
