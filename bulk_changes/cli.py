@@ -233,7 +233,9 @@ def cmd_local_sqs(args: argparse.Namespace) -> int:
     import os
 
     # moto's own server command: the same SQS protocol the tests speak.
-    os.execv(sys.executable, [sys.executable, "-m", "moto.server", "-H", args.host, "-p", str(args.port)])
+    os.execv(
+        sys.executable, [sys.executable, "-m", "moto.server", "-H", args.host, "-p", str(args.port)]
+    )
     return 0
 
 

@@ -13,6 +13,9 @@ from bulk_changes.sensors.sqs_sensor import build_queue_sensor
 queue_sensor = build_queue_sensor(
     process_bulk_change,
     minimum_interval_seconds=int(env_or("BULK_CHANGES_SENSOR_INTERVAL", "5")),
+    # each tick listens on the queue for most of the interval: a message starts its run
+    # within a second, not after half an interval on average
+    long_poll_seconds=int(env_or("BULK_CHANGES_SENSOR_LONG_POLL", "4")),
     default_status=(
         DefaultSensorStatus.RUNNING
         if env_or("BULK_CHANGES_SENSOR_DEFAULT", "running") == "running"
@@ -27,7 +30,9 @@ _notify_status = (
 )
 _notify_interval = int(env_or("BULK_CHANGES_NOTIFY_INTERVAL", "10"))
 notification_sweep = build_sweep_sensor(_notify_interval, _notify_status)
-run_failure_alerts = build_run_failure_sensor([process_bulk_change], _notify_interval, _notify_status)
+run_failure_alerts = build_run_failure_sensor(
+    [process_bulk_change], _notify_interval, _notify_status
+)
 
 # Default run launcher: a run whose worker process died is marked failed (README, Production).
 dead_run_workers = build_dead_run_worker_sensor(

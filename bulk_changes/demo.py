@@ -38,6 +38,11 @@ run_coordinator:
     max_concurrent_runs: 3
     # a queued run starts within a second, not five (Dagster's default)
     dequeue_interval_seconds: 1
+# the queue sensor listens on the queue for most of its interval (long polling): the
+# other sensors are evaluated beside it, not after it
+sensors:
+  use_threads: true
+  num_workers: 4
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180

@@ -384,6 +384,20 @@ class Repository:
                 )
         return reopened
 
+    def pending_device_change_ids(self, bulk_change_id: int) -> list[int]:
+        """The ids of the device changes not yet final, in order (a list of ints: at
+        100,000 devices a frame of their rows was a run worker's largest allocation)."""
+        query = (
+            select(t.device_changes.c.id)
+            .where(
+                t.device_changes.c.bulk_change_id == bulk_change_id,
+                t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+            )
+            .order_by(t.device_changes.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(query).scalars()]
+
     def pending_device_changes_frame(self, bulk_change_id: int) -> pd.DataFrame:
         """Device changes not yet final, joined to their inventory row, as a DataFrame."""
         query = (

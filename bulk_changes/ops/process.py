@@ -129,13 +129,13 @@ def load_device_changes(
     if bulk is None:
         raise Failure(f"bulk change {config.bulk_change_id} does not exist")
     reopened = repo.start_processing(bulk.id, context.run_id, config.retry_failed_only)
-    pending = repo.pending_device_changes_frame(bulk.id)
+    pending = repo.pending_device_change_ids(bulk.id)
     counts = repo.counts(bulk.id)
     context.log.info(
         f"bulk change {bulk.id}: {len(pending)} device changes to process, counts {counts}"
     )
     return Output(
-        {"bulk_change_id": bulk.id, "device_change_ids": [int(i) for i in pending["id"].tolist()]},
+        {"bulk_change_id": bulk.id, "device_change_ids": pending},
         metadata={
             "bulk_change_id": bulk.id,
             "tenant": bulk.tenant_id,
@@ -239,7 +239,7 @@ def finalize_bulk_change(
     bulk_id = loaded["bulk_change_id"]
     repo: Repository = amop_db.repository()
     reported = sum(r["devices"] for r in results)
-    leftover = [int(i) for i in repo.pending_device_changes_frame(bulk_id)["id"].tolist()]
+    leftover = repo.pending_device_change_ids(bulk_id)
     if leftover:
         context.log.warning(
             f"{len(leftover)} device changes were not finished by their batch: finishing them now"

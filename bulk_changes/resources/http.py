@@ -191,7 +191,6 @@ def environment_session(base_url: str) -> requests.Session:
     return session
 
 
-
 class HttpCaller:
     """Makes one client's HTTP calls: limiter, timeout, audit and error translation."""
 

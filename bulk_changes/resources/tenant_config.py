@@ -48,7 +48,9 @@ def load_settings(path: str | None = None) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"cannot read tenant configuration {path}: {exc.strerror}") from exc
+        raise ConfigurationError(
+            f"cannot read tenant configuration {path}: {exc.strerror}"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -7,7 +7,10 @@ Each tick:
    cursor only after the daemon launched the tick's runs, so a crash in between leaves
    the message on the queue (it comes back after the visibility timeout, and the run key
    keeps it from starting a second run).
-2. Up to ``max_receives`` receives of 10 messages. Each message is parsed
+2. Up to ``max_receives`` receives of 10 messages. When no message waits for its run,
+   the first receive long-polls for ``long_poll_seconds`` (less than the interval): a
+   message sent between ticks starts its run at once instead of at the next tick. Each
+   message is parsed
    (``bulk_changes.domain.messages``):
 
    - not understood -> dead-letter queue with the reason;
@@ -178,6 +181,7 @@ class QueueTick:
         submit: SubmitFn,
         max_receives: int,
         pending_ttl_seconds: float,
+        long_poll_seconds: int = 0,
     ) -> None:
         self.context = context
         self.queue = queue
@@ -186,6 +190,7 @@ class QueueTick:
         self.submit = submit
         self.max_receives = max_receives
         self.pending_ttl_seconds = pending_ttl_seconds
+        self.long_poll_seconds = long_poll_seconds
         self.out = TickOutcome()
         self._repo: Any = None
         self._settings: Any = None
@@ -247,9 +252,11 @@ class QueueTick:
     # -- step 2 ---------------------------------------------------------------------------
 
     def receive_all(self) -> None:
+        # a tick that has deletions to settle on its next tick returns at once
+        wait = 0 if self.out.pending else self.long_poll_seconds
         for _ in range(self.max_receives):
             try:
-                messages = self.queue.receive(10)
+                messages = self.queue.receive(10, wait_time_seconds=wait)
             except Exception as exc:
                 if not self.out.run_requests and not self.out.received:
                     raise  # nothing done yet: a failed tick is the visible answer
@@ -257,6 +264,7 @@ class QueueTick:
                 return
             if not messages:
                 return
+            wait = 0  # the rest of the burst is there already
             self.out.received += len(messages)
             for message in messages:
                 self.handle_safely(message)
@@ -388,6 +396,7 @@ def build_queue_sensor(
     name: str = SENSOR_NAME,
     max_receives: int = 3,
     pending_ttl_seconds: float = 3600.0,
+    long_poll_seconds: int = 0,
     submit: SubmitFn | None = None,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
 ) -> SensorDefinition:
@@ -419,6 +428,7 @@ def build_queue_sensor(
             submit=submit_fn,
             max_receives=max_receives,
             pending_ttl_seconds=pending_ttl_seconds,
+            long_poll_seconds=long_poll_seconds,
         )
         tick.settle_pending(load_cursor(context.cursor))
         tick.receive_all()

@@ -47,6 +47,11 @@ run_coordinator:
   config:
     max_concurrent_runs: 4
     dequeue_interval_seconds: 1
+# the queue sensor listens on the queue for most of its interval (long polling): the
+# other sensors are evaluated beside it, not after it
+sensors:
+  use_threads: true
+  num_workers: 4
 telemetry:
   enabled: false
 """

@@ -130,8 +130,14 @@ def tick(
     submit: FakeSubmit,
     instance: DagsterInstance,
     cursor: str | None = None,
+    long_poll_seconds: int = 0,
 ) -> SensorResult:
-    sensor_def = build_queue_sensor(stand_in_job, minimum_interval_seconds=5, submit=submit)
+    sensor_def = build_queue_sensor(
+        stand_in_job,
+        minimum_interval_seconds=5,
+        submit=submit,
+        long_poll_seconds=long_poll_seconds,
+    )
     context = build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -180,6 +186,33 @@ def test_new_message_gives_one_run_request(
     assert pending.run_key == "bulk_change_8" and pending.message_id == message_id
     assert in_flight(queue) == (0, 1)
     assert stand_in_job.execute_in_process(run_config=request.run_config).success
+
+
+def test_a_message_sent_while_a_tick_listens_gets_its_run_in_that_tick(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    import threading
+
+    sender = threading.Timer(0.5, lambda: queue.send({"bulk_change_id": 7}))
+    sender.start()
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=10)
+    sender.join()
+    [request] = requests_of(result)
+    assert request.run_key == "bulk_change_7"
+
+
+def test_a_tick_with_deletions_to_settle_does_not_listen(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    import time
+
+    queue.send({"bulk_change_id": 7})
+    first = tick(queue, repo, submit, DagsterInstance.ephemeral())
+    assert load_cursor(first.cursor)  # its message waits for the run
+    started = time.monotonic()
+    tick(queue, repo, submit, DagsterInstance.ephemeral(), first.cursor, long_poll_seconds=10)
+    # the run does not exist yet, so its message must be checked again at the next tick
+    assert time.monotonic() - started < 5
 
 
 def test_poison_message_goes_to_the_dlq_and_the_sensor_carries_on(
