@@ -14,25 +14,34 @@ from bulk_changes.ops.process import (
     load_device_changes,
     partition_batches,
 )
+from bulk_changes.threaded_executor import threaded_executor
 
 
 def executor_from_env() -> ExecutorDefinition:
-    """BULK_CHANGES_EXECUTOR=in_process (default) or multiprocess (batches overlap; each
-    step process costs about a CPU-second and 150 MB to start, see the benchmark figures in
-    the README)."""
-    if os.environ.get("BULK_CHANGES_EXECUTOR", "in_process") == "multiprocess":
+    """BULK_CHANGES_EXECUTOR:
+    - threaded (default): steps on threads of the run worker, BULK_CHANGES_MAX_CONCURRENT_STEPS
+      (default 2) at a time. Two batches overlap, so the carrier has the next batch's
+      devices to call while the last devices of the other finish (see threaded_executor).
+    - in_process: one step at a time in the run worker.
+    - multiprocess: a process per step (about a CPU-second and 150 MB each to start).
+    See the benchmark figures in the README."""
+    choice = os.environ.get("BULK_CHANGES_EXECUTOR", "threaded")
+    concurrent = int(os.environ.get("BULK_CHANGES_MAX_CONCURRENT_STEPS", "2"))
+    if choice == "multiprocess":
         return multiprocess_executor.configured(
             {
-                "max_concurrent": int(os.environ.get("BULK_CHANGES_MAX_CONCURRENT_STEPS", "4")),
+                "max_concurrent": concurrent,
                 "start_method": {"forkserver": {"preload_modules": ["bulk_changes.definitions"]}},
             }
         )
-    return in_process_executor
+    if choice == "in_process":
+        return in_process_executor
+    return threaded_executor.configured({"max_concurrent": concurrent})
 
 
-# In-process: the work waits on the carriers' budgets, not on CPU, and a step process
-# costs 1.5-7 s to start here. Devices inside a batch run concurrently on threads, each
-# device carrier -> Rev.io -> AMOP, so both budgets are busy at once; the limits
+# Steps in the run worker: the work waits on the carriers' budgets, not on CPU, and a step
+# process costs 1.5-7 s to start here. Devices inside a batch run concurrently on threads,
+# each device carrier -> Rev.io -> AMOP, so both budgets are busy at once; the limits
 # themselves are kept in the AMOP database.
 #
 # A run whose worker died is retried (instance run_retries) by re-executing ALL steps: the

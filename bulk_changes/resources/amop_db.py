@@ -28,6 +28,20 @@ def engine_for(url: str) -> Engine:
         return engine
 
 
+_limiters: dict[int, DbLimiter] = {}
+
+
+def limiter_for(engine: Engine) -> DbLimiter:
+    """One limiter per engine per process: the steps running at once in a run worker
+    (threaded executor) queue on its in-process gates and hand its slots on, instead of
+    contending for the account through the database."""
+    with _lock:
+        limiter = _limiters.get(id(engine))
+        if limiter is None:
+            limiter = _limiters[id(engine)] = DbLimiter(engine)
+        return limiter
+
+
 class AmopDatabase(ConfigurableResource):
     """``url`` empty: $BULK_CHANGES_DB_URL, else a SQLite file under $BULK_CHANGES_HOME.
 
@@ -51,4 +65,4 @@ class AmopDatabase(ConfigurableResource):
         return Repository(self.engine())
 
     def limiter(self) -> DbLimiter:
-        return DbLimiter(self.engine())
+        return limiter_for(self.engine())

@@ -8,9 +8,9 @@ Each tick:
    the message on the queue (it comes back after the visibility timeout, and the run key
    keeps it from starting a second run).
 2. Up to ``max_receives`` receives of 10 messages. When no message waits for its run,
-   the first receive long-polls for ``long_poll_seconds`` (less than the interval): a
-   message sent between ticks starts its run at once instead of at the next tick. Each
-   message is parsed
+   the tick long-polls for up to ``long_poll_seconds`` (less than the interval) until it
+   has a run to ask for: a message sent between ticks starts its run at once instead of
+   at the next tick. Each message is parsed
    (``bulk_changes.domain.messages``):
 
    - not understood -> dead-letter queue with the reason;
@@ -252,9 +252,12 @@ class QueueTick:
     # -- step 2 ---------------------------------------------------------------------------
 
     def receive_all(self) -> None:
-        # a tick that has deletions to settle on its next tick returns at once
-        wait = 0 if self.out.pending else self.long_poll_seconds
+        # A tick listens until its long-poll time is up or it has a run to ask for (then
+        # it returns, so the run launches); one with deletions to settle returns at once.
+        deadline = time.monotonic() + (0 if self.out.pending else self.long_poll_seconds)
         for _ in range(self.max_receives):
+            remaining = deadline - time.monotonic()
+            wait = 0 if self.out.run_requests or remaining < 1 else int(remaining)
             try:
                 messages = self.queue.receive(10, wait_time_seconds=wait)
             except Exception as exc:
@@ -264,7 +267,6 @@ class QueueTick:
                 return
             if not messages:
                 return
-            wait = 0  # the rest of the burst is there already
             self.out.received += len(messages)
             for message in messages:
                 self.handle_safely(message)

@@ -201,6 +201,20 @@ def test_a_message_sent_while_a_tick_listens_gets_its_run_in_that_tick(
     assert request.run_key == "bulk_change_7"
 
 
+def test_a_tick_that_only_dead_lettered_keeps_listening_for_a_run(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    import threading
+
+    queue.send({"bulk_change_id": 999})  # unknown: dead-lettered
+    sender = threading.Timer(1.0, lambda: queue.send({"bulk_change_id": 7}))
+    sender.start()
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=10)
+    sender.join()
+    [request] = requests_of(result)
+    assert request.run_key == "bulk_change_7"
+
+
 def test_a_tick_with_deletions_to_settle_does_not_listen(
     queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
 ) -> None:
