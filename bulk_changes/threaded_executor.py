@@ -44,6 +44,14 @@ _DONE = object()  # a step's thread has finished its event stream
 _IDLE_WAIT_SECONDS = 1.0  # how often an idle loop looks for an interrupt
 
 
+def wait_seconds(due: float) -> float:
+    """How long the main thread waits for a step's next event, given Dagster's time to the
+    next due retry or pool claim (0: none; negative: due already)."""
+    if due == 0:
+        return _IDLE_WAIT_SECONDS  # then only to look for an interrupt now and then
+    return min(max(due, 0.0), _IDLE_WAIT_SECONDS)
+
+
 def _run_step(step_context: Any, events: queue.Queue[tuple[str, Any]]) -> None:
     key = step_context.step.key
     try:
@@ -102,9 +110,8 @@ def _threaded_iterator(
                         name=f"step {step.key}",
                         daemon=True,
                     ).start()
-            wait = active.sleep_interval() or _IDLE_WAIT_SECONDS
             try:
-                key, item = events.get(timeout=wait)
+                key, item = events.get(timeout=wait_seconds(active.sleep_interval()))
             except queue.Empty:
                 continue
             if item is _DONE:

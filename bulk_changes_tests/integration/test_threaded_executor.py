@@ -19,7 +19,7 @@ from dagster import (
     reconstructable,
 )
 
-from bulk_changes.threaded_executor import threaded_executor
+from bulk_changes.threaded_executor import threaded_executor, wait_seconds
 
 # module state shared by the ops of one test (steps run on threads of this process)
 _barrier = threading.Barrier(2, timeout=20)
@@ -51,12 +51,13 @@ def count_at_once(n: int) -> int:
     return n
 
 
-@op(retry_policy=RetryPolicy(max_retries=2))
+@op(retry_policy=RetryPolicy(max_retries=2, delay=0.05))
 def fail_once(n: int) -> int:
     key = f"fail_once-{n}"
     _attempts[key] = _attempts.get(key, 0) + 1
     if _attempts[key] == 1:
         raise RuntimeError("first attempt fails")
+    time.sleep(0.2)  # the other steps' retries come due while this one runs
     return n
 
 
@@ -137,3 +138,10 @@ def test_a_failed_step_fails_the_run_and_skips_what_needs_it():
     _, _, in_process = _run(failing_job_in_process)
     assert sorted(set(events)) == sorted(set(in_process))
     assert DagsterEventType.RUN_FAILURE in events
+
+
+def test_the_main_thread_never_waits_past_a_due_retry():
+    assert wait_seconds(-0.3) == 0.0  # due already: look at once
+    assert wait_seconds(0.2) == 0.2
+    assert wait_seconds(30.0) == 1.0  # still looks for an interrupt every second
+    assert wait_seconds(0) == 1.0  # nothing due: only events and interrupts
