@@ -261,32 +261,12 @@ def _v3_limiter_waiters(conn: Connection) -> None:
     limiter_metadata.create_all(conn)
 
 
-# ---- version 4: the recent call starts of each account (see domain.pacing) -------------
-pacing_metadata = MetaData()
-
-# ``ring_size`` rows per account, each the start of one recent call; the oldest is reused
-# for the next call, whose start it bounds.
-rate_limit_starts = Table(
-    "rate_limit_starts",
-    pacing_metadata,
-    Column("account", String(64), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("started_at", Float, nullable=False),
-    Index("ix_rate_limit_starts_oldest", "account", "started_at"),
-)
-
-
-def _v4_limiter_starts(conn: Connection) -> None:
-    pacing_metadata.create_all(conn)
-
-
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_create),
     (2, _v2_outbox),
     (3, _v3_limiter_waiters),
-    (4, _v4_limiter_starts),
 ]
 
 LATEST = UPGRADES[-1][0]

@@ -136,46 +136,14 @@ def test_a_second_run_gets_every_other_turn_while_a_busy_one_holds_the_account(a
     assert len(between) <= 7, (len(between), small_starts[-1] - asked)
 
 
-class _FakeTime:
-    """A clock that moves only when slept on, waking ``late`` seconds after it was asked."""
-
-    def __init__(self, late: float) -> None:
-        self.now, self.late = 1000.0, late
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds + self.late
-
-
-def test_a_call_that_left_late_keeps_its_window_from_when_it_really_left(any_engine):
-    time_ = _FakeTime(late=0.05)
-    limiter = DbLimiter(any_engine, margin_seconds=0.0, clock=time_.clock, sleep=time_.sleep)
-    limit = RateLimit(calls_per_second=5, max_in_flight=1)
-    starts = []
-    for _ in range(11):
-        with limiter.slot("late-acct", limit):
-            starts.append(time_.clock())
-    # calls 1-5 find the ring empty; call 6 waits for call 1's window and wakes late;
-    # call 11 must keep a whole second from call 6's real start, not from its turn
-    assert starts[5] > starts[0] + 1.0
-    assert starts[10] >= starts[5] + 1.0
-    assert most_in_any_second(starts) <= 5
-
-
-def test_calls_after_a_slow_one_make_up_its_time(any_engine):
-    time_ = _FakeTime(late=0.0)
-    limiter = DbLimiter(any_engine, margin_seconds=0.0, clock=time_.clock, sleep=time_.sleep)
-    limit = RateLimit(calls_per_second=5, max_in_flight=1)
-    starts = []
-    for n in range(16):
-        with limiter.slot("slow-acct", limit):
-            starts.append(time_.clock())
-            time_.now += 0.5 if n == 7 else 0.1  # one slow answer among quick ones
-    assert most_in_any_second(starts) <= 5
-    # the sixteenth call starts when the budget allows, as if no answer had been slow
-    assert starts[15] == starts[10] + 1.0 == starts[5] + 2.0
+def test_the_jitter_margin_is_spread_over_the_calls_of_one_window(any_engine):
+    limiter = DbLimiter(any_engine, margin_seconds=0.02)
+    per_second = limiter.spacing(RateLimit(calls_per_second=5, max_in_flight=1))
+    per_minute = limiter.spacing(RateLimit(500 / 60, 4, window_seconds=60))
+    # five calls a second: 20 ms more per window of five calls
+    assert abs(per_second - (0.2 + 0.004)) < 1e-9
+    # 500 a minute: the same 20 ms over 500 calls
+    assert abs(per_minute - (0.12 + 0.00004)) < 1e-9
 
 
 def test_a_slot_is_leased_for_as_long_as_its_call_can_last(any_engine):
