@@ -37,6 +37,24 @@ from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def device_pool(workers: int) -> ThreadPoolExecutor:
+    """The device threads of this process, shared by every batch it runs.
+
+    Two batch steps running at once (threaded executor) queue their devices on the same
+    threads: the next batch's devices take the threads the last devices of the other free,
+    so the accounts stay busy across a batch boundary without more threads contending
+    for the interpreter lock (their calls would leave later than their turns). And the
+    threads live as long as the process instead of being made again for every batch."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="device")
+        return pool
+
 
 class ClientsFactory(Protocol):
     def __call__(self, recorder: ExchangeRecorder) -> Clients: ...
@@ -113,9 +131,9 @@ class StageRunner:
             work.append((change, devices.get(change.device_id or -1) or {}, set(done[change.id])))
         if not work:
             return report
-        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(work))) as pool:
-            futures = [pool.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
-            errors = [f.exception() for f in futures if f.exception() is not None]
+        pool = device_pool(self.max_workers)
+        futures = [pool.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
+        errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             # Infrastructure failed (the AMOP database, a bug): fail the op so Dagster
             # retries it; what was committed stays committed.

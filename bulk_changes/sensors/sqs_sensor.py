@@ -255,21 +255,33 @@ class QueueTick:
         # A tick listens until its long-poll time is up or it has a run to ask for (then
         # it returns, so the run launches); one with deletions to settle returns at once.
         deadline = time.monotonic() + (0 if self.out.pending else self.long_poll_seconds)
-        for _ in range(self.max_receives):
+        receives_left = self.max_receives
+        while receives_left > 0:
             remaining = deadline - time.monotonic()
             wait = 0 if self.out.run_requests or remaining < 1 else int(remaining)
-            try:
-                messages = self.queue.receive(10, wait_time_seconds=wait)
-            except Exception as exc:
-                if not self.out.run_requests and not self.out.received:
-                    raise  # nothing done yet: a failed tick is the visible answer
-                self.log.error(f"receiving from the queue failed: {exc!r}; stopping this tick")
-                return
+            messages = self._receive(wait)
+            receives_left -= 1
+            # a long poll returns with the first message of a burst: take the rest too
+            while messages and wait and receives_left > 0:
+                more = self._receive(0)
+                receives_left -= 1
+                if not more:
+                    break
+                messages += more
             if not messages:
                 return
             self.out.received += len(messages)
             for message in messages:
                 self.handle_safely(message)
+
+    def _receive(self, wait: int) -> list[QueueMessage]:
+        try:
+            return list(self.queue.receive(10, wait_time_seconds=wait))
+        except Exception as exc:
+            if not self.out.run_requests and not self.out.received:
+                raise  # nothing done yet: a failed tick is the visible answer
+            self.log.error(f"receiving from the queue failed: {exc!r}; stopping this tick")
+            return []
 
     def handle_safely(self, message: QueueMessage) -> None:
         try:
