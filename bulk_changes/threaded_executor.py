@@ -98,7 +98,8 @@ def _threaded_iterator(
                 raise DagsterExecutionInterruptedError(
                     f"run interrupted with steps in flight: {sorted(running)}"
                 )
-            if not active.is_complete:
+            if not active.is_complete and len(running) < max_concurrent:
+                # (not at every event: each look walks the pending steps and their pools)
                 steps = active.get_steps_to_execute(limit=max_concurrent - len(running))
                 yield from active.concurrency_event_iterator(job_context)
                 for step in steps:
