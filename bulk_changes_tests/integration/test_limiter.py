@@ -186,3 +186,23 @@ def test_threads_of_one_process_hand_the_slot_on_and_the_budget_still_holds(any_
     assert limiter.handoffs > 0
     assert most_at_once(spans) == 1
     assert most_in_any_second([s for s, _ in spans]) <= 20
+
+
+def test_a_call_that_would_leave_late_takes_a_fresh_turn_when_several_are_in_flight(any_engine):
+    """Its successors' turns are handed out already: leaving late would crowd them."""
+    now = {"t": 1000.0}
+    late = [0.05]  # the first sleep wakes 50 ms late, as on a busy machine
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds + (late.pop() if late else 0.0)
+
+    limiter = DbLimiter(any_engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
+    limit = RateLimit(calls_per_second=10, max_in_flight=2)
+    starts = []
+    for _ in range(2):
+        with limiter.slot("late-multi", limit):
+            starts.append(now["t"])
+    spacing = limiter.spacing(limit)
+    assert limiter.retakes == 1
+    # the second call missed its turn (1000 + spacing) and left on the next one instead
+    assert abs(starts[1] - (1000.0 + 2 * spacing)) < 1e-6
