@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import schema as t
@@ -201,21 +201,36 @@ class DbLimiter:
         """A fresh turn for the holder of ``slot``, whose own came and went; -> its start."""
         with self.engine.begin() as conn:
             next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
-            start_at = max(float(next_free), self.clock())
-            conn.execute(
-                _SET_CLOCK,
-                {"b_account": account_name, "b_next_free": start_at + self.spacing(limit)},
-            )
-            conn.execute(
-                _KEEP_SLOT,
-                {
-                    "b_account": account_name,
-                    "b_slot": slot,
-                    "b_holder": holder,
-                    "b_expires": start_at + lease,
-                },
+            start_at, _ = self._turn_keeping_slot(
+                conn, account_name, slot, holder, float(next_free), self.spacing(limit), lease
             )
         return start_at
+
+    def _turn_keeping_slot(
+        self,
+        conn: Connection,
+        account_name: str,
+        slot: int,
+        holder: str,
+        earliest: float,
+        spacing: float,
+        lease: float,
+    ) -> tuple[float, bool]:
+        """The next turn (not before ``earliest``, the account's clock locked by the
+        caller) for the holder of ``slot``, whose lease it extends to the turn.
+        -> (its start, whether the slot was still the holder's)."""
+        start_at = max(earliest, self.clock())
+        conn.execute(_SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + spacing})
+        kept = conn.execute(
+            _KEEP_SLOT,
+            {
+                "b_account": account_name,
+                "b_slot": slot,
+                "b_holder": holder,
+                "b_expires": start_at + lease,
+            },
+        ).rowcount
+        return start_at, bool(kept)
 
     def penalize(self, account_name: str, seconds: float) -> None:
         """The account was throttled: nobody calls it again for ``seconds``."""
@@ -393,19 +408,15 @@ class DbLimiter:
                     {"b_account": account_name, "b_holder": "", "b_now": now, "b_since": _FOREVER},
                 ).scalar_one()
                 if not waiting:
-                    start_at = max(float(next_free), not_before, now)
-                    conn.execute(
-                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + spacing}
+                    start_at, kept = self._turn_keeping_slot(
+                        conn,
+                        account_name,
+                        slot,
+                        holder,
+                        max(float(next_free), not_before),
+                        spacing,
+                        hand_on_lease,
                     )
-                    kept = conn.execute(
-                        _KEEP_SLOT,
-                        {
-                            "b_account": account_name,
-                            "b_slot": slot,
-                            "b_holder": holder,
-                            "b_expires": start_at + hand_on_lease,
-                        },
-                    ).rowcount
                     if kept:
                         return start_at
                     # the lease had run out and someone took the slot: release as usual

@@ -191,6 +191,7 @@ class QueueTick:
         self.max_receives = max_receives
         self.pending_ttl_seconds = pending_ttl_seconds
         self.long_poll_seconds = long_poll_seconds
+        self._failed = False  # a receive failed: handle what came, then end the tick
         self.out = TickOutcome()
         self._repo: Any = None
         self._settings: Any = None
@@ -268,20 +269,25 @@ class QueueTick:
                 if not more:
                     break
                 messages += more
-            if not messages:
-                return
-            self.out.received += len(messages)
             for message in messages:
                 self.handle_safely(message)
+            if not messages or self._failed:
+                return
 
     def _receive(self, wait: int) -> list[QueueMessage]:
+        """Up to 10 messages; none once a receive has failed (the tick stops after it)."""
+        if self._failed:
+            return []
         try:
-            return list(self.queue.receive(10, wait_time_seconds=wait))
+            messages = list(self.queue.receive(10, wait_time_seconds=wait))
         except Exception as exc:
             if not self.out.run_requests and not self.out.received:
                 raise  # nothing done yet: a failed tick is the visible answer
             self.log.error(f"receiving from the queue failed: {exc!r}; stopping this tick")
+            self._failed = True
             return []
+        self.out.received += len(messages)
+        return messages
 
     def handle_safely(self, message: QueueMessage) -> None:
         try:
