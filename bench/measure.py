@@ -141,10 +141,32 @@ def account_figures(
     turn = 1.0 / limit_per_second if limit_per_second else 0.0
     starts = sorted(c["t"] for c in calls)
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False) if b - a > 2 * turn]
+    # One call in flight: a call whose answer came after its successor's turn holds that
+    # successor up; the time from such an answer to the next call's start is our own
+    # hand-off (plus the transport), the one-in-flight cost per call.
+    ordered = sorted(calls, key=lambda c: c["t"])
+    hand_offs = sorted(
+        b["t"] - (a["t"] + (a.get("duration_ms") or 0.0) / 1000.0)
+        for a, b in zip(ordered, ordered[1:], strict=False)
+        if b["t"] - a["t"] > turn * 1.03
+    )
+    hand_offs = [h for h in hand_offs if 0 <= h <= 2 * turn] if turn else []
     return {
+        "answer_to_next_call_ms": {
+            "p50": round(hand_offs[len(hand_offs) // 2] * 1000, 2),
+            "p90": round(hand_offs[int(len(hand_offs) * 0.9)] * 1000, 2),
+        }
+        if hand_offs
+        else None,
         "calls": len(calls),
         "limit_per_second": round(limit_per_second, 3),
         "utilization": round(len(calls) / (limit_per_second * makespan), 3) if makespan else 0.0,
+        # from the account's first call to its last: the pace once work has reached it
+        "utilization_while_calling": round(
+            (len(starts) - 1) / (limit_per_second * (starts[-1] - starts[0])), 3
+        )
+        if len(starts) > 1 and starts[-1] > starts[0]
+        else None,
         "mean_latency_ms": round(mean_latency * 1000, 1),
         "one_in_flight_bound_s": round(len(calls) * mean_latency, 1),
         "throttled": sum(1 for c in calls if c.get("throttled")),

@@ -391,6 +391,12 @@ def print_table(result: dict[str, Any]) -> None:
             f"{a['mean_latency_ms']:>8}ms{a['one_in_flight_bound_s']:>18}s"
             f"{a['idle_gaps']:>7} / {a['idle_gap_seconds']:>6}s"
         )
+        if a.get("answer_to_next_call_ms"):
+            h = a["answer_to_next_call_ms"]
+            print(
+                f"   {'':<28}utilization first call -> last: {a['utilization_while_calling']};"
+                f" late answer -> next call start: p50 {h['p50']} ms, p90 {h['p90']} ms"
+            )
     print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
     print(f"   peak memory MB of one process, by kind: {result['peak_memory_mb_by_process']}")
     print(f"   calls per device: {result['calls_per_device']}")

@@ -264,23 +264,27 @@ class HttpCaller:
         # The slot's lease outlives any call that can still be in flight (timeouts are per
         # read, so twice the timeout): a killed worker's slot comes back that soon.
         lease = 2 * self.timeout_seconds + 5
-        with self.limiter.slot(self.account_name, self.rate_limit, lease_seconds=lease):
-            started = time.perf_counter()
-            try:
-                raw = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    headers=all_headers,
-                    timeout=self.timeout_seconds,
-                    allow_redirects=False,
-                )
-                # read the body inside the slot: the call is over only once it is read
-                _ = raw.content
-            except requests.RequestException as exc:
-                failure = exc
-            duration_ms = (time.perf_counter() - started) * 1000.0
+        # Built before the turn, as Session.request would build it: on a one-in-flight
+        # account the time from one answer to the next call is lost budget.
+        try:
+            prepared = self.session.prepare_request(
+                requests.Request(method, url, params=params, data=data, headers=all_headers)
+            )
+            settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+        except requests.RequestException as exc:  # a URL requests cannot send: no call made
+            failure = exc
+        if failure is None:
+            with self.limiter.slot(self.account_name, self.rate_limit, lease_seconds=lease):
+                started = time.perf_counter()
+                try:
+                    raw = self.session.send(
+                        prepared, timeout=self.timeout_seconds, allow_redirects=False, **settings
+                    )
+                    # read the body inside the slot: the call is over only once it is read
+                    _ = raw.content
+                except requests.RequestException as exc:
+                    failure = exc
+                duration_ms = (time.perf_counter() - started) * 1000.0
         if raw is not None and raw.request is not None and raw.request.url:
             shown_url = raw.request.url
 

@@ -206,3 +206,34 @@ def test_a_call_that_would_leave_late_takes_a_fresh_turn_when_several_are_in_fli
     assert limiter.retakes == 1
     # the second call missed its turn (1000 + spacing) and left on the next one instead
     assert abs(starts[1] - (1000.0 + 2 * spacing)) < 1e-6
+
+
+def _starts_with_a_late_wake(engine, account: str, late_by: float) -> tuple[list[float], float]:
+    """Three one-in-flight calls on a fake clock; the second call's thread wakes
+    ``late_by`` seconds after its turn. -> (when each call left, the spacing)."""
+    now = {"t": 1000.0}
+    late = [late_by]
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds + (late.pop() if late else 0.0)
+
+    limiter = DbLimiter(engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
+    limit = RateLimit(calls_per_second=10, max_in_flight=1)
+    starts = []
+    for _ in range(3):
+        with limiter.slot(account, limit):
+            starts.append(now["t"])
+    return starts, limiter.spacing(limit)
+
+
+def test_a_call_that_wakes_a_little_after_its_turn_does_not_push_the_next_turns_back(any_engine):
+    starts, spacing = _starts_with_a_late_wake(any_engine, "wake-jitter", late_by=0.002)
+    assert abs(starts[1] - (1000.0 + spacing + 0.002)) < 1e-6
+    assert abs(starts[2] - (1000.0 + 2 * spacing)) < 1e-6
+
+
+def test_a_call_that_leaves_well_after_its_turn_keeps_a_full_spacing_from_its_real_start(
+    any_engine,
+):
+    starts, spacing = _starts_with_a_late_wake(any_engine, "wake-late", late_by=0.03)
+    assert abs(starts[2] - (starts[1] + spacing)) < 1e-6

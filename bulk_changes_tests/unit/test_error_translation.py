@@ -457,6 +457,27 @@ def test_connection_refused(kit: Kit) -> None:
     assert str(caught.value).startswith("revio: could not reach revio")
 
 
+def test_a_request_that_cannot_be_built_fails_without_taking_a_turn(kit: Kit) -> None:
+    client = RevioClient(
+        RevioAccount(
+            name="badurl",
+            base_url="http://.billing.example/v1",  # an empty label: requests cannot send it
+            username="bill",
+            client_code="acme",
+            password=Secret(REVIO_PASSWORD),
+            subscription_key=Secret(REVIO_SUBSCRIPTION),
+            timeout_seconds=2.0,
+        ),
+        limiter=kit.limiter,
+        on_exchange=kit.exchanges.append,
+    )
+    with pytest.raises(errors.ConnectionFailed) as caught:
+        client.get_service(1)
+    assert "the call failed (InvalidURL" in str(caught.value)
+    assert kit.limiter.slots == []
+    assert len(kit.exchanges) == 1
+
+
 # ---- the limiter, timeout and audit ----------------------------------------------------------
 
 
