@@ -274,7 +274,9 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
                 "retries": sum(o.get("retry", 0) for o in repo.audit_summary(bulk_id).values()),
             }
         )
-    makespan = finished - first
+    # Until the last bulk change's own final moment, not until this poller noticed it
+    ends = [b.finished_at.timestamp() for b in map(repo.get_bulk_change, sent) if b.finished_at]
+    makespan = (max(ends) if len(ends) == len(sent) else finished) - first
     devices = sum(s.devices for s, _ in sent.values())
     accounts: dict[str, Any] = {}
     series: dict[str, tuple[dict[int, int], float]] = {}

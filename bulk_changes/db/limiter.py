@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
@@ -78,6 +79,17 @@ _CLOCK_NOT_BEFORE = (
 MAX_RETAKES = 3
 
 
+def _result_or_none(future: Future[float | None] | None) -> float | None:
+    """A turn taken ahead, or None if none was taken or taking it failed (the release
+    then frees the slot as usual)."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception:
+        return None
+
+
 class DbLimiter:
     def __init__(
         self,
@@ -112,6 +124,7 @@ class DbLimiter:
         self._local = threading.Lock()
         self._queued: Counter[str] = Counter()
         self._handed: dict[str, tuple[str, int, float, int]] = {}
+        self._reserving_thread: ThreadPoolExecutor | None = None
         self.handoffs = 0
         self.retakes = 0
         self.waited_seconds = 0.0
@@ -144,6 +157,8 @@ class DbLimiter:
             else:
                 holder, slot, start_at, chain = handed
             sent_at = start_at
+            not_before = start_at + self.spacing(limit)
+            reserving: Future[float | None] | None = None
             try:
                 for retake in range(MAX_RETAKES + 1):
                     wait = start_at - self.clock()
@@ -164,25 +179,37 @@ class DbLimiter:
                     self.retakes += 1
                 self.waited_seconds += sent_at - started
                 self.calls += 1
+                not_before = self._anchor(start_at, sent_at) + self.spacing(limit)
+                # One call in flight and a thread of this process waiting for the next:
+                # the next turn is taken while this call is in flight (unless another run
+                # is waiting: it goes first), so no database round trip stands between
+                # this call's answer and the next call.
+                if self._may_hand_on(account_name, limit, chain):
+                    reserving = self._reserver().submit(
+                        self._reserve_next_turn,
+                        account_name,
+                        slot,
+                        holder,
+                        not_before,
+                        self.spacing(limit),
+                        lease,
+                    )
                 yield
             finally:
-                # One call in flight and a thread of this process waiting for the next:
-                # hand it the slot and its turn in the release's own transaction, unless
-                # another run is waiting (it goes first) or this chain has run long.
-                with self._local:
-                    hand_on = (
-                        limit.max_in_flight == 1
-                        and self._queued[account_name] > 0
-                        and chain < self.max_handoffs
+                reserved = _result_or_none(reserving)
+                hand_on = self._may_hand_on(account_name, limit, chain)
+                if reserved is not None and hand_on:
+                    next_start: float | None = max(reserved, self.clock())
+                else:
+                    # the turn taken ahead (if any) goes unused: it only delays a later call
+                    next_start = self._release(
+                        account_name,
+                        slot,
+                        holder,
+                        not_before,
+                        hand_on_lease=lease if hand_on and reserving is None else None,
+                        spacing=self.spacing(limit),
                     )
-                next_start = self._release(
-                    account_name,
-                    slot,
-                    holder,
-                    self._anchor(start_at, sent_at) + self.spacing(limit),
-                    hand_on_lease=lease if hand_on else None,
-                    spacing=self.spacing(limit),
-                )
                 if next_start is not None:
                     with self._local:
                         # the gate's only permit is still held here: the next thread to
@@ -197,6 +224,58 @@ class DbLimiter:
             # interpreter lock while this one goes on with its device (up to the switch
             # interval, measured 1.1 ms on average, on the account's critical path).
             time.sleep(0)
+
+    def _may_hand_on(self, account_name: str, limit: RateLimit, chain: int) -> bool:
+        """One call in flight, a thread of this process queued for the account, and the
+        chain of hand-offs not yet so long that other runs should get a chance."""
+        with self._local:
+            return (
+                limit.max_in_flight == 1
+                and self._queued[account_name] > 0
+                and chain < self.max_handoffs
+            )
+
+    def _reserver(self) -> ThreadPoolExecutor:
+        with self._local:
+            if self._reserving_thread is None:
+                self._reserving_thread = ThreadPoolExecutor(1, thread_name_prefix="next-turn")
+            return self._reserving_thread
+
+    def _reserve_next_turn(
+        self,
+        account_name: str,
+        slot: int,
+        holder: str,
+        not_before: float,
+        spacing: float,
+        lease: float,
+    ) -> float | None:
+        """The holder's next turn, its slot kept: -> its start; None when another run
+        is waiting for the account (or the slot was lost)."""
+        with self.engine.begin() as conn:
+            return self._hand_on(conn, account_name, slot, holder, not_before, spacing, lease)
+
+    def _hand_on(
+        self,
+        conn: Connection,
+        account_name: str,
+        slot: int,
+        holder: str,
+        not_before: float,
+        spacing: float,
+        lease: float,
+    ) -> float | None:
+        next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+        waiting = conn.execute(
+            _WAITERS_AHEAD,
+            {"b_account": account_name, "b_holder": "", "b_now": self.clock(), "b_since": _FOREVER},
+        ).scalar_one()
+        if waiting:
+            return None
+        start_at, kept = self._turn_keeping_slot(
+            conn, account_name, slot, holder, max(float(next_free), not_before), spacing, lease
+        )
+        return start_at if kept else None
 
     def _anchor(self, turn: float, sent_at: float) -> float:
         """Where the next turn is counted from. A call that left within a quarter of the
@@ -415,26 +494,13 @@ class DbLimiter:
         instead and take the next turn for a thread of this process: -> its start."""
         with self.engine.begin() as conn:
             if hand_on_lease is not None:
-                next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
-                now = self.clock()
-                waiting = conn.execute(
-                    _WAITERS_AHEAD,
-                    {"b_account": account_name, "b_holder": "", "b_now": now, "b_since": _FOREVER},
-                ).scalar_one()
-                if not waiting:
-                    start_at, kept = self._turn_keeping_slot(
-                        conn,
-                        account_name,
-                        slot,
-                        holder,
-                        max(float(next_free), not_before),
-                        spacing,
-                        hand_on_lease,
-                    )
-                    if kept:
-                        return start_at
-                    # the lease had run out and someone took the slot: release as usual
-                    # (the clock moved on only by one turn, which is safe)
+                start_at = self._hand_on(
+                    conn, account_name, slot, holder, not_before, spacing, hand_on_lease
+                )
+                if start_at is not None:
+                    return start_at
+                # someone waits, or the lease had run out and someone took the slot:
+                # release as usual (the clock moved on by one turn at most, which is safe)
             conn.execute(_CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before})
             conn.execute(
                 _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}

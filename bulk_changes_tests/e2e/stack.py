@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,33 @@ class Stack:
             name: sim.stats()["violations"]
             for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True)
         }
+
+    def crowded_windows(self) -> list[str]:
+        """Where calls started more often than an account's limit, from the simulators'
+        call logs: which call, how soon after the one a limit's worth before it, and the
+        gaps between them (for an assertion's message: a rate violation shows its shape)."""
+        found = []
+        for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True):
+            by_account: dict[str, list[float]] = {}
+            for call in sim.calls():
+                by_account.setdefault(call.get("account") or "?", []).append(call["t"])
+            for account, starts in by_account.items():
+                limits = sim.limits_for(account)
+                n = limits.rate_limit
+                if not n:
+                    continue
+                starts.sort()
+                for i in range(n, len(starts)):
+                    span = starts[i] - starts[i - n]
+                    if span < limits.window:
+                        gaps = [
+                            round((b - a) * 1000, 1) for a, b in pairwise(starts[i - n : i + 1])
+                        ]
+                        found.append(
+                            f"{name} {account}: call {i} ({starts[i] - starts[0]:.3f} s in) started"
+                            f" {span:.4f} s after call {i - n}; gaps ms {gaps}"
+                        )
+        return found
 
 
 def start_stack(

@@ -177,7 +177,7 @@ def test_all_change_types_on_both_integrations_agree_with_the_simulators(stack):
     assert next(iter(device.values()))["username"] == "u0"
     assert stack.violations() == {
         s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
-    }
+    }, stack.crowded_windows()
 
 
 def test_with_20_percent_server_errors_every_valid_device_is_processed(stack):
@@ -303,7 +303,7 @@ def test_killed_run_worker_then_reexecution_from_failure_repeats_no_succeeded_st
     assert max(patches.values()) == 1, [k for k, n in patches.items() if n > 1]
     assert stack.violations() == {
         s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
-    }
+    }, stack.crowded_windows()
 
 
 def test_the_daemon_sweeps_the_outbox_and_alerts_on_failed_runs(stack, monkeypatch):

@@ -193,7 +193,9 @@ def assert_final_and_correct_at_the_simulators(stack, plan, ids) -> None:
         assert traits(sims.telegence.state(row["msisdn"]))["singleUserCode"] == row["rate_plan"]
         got = sims.revio.state(service[row["msisdn"]])["usage_plan_group_id"]
         assert got == BILLING[row["rate_plan"]]
-    assert stack.violations() == {s: {"rate": 0, "in_flight": 0} for s in SYSTEMS}
+    assert stack.violations() == {s: {"rate": 0, "in_flight": 0} for s in SYSTEMS}, (
+        stack.crowded_windows()
+    )
     assert stack.sims.jasper.stats()["max_in_flight_seen"] == {"sim-user": 1}
 
 
@@ -441,5 +443,7 @@ def test_daemon_killed_mid_tick_and_mid_run_then_restarted(stack, instance):
     assert stack.repo.counts(running) == {"PROCESSED": 100}
     puts = successful_writes(stack, since)["jasper"]
     assert len(puts) == 100 and set(puts.values()) == {1}
-    assert stack.violations() == {s: {"rate": 0, "in_flight": 0} for s in SYSTEMS}
+    assert stack.violations() == {s: {"rate": 0, "in_flight": 0} for s in SYSTEMS}, (
+        stack.crowded_windows()
+    )
     print(f"\nafter the restart: all settled in {settled_after:.0f} s")

@@ -237,3 +237,39 @@ def test_a_call_that_leaves_well_after_its_turn_keeps_a_full_spacing_from_its_re
 ):
     starts, spacing = _starts_with_a_late_wake(any_engine, "wake-late", late_by=0.03)
     assert abs(starts[2] - (starts[1] + spacing)) < 1e-6
+
+
+def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_engine):
+    """No database round trip between a call's answer and the next call of a chain."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import event
+
+    limit = RateLimit(calls_per_second=20, max_in_flight=1)
+    limiter = DbLimiter(any_engine)
+    statements: list[tuple[int, float]] = []  # (thread, when)
+    windows: list[tuple[int, float, float]] = []  # (thread, answered, slot left)
+
+    def on_execute(*_args: object) -> None:
+        statements.append((threading.get_ident(), time.monotonic()))
+
+    def one(_: int) -> None:
+        with limiter.slot("ahead", limit):
+            time.sleep(0.02)  # the call in flight
+            answered = time.monotonic()
+        windows.append((threading.get_ident(), answered, time.monotonic()))
+
+    event.listen(any_engine, "before_cursor_execute", on_execute)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(20)))
+    finally:
+        event.remove(any_engine, "before_cursor_execute", on_execute)
+    after_answer = [
+        w for w in windows if any(t == w[0] and w[1] <= at <= w[2] for t, at in statements)
+    ]
+    assert limiter.handoffs >= 10
+    # only the calls that ended a chain (freed the slot) touched the database after
+    # their answer
+    assert len(after_answer) == len(windows) - limiter.handoffs
