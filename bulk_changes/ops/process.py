@@ -25,6 +25,7 @@ from bulk_changes.domain.retry import RetryPolicy as DeviceRetryPolicy
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER
+from bulk_changes.processing.memory import give_back_free_memory
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.runner import StageReport, StageRunner
 from bulk_changes.processing.service_directory import directory_for
@@ -204,6 +205,7 @@ def apply_device_changes(
     # device_changes.completed for the devices of this batch that are final: each device
     # once (finalize reports whatever no batch did)
     reported = repo.report_final_devices(batch["bulk_change_id"], batch["device_change_ids"])
+    give_back_free_memory()  # a run worker lives for all the batches of a bulk change
     return Output(
         {
             "bulk_change_id": batch["bulk_change_id"],

@@ -1,0 +1,54 @@
+"""Keeping a long-lived run worker's resident memory flat (glibc's allocator).
+
+glibc gives threads that allocate at the same moment arenas of their own, up to eight per
+core, and keeps what they free for reuse instead of giving it back. A run worker's pool of
+device threads allocating and freeing per device then grows the process batch after batch
+even though nothing stays referenced. Fewer arenas, and handing free memory back after each
+batch, keep it near what one batch needs. Elsewhere (not glibc) both are no-ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from functools import cache
+
+_M_ARENA_MAX = -8  # mallopt parameter, <malloc.h>
+ARENAS = 2
+
+_limited = False
+_lock = threading.Lock()
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        libc.mallopt, libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """At most ``arenas`` malloc arenas in this process from now on (once per process,
+    before the device threads are made). -> whether the allocator took it."""
+    global _limited
+    with _lock:
+        if _limited:
+            return True
+        libc = _glibc()
+        _limited = bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+        return _limited
+
+
+def give_back_free_memory() -> bool:
+    """Return the allocator's free memory to the system (after a batch). -> whether any
+    was returned."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
