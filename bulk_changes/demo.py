@@ -38,6 +38,10 @@ run_coordinator:
     max_concurrent_runs: 3
     # a queued run starts within a second, not five (Dagster's default)
     dequeue_interval_seconds: 1
+    # a launch waits for the new run worker to start: runs asked for together launch
+    # together, not one after the other
+    dequeue_use_threads: true
+    dequeue_num_workers: 3
 # the queue sensor listens on the queue for most of its interval (long polling): the
 # other sensors are evaluated beside it, not after it
 sensors:

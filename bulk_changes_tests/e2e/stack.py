@@ -48,6 +48,8 @@ run_coordinator:
   config:
     max_concurrent_runs: 4
     dequeue_interval_seconds: 1
+    dequeue_use_threads: true
+    dequeue_num_workers: 4
 # the queue sensor listens on the queue for most of its interval (long polling): the
 # other sensors are evaluated beside it, not after it
 sensors:
@@ -195,6 +197,14 @@ class Stack:
     def submit(
         self, tenant: str, change_type: str, integration: str, rows: list[dict[str, Any]]
     ) -> int:
+        bulk_id = self.create(tenant, change_type, integration, rows)
+        self.queue.send({"bulk_change_id": bulk_id})
+        return bulk_id
+
+    def create(
+        self, tenant: str, change_type: str, integration: str, rows: list[dict[str, Any]]
+    ) -> int:
+        """The bulk change in the AMOP database, as the portal makes it; no message yet."""
         result = submit_bulk_change(
             self.repo,
             self.settings(),
@@ -207,7 +217,6 @@ class Stack:
                 requested_by="e2e",
             ),
         )
-        self.queue.send({"bulk_change_id": result.id})
         return result.id
 
     def wait_final(self, bulk_ids: list[int], timeout: float = 300.0) -> None:

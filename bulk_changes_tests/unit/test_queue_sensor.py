@@ -2,6 +2,7 @@
 of the AMOP repository and of the tenant configuration."""
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,6 +202,23 @@ def test_a_message_sent_while_a_tick_listens_gets_its_run_in_that_tick(
     assert request.run_key == "bulk_change_7"
 
 
+def test_messages_sent_one_after_the_other_get_their_runs_in_the_same_tick(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    import threading
+
+    def send_two() -> None:
+        queue.send({"bulk_change_id": 7})
+        time.sleep(0.03)  # the sender's next message, a few milliseconds on
+        queue.send({"bulk_change_id": 8})
+
+    sender = threading.Timer(0.5, send_two)
+    sender.start()
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=10)
+    sender.join()
+    assert sorted(r.run_key for r in requests_of(result)) == ["bulk_change_7", "bulk_change_8"]
+
+
 def test_a_tick_that_only_dead_lettered_keeps_listening_for_a_run(
     queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
 ) -> None:
@@ -218,7 +236,6 @@ def test_a_tick_that_only_dead_lettered_keeps_listening_for_a_run(
 def test_a_tick_with_deletions_to_settle_does_not_listen(
     queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
 ) -> None:
-    import time
 
     queue.send({"bulk_change_id": 7})
     first = tick(queue, repo, submit, DagsterInstance.ephemeral())
