@@ -190,27 +190,21 @@ def test_threads_of_one_process_hand_the_slot_on_and_the_budget_still_holds(any_
 
 def test_a_call_that_would_leave_late_takes_a_fresh_turn_when_several_are_in_flight(any_engine):
     """Its successors' turns are handed out already: leaving late would crowd them."""
-    now = {"t": 1000.0}
-    late = [0.05]  # the first sleep wakes 50 ms late, as on a busy machine
-
-    def sleep(seconds: float) -> None:
-        now["t"] += seconds + (late.pop() if late else 0.0)
-
-    limiter = DbLimiter(any_engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
-    limit = RateLimit(calls_per_second=10, max_in_flight=2)
-    starts = []
-    for _ in range(2):
-        with limiter.slot("late-multi", limit):
-            starts.append(now["t"])
-    spacing = limiter.spacing(limit)
+    # the first sleep wakes 50 ms late, as on a busy machine
+    starts, spacing, limiter = _calls_with_a_late_wake(
+        any_engine, "late-multi", late_by=0.05, calls=2, max_in_flight=2
+    )
     assert limiter.retakes == 1
     # the second call missed its turn (1000 + spacing) and left on the next one instead
     assert abs(starts[1] - (1000.0 + 2 * spacing)) < 1e-6
 
 
-def _starts_with_a_late_wake(engine, account: str, late_by: float) -> tuple[list[float], float]:
-    """Three one-in-flight calls on a fake clock; the second call's thread wakes
-    ``late_by`` seconds after its turn. -> (when each call left, the spacing)."""
+def _calls_with_a_late_wake(
+    engine, account: str, late_by: float, *, calls: int = 3, max_in_flight: int = 1
+) -> tuple[list[float], float, DbLimiter]:
+    """Calls one after the other on a fake clock (10 a second); the first thread that
+    sleeps to its turn (the second call's) wakes ``late_by`` seconds after it.
+    -> (when each call left, the spacing, the limiter)."""
     now = {"t": 1000.0}
     late = [late_by]
 
@@ -218,16 +212,16 @@ def _starts_with_a_late_wake(engine, account: str, late_by: float) -> tuple[list
         now["t"] += seconds + (late.pop() if late else 0.0)
 
     limiter = DbLimiter(engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
-    limit = RateLimit(calls_per_second=10, max_in_flight=1)
+    limit = RateLimit(calls_per_second=10, max_in_flight=max_in_flight)
     starts = []
-    for _ in range(3):
+    for _ in range(calls):
         with limiter.slot(account, limit):
             starts.append(now["t"])
-    return starts, limiter.spacing(limit)
+    return starts, limiter.spacing(limit), limiter
 
 
 def test_a_call_that_wakes_a_little_after_its_turn_does_not_push_the_next_turns_back(any_engine):
-    starts, spacing = _starts_with_a_late_wake(any_engine, "wake-jitter", late_by=0.002)
+    starts, spacing, _ = _calls_with_a_late_wake(any_engine, "wake-jitter", late_by=0.002)
     assert abs(starts[1] - (1000.0 + spacing + 0.002)) < 1e-6
     assert abs(starts[2] - (1000.0 + 2 * spacing)) < 1e-6
 
@@ -235,7 +229,7 @@ def test_a_call_that_wakes_a_little_after_its_turn_does_not_push_the_next_turns_
 def test_a_call_that_leaves_well_after_its_turn_keeps_a_full_spacing_from_its_real_start(
     any_engine,
 ):
-    starts, spacing = _starts_with_a_late_wake(any_engine, "wake-late", late_by=0.03)
+    starts, spacing, _ = _calls_with_a_late_wake(any_engine, "wake-late", late_by=0.03)
     assert abs(starts[2] - (starts[1] + spacing)) < 1e-6
 
 

@@ -434,14 +434,13 @@ def test_timeout_with_a_tiny_timeout(kit: Kit, server: CannedServer) -> None:
     assert kit.exchanges[-1].status is None and kit.exchanges[-1].error
 
 
-def test_connection_refused(kit: Kit) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = RevioClient(
+def revio_client_at(kit: Kit, base_url: str) -> RevioClient:
+    """A Rev.io client of another account, at ``base_url``, sharing the kit's limiter
+    and exchange log."""
+    return RevioClient(
         RevioAccount(
-            name="gone",
-            base_url=f"http://127.0.0.1:{port}/v1",
+            name="elsewhere",
+            base_url=base_url,
             username="bill",
             client_code="acme",
             password=Secret(REVIO_PASSWORD),
@@ -451,6 +450,13 @@ def test_connection_refused(kit: Kit) -> None:
         limiter=kit.limiter,
         on_exchange=kit.exchanges.append,
     )
+
+
+def test_connection_refused(kit: Kit) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = revio_client_at(kit, f"http://127.0.0.1:{port}/v1")
     with pytest.raises(errors.ConnectionFailed) as caught:
         client.get_service(1)
     assert "connection refused" in str(caught.value)
@@ -458,19 +464,8 @@ def test_connection_refused(kit: Kit) -> None:
 
 
 def test_a_request_that_cannot_be_built_fails_without_taking_a_turn(kit: Kit) -> None:
-    client = RevioClient(
-        RevioAccount(
-            name="badurl",
-            base_url="http://.billing.example/v1",  # an empty label: requests cannot send it
-            username="bill",
-            client_code="acme",
-            password=Secret(REVIO_PASSWORD),
-            subscription_key=Secret(REVIO_SUBSCRIPTION),
-            timeout_seconds=2.0,
-        ),
-        limiter=kit.limiter,
-        on_exchange=kit.exchanges.append,
-    )
+    # an empty label: requests cannot send it
+    client = revio_client_at(kit, "http://.billing.example/v1")
     with pytest.raises(errors.ConnectionFailed) as caught:
         client.get_service(1)
     assert "the call failed (InvalidURL" in str(caught.value)
