@@ -7,7 +7,7 @@ Each tick:
    cursor only after the daemon launched the tick's runs, so a crash in between leaves
    the message on the queue (it comes back after the visibility timeout, and the run key
    keeps it from starting a second run).
-2. Up to ``max_receives`` receives of 10 messages. When no message waits for its run,
+2. Receives of up to 10 messages, ``max_messages`` a tick. When no message waits for its run,
    the tick long-polls for up to ``long_poll_seconds`` (less than the interval) until it
    has a run to ask for: a message sent between ticks starts its run at once instead of
    at the next tick. Each message is parsed
@@ -185,7 +185,7 @@ class QueueTick:
         amop_db: Any,
         tenant_config: Any,
         submit: SubmitFn,
-        max_receives: int,
+        max_messages: int,
         pending_ttl_seconds: float,
         long_poll_seconds: int = 0,
     ) -> None:
@@ -194,7 +194,7 @@ class QueueTick:
         self.amop_db = amop_db
         self.tenant_config = tenant_config
         self.submit = submit
-        self.max_receives = max_receives
+        self.max_messages = max_messages
         self.pending_ttl_seconds = pending_ttl_seconds
         self.long_poll_seconds = long_poll_seconds
         self._failed = False  # a receive failed: handle what came, then end the tick
@@ -261,32 +261,34 @@ class QueueTick:
     def receive_all(self) -> None:
         # A tick listens until its long-poll time is up or it has a run to ask for (then
         # it returns, so the run launches); one with deletions to settle returns at once.
+        # The tick's bound is in messages, not receives: an empty receive costs nothing,
+        # so messages handled earlier in the tick never cut a burst short.
         deadline = time.monotonic() + (0 if self.out.pending else self.long_poll_seconds)
-        receives_left = self.max_receives
-        while receives_left > 0:
+        budget = self.max_messages
+        while budget > 0:
             remaining = deadline - time.monotonic()
             wait = 0 if self.out.run_requests or remaining < 1 else int(remaining)
-            messages = self._receive(wait)
-            receives_left -= 1
+            messages = self._receive(wait, budget)
             # a long poll returns with the first message of a burst: take the rest too
-            while messages and wait and receives_left > 0:
+            while messages and wait and len(messages) < budget:
                 time.sleep(BURST_GAP_SECONDS)
-                more = self._receive(0)
-                receives_left -= 1
+                more = self._receive(0, budget - len(messages))
                 if not more:
                     break
                 messages += more
+            budget -= len(messages)
             for message in messages:
                 self.handle_safely(message)
             if not messages or self._failed:
                 return
 
-    def _receive(self, wait: int) -> list[QueueMessage]:
-        """Up to 10 messages; none once a receive has failed (the tick stops after it)."""
+    def _receive(self, wait: int, at_most: int) -> list[QueueMessage]:
+        """Up to ``at_most`` (and 10) messages; none once a receive has failed (the tick
+        stops after it)."""
         if self._failed:
             return []
         try:
-            messages = list(self.queue.receive(10, wait_time_seconds=wait))
+            messages = list(self.queue.receive(min(10, at_most), wait_time_seconds=wait))
         except Exception as exc:
             if not self.out.run_requests and not self.out.received:
                 raise  # nothing done yet: a failed tick is the visible answer
@@ -421,7 +423,7 @@ def build_queue_sensor(
     minimum_interval_seconds: int = 5,
     *,
     name: str = SENSOR_NAME,
-    max_receives: int = 3,
+    max_messages: int = 30,
     pending_ttl_seconds: float = 3600.0,
     long_poll_seconds: int = 0,
     submit: SubmitFn | None = None,
@@ -453,7 +455,7 @@ def build_queue_sensor(
             amop_db=context.resources.amop_db,
             tenant_config=context.resources.tenant_config,
             submit=submit_fn,
-            max_receives=max_receives,
+            max_messages=max_messages,
             pending_ttl_seconds=pending_ttl_seconds,
             long_poll_seconds=long_poll_seconds,
         )

@@ -132,12 +132,14 @@ def tick(
     instance: DagsterInstance,
     cursor: str | None = None,
     long_poll_seconds: int = 0,
+    max_messages: int = 30,
 ) -> SensorResult:
     sensor_def = build_queue_sensor(
         stand_in_job,
         minimum_interval_seconds=5,
         submit=submit,
         long_poll_seconds=long_poll_seconds,
+        max_messages=max_messages,
     )
     context = build_sensor_context(
         instance=instance,
@@ -231,6 +233,41 @@ def test_a_tick_that_only_dead_lettered_keeps_listening_for_a_run(
     sender.join()
     [request] = requests_of(result)
     assert request.run_key == "bulk_change_7"
+
+
+def test_a_burst_after_a_dead_lettered_message_gets_all_its_runs_in_the_same_tick(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    import threading
+
+    repo.bulk_changes[9] = FakeBulkChange(9)
+    queue.send({"bulk_change_id": 999})  # unknown: dead-lettered, the tick listens on
+
+    def send_three() -> None:
+        for bulk_change_id in (7, 8, 9):
+            queue.send({"bulk_change_id": bulk_change_id})
+            time.sleep(0.01)
+
+    sender = threading.Timer(1.0, send_three)
+    sender.start()
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=10)
+    sender.join()
+    assert sorted(r.run_key for r in requests_of(result)) == [
+        "bulk_change_7",
+        "bulk_change_8",
+        "bulk_change_9",
+    ]
+
+
+def test_a_tick_takes_at_most_its_message_bound_and_leaves_the_rest_queued(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    for bulk_change_id in range(100, 125):
+        repo.bulk_changes[bulk_change_id] = FakeBulkChange(bulk_change_id)
+        queue.send({"bulk_change_id": bulk_change_id})
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), max_messages=12)
+    assert len(requests_of(result)) == 12
+    assert len(queue.receive(10)) + len(queue.receive(10)) == 13
 
 
 def test_a_tick_with_deletions_to_settle_does_not_listen(
