@@ -6,9 +6,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Engine, Table, and_, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,6 +22,9 @@ from bulk_changes.domain.state_machine import (
     DeviceStatus,
     final_bulk_status,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INVENTORY_FIELDS = (
     "iccid",
@@ -415,6 +417,10 @@ class Repository:
             )
             .order_by(t.device_changes.c.id)
         )
+        # imported here: pandas costs every run worker half a second of start-up (measured),
+        # and the processing path does not use it
+        import pandas as pd
+
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
