@@ -56,4 +56,4 @@ def process_bulk_change() -> None:
     loaded = load_device_changes()
     batches = partition_batches(loaded)
     results = batches.map(apply_device_changes)
-    deliver_notifications(finalize_bulk_change(results.collect(), loaded))
+    deliver_notifications(finalize_bulk_change(loaded, batches_done=results.collect()))

@@ -104,6 +104,33 @@ def test_job_processes_every_device_and_finalizes_once(repo, settings, db_url, f
     assert len(fake_systems(fake_key)["jasper"].calls) == 7  # the second run called nothing
 
 
+def test_finalize_starts_after_every_batch_and_finds_nothing_left(repo, settings, db_url, fake_key):
+    rows = inventory(7, "jasper")
+    repo.upsert_devices("acme", rows)
+    requests = [{"iccid": r["iccid"], "status": "DEACTIVATED"} for r in rows]
+    result = submit(repo, settings, "device_status", "jasper", requests)
+    outcome = process_bulk_change.execute_in_process(
+        run_config=run_config(result.id, batch_size=2), resources=resources(db_url, fake_key)
+    )
+    assert outcome.success
+    order = [
+        (event.event_type_value, event.step_key)
+        for event in outcome.all_events
+        if event.event_type_value in ("STEP_START", "STEP_SUCCESS")
+    ]
+    batches_done = [
+        i for i, (kind, key) in enumerate(order) if kind == "STEP_SUCCESS" and "apply" in key
+    ]
+    assert len(batches_done) == 4
+    assert order.index(("STEP_START", "finalize_bulk_change")) > max(batches_done)
+    [materialization] = [
+        e
+        for e in outcome.events_for_node("finalize_bulk_change")
+        if e.event_type_value == "STEP_OUTPUT"
+    ]
+    assert materialization.step_output_data.metadata["finished_here"].value == 0
+
+
 def test_retry_failed_only_reprocesses_api_failed_devices(repo, settings, db_url, fake_key):
     from bulk_changes.domain.errors import ServerError
 
