@@ -141,6 +141,17 @@ def _device_change(row: Any) -> DeviceChange:
     )
 
 
+@dataclass(frozen=True)
+class StepSuccess:
+    """An external step's success, to be recorded (``record_step_success``, or with the
+    device change's end in ``finish_device_change``)."""
+
+    step: str
+    result: Any
+    audit: Sequence[AuditEntry]
+    attempts: int = 1
+
+
 class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -579,25 +590,42 @@ class Repository:
         run_id: str | None,
         attempts: int,
     ) -> None:
+        success = StepSuccess(step, result, audit, attempts)
         with self.engine.begin() as conn:
-            conn.execute(
-                self._insert_new(t.completed_steps).values(
-                    device_change_id=device_change_id,
-                    step=step,
-                    completed_at=now(),
-                    result=json.dumps(result, default=str) if result is not None else None,
-                )
+            self._write_step_success(conn, bulk_change_id, device_change_id, success, run_id)
+            self._add_attempts(conn, device_change_id, attempts)
+
+    def _write_step_success(
+        self,
+        conn: Any,
+        bulk_change_id: int,
+        device_change_id: int,
+        success: StepSuccess,
+        run_id: str | None,
+    ) -> None:
+        result = success.result
+        conn.execute(
+            self._insert_new(t.completed_steps).values(
+                device_change_id=device_change_id,
+                step=success.step,
+                completed_at=now(),
+                result=json.dumps(result, default=str) if result is not None else None,
             )
+        )
+        if success.audit:
             conn.execute(
-                update(t.device_changes)
-                .where(t.device_changes.c.id == device_change_id)
-                .values(attempts=t.device_changes.c.attempts + attempts, updated_at=now())
+                insert(t.audit_log),
+                self._audit_rows(
+                    bulk_change_id, device_change_id, success.step, run_id, success.audit
+                ),
             )
-            if audit:
-                conn.execute(
-                    insert(t.audit_log),
-                    self._audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
-                )
+
+    def _add_attempts(self, conn: Any, device_change_id: int, attempts: int) -> None:
+        conn.execute(
+            update(t.device_changes)
+            .where(t.device_changes.c.id == device_change_id)
+            .values(attempts=t.device_changes.c.attempts + attempts, updated_at=now())
+        )
 
     def record_attempt_failure(
         self,
@@ -640,11 +668,16 @@ class Repository:
         count_attempt: bool = False,
         inventory_update: Mapping[str, Any] | None = None,
         device_id: int | None = None,
+        after: StepSuccess | None = None,
     ) -> bool:
         """Move a device change to a final status, once. -> False if it was final already.
 
         With ``inventory_update`` the AMOP device row changes in the same transaction,
-        and zero rows updated is an error (the device vanished from the inventory).
+        and zero rows updated is an error (the device vanished from the inventory): the
+        whole transaction rolls back, ``after`` included.
+
+        ``after``: the external step that led here, recorded in the same transaction (one
+        commit per device instead of two); recorded even if the device change was final.
         """
         values: dict[str, Any] = {
             "status": status.value,
@@ -652,9 +685,12 @@ class Repository:
             "updated_at": now(),
             "finished_at": now(),
         }
-        if count_attempt:
-            values["attempts"] = t.device_changes.c.attempts + 1
+        added = (1 if count_attempt else 0) + (after.attempts if after is not None else 0)
+        if added:
+            values["attempts"] = t.device_changes.c.attempts + added
         with self.engine.begin() as conn:
+            if after is not None:
+                self._write_step_success(conn, bulk_change_id, device_change_id, after, run_id)
             moved = conn.execute(
                 update(t.device_changes)
                 .where(
@@ -664,6 +700,8 @@ class Repository:
                 .values(**values)
             ).rowcount
             if not moved:
+                if after is not None and after.attempts:
+                    self._add_attempts(conn, device_change_id, after.attempts)
                 return False
             if inventory_update is not None:
                 changed = conn.execute(

@@ -25,6 +25,7 @@ from bulk_changes.db.repository import (
     BulkChange,
     DeviceChange,
     Repository,
+    StepSuccess,
 )
 from bulk_changes.domain.audit import Exchange
 from bulk_changes.domain.change_types import ChangeType, Integration
@@ -158,21 +159,41 @@ class StageRunner:
             )
             return
         plan = plan_for(self.change_type, self.integration, change.request)
-        for step in (s for s in plan if s.stage in stages):
+        steps = [s for s in plan if s.stage in stages]
+        pending: StepSuccess | None = None
+        for index, step in enumerate(steps):
             if step.name in done:
                 with self._lock:
                     report.steps_already_done += 1
                 continue
             if step is UPDATE_AMOP:
-                self._update_inventory(change, device, plan, done, report)
+                self._update_inventory(change, device, plan, done, report, pending)
                 return
-            if not self._run_step(step, change, device, report):
+            # the step right before the AMOP update is committed with it, in one transaction
+            followed_by_update = steps[index + 1 : index + 2] == [UPDATE_AMOP]
+            outcome = self._run_step(
+                step,
+                change,
+                device,
+                report,
+                defer_record=followed_by_update and UPDATE_AMOP.name not in done,
+            )
+            if outcome is False:
                 return  # the device change ended; later steps and stages skip it
+            if isinstance(outcome, StepSuccess):
+                pending = outcome
             done.add(step.name)
 
     def _run_step(
-        self, step: Step, change: DeviceChange, device: Mapping[str, Any], report: StageReport
-    ) -> bool:
+        self,
+        step: Step,
+        change: DeviceChange,
+        device: Mapping[str, Any],
+        report: StageReport,
+        defer_record: bool = False,
+    ) -> bool | StepSuccess:
+        """-> False if the device change ended, True if the step is recorded, or (with
+        ``defer_record``) the success still to record."""
         handler = HANDLERS[step.name]
         ctx = StepContext(
             step=step,
@@ -231,18 +252,24 @@ class StageRunner:
                 self.sleep(decision.delay)
                 continue
             audit = self._audit(step, self.recorder.take(), "ok", None, failures + throttles + 1)
-            self.repo.record_step_success(
-                bulk_change_id=self.bulk.id,
-                device_change_id=change.id,
-                step=step.name,
-                result=result,
-                audit=audit,
-                run_id=self.run_id,
-                attempts=1,
-            )
+            success = StepSuccess(step.name, result, audit, attempts=1)
             with self._lock:
                 report.steps_succeeded += 1
+            if defer_record:
+                return success
+            self._record(change, success)
             return True
+
+    def _record(self, change: DeviceChange, success: StepSuccess) -> None:
+        self.repo.record_step_success(
+            bulk_change_id=self.bulk.id,
+            device_change_id=change.id,
+            step=success.step,
+            result=success.result,
+            audit=success.audit,
+            run_id=self.run_id,
+            attempts=success.attempts,
+        )
 
     def _verified_after_crash(
         self, step: Step, change: DeviceChange, ctx: StepContext, report: StageReport
@@ -266,15 +293,8 @@ class StageRunner:
             self.recorder.take()
             return False
         audit = self._audit(step, self.recorder.take(), "ok", None, 0)
-        self.repo.record_step_success(
-            bulk_change_id=self.bulk.id,
-            device_change_id=change.id,
-            step=step.name,
-            result={**result, "verified_after_restart": True},
-            audit=audit,
-            run_id=self.run_id,
-            attempts=0,
-        )
+        verified = {**result, "verified_after_restart": True}
+        self._record(change, StepSuccess(step.name, verified, audit, attempts=0))
         with self._lock:
             report.steps_succeeded += 1
             report.verified_after_restart += 1
@@ -287,13 +307,18 @@ class StageRunner:
         plan: tuple[Step, ...],
         done: set[str],
         report: StageReport,
+        pending: StepSuccess | None = None,
     ) -> None:
+        """The AMOP inventory update that ends a device change; ``pending``, the step just
+        before it, is recorded in the same transaction (or on its own if the update fails)."""
         missing = [s.name for s in plan if s is not UPDATE_AMOP and s.name not in done]
         if missing:
             # Completed steps are re-read: earlier stages of this run finished them.
             done = done | self.repo.completed_steps([change.id])[change.id]
             missing = [s.name for s in plan if s is not UPDATE_AMOP and s.name not in done]
         if missing:
+            if pending is not None:
+                self._record(change, pending)
             self._finish(
                 change,
                 DeviceStatus.API_FAILED,
@@ -322,8 +347,11 @@ class StageRunner:
                 run_id=self.run_id,
                 inventory_update=changes,
                 device_id=change.device_id,
+                after=pending,
             )
         except LookupError as exc:
+            if pending is not None:
+                self._record(change, pending)  # rolled back with the update: the call happened
             self._finish(change, DeviceStatus.ERROR, str(exc), UPDATE_AMOP.name, report)
             return
         if moved:

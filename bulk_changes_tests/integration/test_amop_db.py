@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import select
 
 from bulk_changes.db import schema as t
-from bulk_changes.db.repository import NewDeviceChange, Repository
+from bulk_changes.db.repository import AuditEntry, NewDeviceChange, Repository, StepSuccess
 from bulk_changes.db.schema import LATEST, UPGRADES, upgrade
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.intake import inventory_rows
@@ -94,6 +95,63 @@ def test_a_final_device_change_never_moves_again(any_engine):
     assert repo.finish_device_change(status=DeviceStatus.ERROR, **args)
     assert not repo.finish_device_change(status=DeviceStatus.PROCESSED, **args)
     assert repo.device_changes_of(bulk_id)[0].status == "ERROR"
+
+
+def _end_after_the_call(repo, bulk_id, change, device_id=None):
+    """The device change ends PROCESSED with the Jasper call that led to it."""
+    audit = [AuditEntry(system="jasper", outcome="ok", description="Set status at Jasper")]
+    return repo.finish_device_change(
+        bulk_change_id=bulk_id,
+        device_change_id=change.id,
+        status=DeviceStatus.PROCESSED,
+        reason=None,
+        step="amop.update_device",
+        inventory_update={"status": "DEACTIVATED"},
+        device_id=change.device_id if device_id is None else device_id,
+        after=StepSuccess("jasper.set_status", {"status": "DEACTIVATED"}, audit, attempts=1),
+    )
+
+
+def test_the_last_call_and_the_end_of_a_device_change_are_recorded_together(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    assert _end_after_the_call(repo, bulk_id, change)
+    assert repo.completed_steps([change.id])[change.id] == {
+        "jasper.set_status",
+        "amop.update_device",
+    }
+    assert [a["system"] for a in repo.audit_of(bulk_id, change.id)] == ["jasper"]
+    (ended,) = repo.device_changes_of(bulk_id)
+    assert (ended.status, ended.attempts) == ("PROCESSED", 1)
+
+
+def test_a_call_that_ends_on_a_final_device_change_is_still_recorded(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    assert repo.finish_device_change(
+        bulk_change_id=bulk_id,
+        device_change_id=change.id,
+        status=DeviceStatus.CANCELLED,
+        reason=None,
+        step=None,
+    )
+    assert not _end_after_the_call(repo, bulk_id, change)
+    assert repo.completed_steps([change.id])[change.id] == {"jasper.set_status"}
+    (ended,) = repo.device_changes_of(bulk_id)
+    assert (ended.status, ended.attempts) == ("CANCELLED", 1)
+
+
+def test_a_device_gone_from_the_inventory_rolls_back_the_call_record_too(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    with pytest.raises(LookupError):
+        _end_after_the_call(repo, bulk_id, change, device_id=-1)
+    assert repo.completed_steps([change.id])[change.id] == set()
+    assert repo.audit_of(bulk_id, change.id) == []
+    assert repo.device_changes_of(bulk_id)[0].status == "NEW"
 
 
 def test_bulk_not_final_while_devices_are_pending(any_engine):

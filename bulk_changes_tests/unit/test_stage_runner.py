@@ -213,6 +213,28 @@ def test_audit_rows_record_each_step(repo, settings, fake_key, jasper_devices):
     assert ("amop.update_device", "ok") in steps
 
 
+def test_a_device_commits_twice_once_before_its_call_and_once_after(
+    repo, settings, fake_key, jasper_devices
+):
+    from sqlalchemy import event
+
+    requests = [{"iccid": d, "status": "DEACTIVATED"} for d in jasper_devices]
+    result = submit(repo, settings, "device_status", "jasper", requests)
+    commits = []
+
+    def count(connection):
+        commits.append(connection)
+
+    event.listen(repo.engine, "commit", count)
+    try:
+        changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    finally:
+        event.remove(repo.engine, "commit", count)
+    assert {c.status for c in changes.values()} == {"PROCESSED"}
+    # the step marked started before the call; the call's record with the device's end
+    assert len(commits) == 2 * len(jasper_devices)
+
+
 def test_telegence_suspended_line_is_restored_by_a_patch(repo, settings, fake_key):
     rows = inventory(1, "telegence")
     rows[0]["status"] = "S"
