@@ -6,6 +6,7 @@ from dagster import DefaultSensorStatus, Definitions
 
 from bulk_changes.environments import RESOURCES_BY_ENV, env_or
 from bulk_changes.jobs import process_bulk_change
+from bulk_changes.resources.step_outputs import StepOutputStore
 from bulk_changes.sensors.notifications import build_run_failure_sensor, build_sweep_sensor
 from bulk_changes.sensors.run_workers import build_dead_run_worker_sensor
 from bulk_changes.sensors.sqs_sensor import build_queue_sensor
@@ -42,7 +43,10 @@ dead_run_workers = build_dead_run_worker_sensor(
 defs = Definitions(
     jobs=[process_bulk_change],
     sensors=[queue_sensor, notification_sweep, run_failure_alerts, dead_run_workers],
-    resources=RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
+    resources={
+        **RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
+        "io_manager": StepOutputStore(),
+    },
 )
 
 
