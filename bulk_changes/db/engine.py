@@ -9,6 +9,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+# Each pooled connection keeps a page cache of its own (SQLite's default: 2 MB), filled
+# as the database grows; in WAL mode another connection's write empties it anyway.
+SQLITE_CACHE_KIB = 512
+
 
 def normalize_url(url: str) -> str:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the project ships psycopg2."""
@@ -49,6 +53,7 @@ def _make_sqlite_writes_wait(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     # Threads of one process queue on a lock rather than in SQLite's busy handler, which

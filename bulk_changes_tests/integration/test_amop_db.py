@@ -160,3 +160,12 @@ def test_bulk_not_final_while_devices_are_pending(any_engine):
     repo.start_processing(bulk_id, "run", False)
     status, counts, changed = repo.finalize(bulk_id)
     assert (status, changed) == ("PROCESSING", False) and counts == {"NEW": 3}
+
+
+def test_sqlite_connections_keep_a_small_page_cache_each(tmp_path):
+    from bulk_changes.db.engine import SQLITE_CACHE_KIB, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'amop.sqlite'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
