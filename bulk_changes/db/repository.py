@@ -580,20 +580,11 @@ class Repository:
         return rows
 
     def record_step_success(
-        self,
-        *,
-        bulk_change_id: int,
-        device_change_id: int,
-        step: str,
-        result: Any,
-        audit: Sequence[AuditEntry],
-        run_id: str | None,
-        attempts: int,
+        self, bulk_change_id: int, device_change_id: int, success: StepSuccess, run_id: str | None
     ) -> None:
-        success = StepSuccess(step, result, audit, attempts)
         with self.engine.begin() as conn:
             self._write_step_success(conn, bulk_change_id, device_change_id, success, run_id)
-            self._add_attempts(conn, device_change_id, attempts)
+            self._add_attempts(conn, device_change_id, success.attempts)
 
     def _write_step_success(
         self,

@@ -169,19 +169,14 @@ class StageRunner:
             if step is UPDATE_AMOP:
                 self._update_inventory(change, device, plan, done, report, pending)
                 return
-            # the step right before the AMOP update is committed with it, in one transaction
-            followed_by_update = steps[index + 1 : index + 2] == [UPDATE_AMOP]
-            outcome = self._run_step(
-                step,
-                change,
-                device,
-                report,
-                defer_record=followed_by_update and UPDATE_AMOP.name not in done,
-            )
-            if outcome is False:
+            success = self._run_step(step, change, device, report)
+            if success is None:
                 return  # the device change ended; later steps and stages skip it
-            if isinstance(outcome, StepSuccess):
-                pending = outcome
+            # the step right before the AMOP update is committed with it, in one transaction
+            if steps[index + 1 : index + 2] == [UPDATE_AMOP] and UPDATE_AMOP.name not in done:
+                pending = success
+            else:
+                self._record(change, success)
             done.add(step.name)
 
     def _run_step(
@@ -190,10 +185,8 @@ class StageRunner:
         change: DeviceChange,
         device: Mapping[str, Any],
         report: StageReport,
-        defer_record: bool = False,
-    ) -> bool | StepSuccess:
-        """-> False if the device change ended, True if the step is recorded, or (with
-        ``defer_record``) the success still to record."""
+    ) -> StepSuccess | None:
+        """-> the step's success, still to record; None if the device change ended."""
         handler = HANDLERS[step.name]
         ctx = StepContext(
             step=step,
@@ -207,8 +200,9 @@ class StageRunner:
         )
         failures = throttles = 0
         self.recorder.take()
-        if self._verified_after_crash(step, change, ctx, report):
-            return True
+        verified = self._verified_after_crash(step, change, ctx, report)
+        if verified is not None:
+            return verified
         while True:
             try:
                 result = handler(ctx)
@@ -236,7 +230,7 @@ class StageRunner:
                         audit,
                         count=True,
                     )
-                    return False
+                    return None
                 with self._lock:
                     report.retries += 1
                     report.throttled += isinstance(exc, Throttled)
@@ -252,53 +246,40 @@ class StageRunner:
                 self.sleep(decision.delay)
                 continue
             audit = self._audit(step, self.recorder.take(), "ok", None, failures + throttles + 1)
-            success = StepSuccess(step.name, result, audit, attempts=1)
             with self._lock:
                 report.steps_succeeded += 1
-            if defer_record:
-                return success
-            self._record(change, success)
-            return True
+            return StepSuccess(step.name, result, audit, attempts=1)
 
     def _record(self, change: DeviceChange, success: StepSuccess) -> None:
-        self.repo.record_step_success(
-            bulk_change_id=self.bulk.id,
-            device_change_id=change.id,
-            step=success.step,
-            result=success.result,
-            audit=success.audit,
-            run_id=self.run_id,
-            attempts=success.attempts,
-        )
+        self.repo.record_step_success(self.bulk.id, change.id, success, self.run_id)
 
     def _verified_after_crash(
         self, step: Step, change: DeviceChange, ctx: StepContext, report: StageReport
-    ) -> bool:
+    ) -> StepSuccess | None:
         """Check a step that was started before but never recorded (the process died
         between the call and its record): if the external system already shows the
-        change, record it instead of calling again. Otherwise mark the step started (and
-        the device change PROCESSING) before the call."""
+        change, -> its success, to record instead of calling again. Otherwise (None) mark
+        the step started (and the device change PROCESSING) before the call."""
         verifier = VERIFIERS.get(step.name)
         if step.name not in self._started.get(change.id, set()) or verifier is None:
             self.repo.begin_step(change.id, step.name, self.run_id)
-            return False
+            return None
         try:
             result = verifier(ctx)
         except SQLAlchemyError:
             raise
         except Exception:  # an unreadable state is no proof: make the call as usual
             self.recorder.take()
-            return False
+            return None
         if result is None:
             self.recorder.take()
-            return False
+            return None
         audit = self._audit(step, self.recorder.take(), "ok", None, 0)
-        verified = {**result, "verified_after_restart": True}
-        self._record(change, StepSuccess(step.name, verified, audit, attempts=0))
         with self._lock:
             report.steps_succeeded += 1
             report.verified_after_restart += 1
-        return True
+        verified = {**result, "verified_after_restart": True}
+        return StepSuccess(step.name, verified, audit, attempts=0)
 
     def _update_inventory(
         self,
