@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster_aws.utils import ResourceWithBoto3Configuration
+from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from bulk_changes.domain.errors import (
@@ -98,7 +98,28 @@ def readable_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
     return text
 
 
-class SqsQueue(ResourceWithBoto3Configuration):
+class Boto3Settings(ConfigurableResource):
+    """How a boto3 client connects: the fields (names, defaults) of dagster-aws's
+    ``ResourceWithBoto3Configuration``, declared here because importing ``dagster_aws``
+    costs every process that loads the code location about 0.15-0.3 CPU-seconds (it
+    imports boto3, s3transfer and its components), and every run worker loads it."""
+
+    region_name: str | None = Field(default=None, description="AWS region of the session.")
+    max_attempts: int = Field(
+        default=5, description="boto3's retry handler: attempts, the first call included."
+    )
+    profile_name: str | None = Field(default=None, description="AWS profile of the session.")
+    use_ssl: bool = Field(default=True, description="Whether to use SSL.")
+    endpoint_url: str | None = Field(
+        default=None, description="A custom endpoint (an SQS-compatible server)."
+    )
+    verify: bool | None = Field(default=True, description="Whether to verify SSL certificates.")
+    aws_access_key_id: str | None = Field(default=None, description="AWS access key ID.")
+    aws_secret_access_key: str | None = Field(default=None, description="AWS secret access key.")
+    aws_session_token: str | None = Field(default=None, description="AWS session token.")
+
+
+class SqsQueue(Boto3Settings):
     """The bulk-change queue and its dead-letter queue."""
 
     region_name: str | None = Field(default="us-east-1", description="AWS region of the queues.")

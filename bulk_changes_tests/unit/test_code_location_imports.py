@@ -6,10 +6,24 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_loading_the_definitions_imports_no_pandas() -> None:
-    probe = "import sys, bulk_changes.definitions; print('pandas' in sys.modules)"
+
+def _imported_after_loading_the_definitions(module: str) -> bool:
+    probe = f"import sys, bulk_changes.definitions; print({module!r} in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() in {"True", "False"}, out.stderr
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("module", ["pandas", "dagster_aws", "boto3"])
+def test_loading_the_definitions_leaves_out_modules_the_processing_path_never_uses(
+    module: str,
+) -> None:
+    assert not _imported_after_loading_the_definitions(module)
+
+
+def test_the_probe_sees_a_module_the_definitions_do_import() -> None:
+    assert _imported_after_loading_the_definitions("sqlalchemy")
