@@ -5,6 +5,11 @@ the simulators with realistic latency and the documented limits, scaled up unifo
     python -m bench.run_bench --devices 10000 --scenarios jasper_ucc,unconstrained
     python -m bench.run_bench --smoke               # a few hundred devices, for the test suite
 
+The code location is served by one long-lived ``dagster api grpc`` process, as in
+production and under ``dagster dev``; ``--daemon-code-servers`` measures a bare
+``dagster-daemon run`` with a python_module workspace instead, whose code servers the
+daemon replaces every minute.
+
 Prints a table per scenario and the whole result as JSON; writes a PNG per scenario.
 It never fails on time: it measures.
 """
@@ -388,7 +393,10 @@ def run_baseline(
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n== {result['scenario']}: {result['description']} (scale {result['scale']:g})")
+    print(
+        f"\n== {result['scenario']}: {result['description']} (scale {result['scale']:g};"
+        f" code server: {result.get('code_server', '?')})"
+    )
     print(
         f"   makespan {result['makespan_s']} s, {result['devices']} devices, throttled {result['throttled']},"
         f" CPU {result['cpu_seconds_per_1000_devices']} s/1000 devices, peak memory {result['peak_memory_mb']} MB"
@@ -461,11 +469,20 @@ def main(argv: list[str] | None = None) -> int:
         help="run the prior system's strategy on at most this many devices (0: all)",
     )
     parser.add_argument(
-        "--code-server",
-        action="store_true",
-        help="serve the code from one long-lived `dagster api grpc` process (as in production)"
-        " instead of the daemon's own code servers, which it replaces every minute",
+        "--daemon-code-servers",
+        dest="code_server",
+        action="store_false",
+        help="load the code location the way a bare `dagster-daemon run -w workspace.yaml`"
+        " with a python_module location does: code servers of the daemon's own, replaced"
+        " every minute (each new one imports the project again). By default the code is"
+        " served by one long-lived `dagster api grpc` process, as in production and under"
+        " `dagster dev`",
     )
+    # the default since 2026-11-30; kept so that earlier commands still run
+    parser.add_argument(
+        "--code-server", dest="code_server", action="store_true", help=argparse.SUPPRESS
+    )
+    parser.set_defaults(code_server=True)
     parser.add_argument(
         "--py-spy", action="store_true", help="sample the run workers with py-spy (installed)"
     )
@@ -480,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         result = run_scenario(
             chosen[name], args.scale, args.out, args.batch_size, args.py_spy, args.code_server
+        )
+        result["code_server"] = (
+            "long-lived" if args.code_server else "the daemon's, replaced every minute"
         )
         if not args.no_baseline:
             result["baseline"] = run_baseline(chosen[name], args.scale, args.baseline_devices)
