@@ -35,7 +35,7 @@ from bulk_changes.domain.retry import GiveUp, RetryPolicy, decide
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
-from bulk_changes.processing.memory import limit_arenas
+from bulk_changes.processing.memory import freeze_startup_objects, limit_arenas
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
 
@@ -55,6 +55,7 @@ def device_pool(workers: int) -> ThreadPoolExecutor:
         pool = _pools.get(workers)
         if pool is None:
             limit_arenas()  # before the threads that would each get one
+            freeze_startup_objects()
             pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="device")
         return pool
 
