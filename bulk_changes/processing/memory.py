@@ -7,9 +7,9 @@ even though nothing stays referenced. Fewer arenas, and handing free memory back
 batch, keep it near what one batch needs. Elsewhere (not glibc) both are no-ops.
 
 And Python's cyclic garbage collector: a full collection walks every tracked object, and
-a run worker holds about a million from its imports (Dagster, the definitions) that live
-as long as it does. Each full collection held the interpreter lock 80-130 ms, an idle gap
-of two or three turns on a one-in-flight account; frozen, they are no longer walked.
+a run worker holds some hundreds of thousands from its imports (Dagster, the definitions)
+that live as long as it does. Each full collection held the interpreter lock 80-150 ms
+(measured), two to four turns of a one-in-flight account; frozen, they are not walked.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def give_back_free_memory() -> bool:
 def freeze_startup_objects() -> int:
     """Move every object the process holds now (its imports, definitions and resources)
     out of the cyclic collector's reach, once per process, before the first batch: they
-    live as long as the process, and walking them made each full collection an 80-130 ms
+    live as long as the process, and walking them made each full collection an 80-150 ms
     pause. Objects made later are collected as before. -> objects frozen (0 if already)."""
     global _frozen
     with _lock:

@@ -1,6 +1,6 @@
 """A run worker's start-up objects (imports, definitions) are kept out of the cyclic garbage
 collector's walks once its device threads are made: full collections over them were
-80-130 ms pauses of every device thread."""
+80-150 ms pauses of every device thread."""
 
 from __future__ import annotations
 
