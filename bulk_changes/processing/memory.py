@@ -65,11 +65,15 @@ def freeze_startup_objects() -> int:
     """Move every object the process holds now (its imports, definitions and resources)
     out of the cyclic collector's reach, once per process, before the first batch: they
     live as long as the process, and walking them made each full collection an 80-150 ms
-    pause. Objects made later are collected as before. -> objects frozen (0 if already)."""
+    pause. Objects made later are collected as before. -> objects frozen (0 if already).
+
+    One full collection first: garbage still waiting in a cycle (what loading and
+    partitioning the bulk change left) would otherwise be frozen with the rest, for good."""
     global _frozen
     with _lock:
         if _frozen:
             return 0
         _frozen = True
+        gc.collect()
         gc.freeze()
         return gc.get_freeze_count()

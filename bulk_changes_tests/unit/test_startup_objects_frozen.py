@@ -33,3 +33,30 @@ def test_the_first_device_pool_of_a_process_freezes_what_the_process_holds_once(
     assert after_first > 50_000  # the imports alone: about 150,000 objects (Dagster, ours)
     assert after_second == after_first
     assert frozen_again == 0
+
+
+_GARBAGE_PROBE = """
+import gc, weakref
+from bulk_changes.processing.memory import freeze_startup_objects
+
+class Node:
+    pass
+
+a, b = Node(), Node()
+a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+gone = weakref.ref(a)
+del a, b
+freeze_startup_objects()
+print(gone() is None)
+"""
+
+
+def test_garbage_waiting_in_a_cycle_is_collected_not_frozen() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _GARBAGE_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "True", out.stderr
