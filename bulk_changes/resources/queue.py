@@ -98,13 +98,15 @@ def readable_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
     return text
 
 
-class Boto3Settings(ConfigurableResource):
-    """How a boto3 client connects: the fields (names, defaults) of dagster-aws's
-    ``ResourceWithBoto3Configuration``, declared here because importing ``dagster_aws``
-    costs every process that loads the code location about 0.15-0.3 CPU-seconds (it
-    imports boto3, s3transfer and its components), and every run worker loads it."""
+class SqsQueue(ConfigurableResource):
+    """The bulk-change queue and its dead-letter queue.
 
-    region_name: str | None = Field(default=None, description="AWS region of the session.")
+    The connection fields have the names and defaults of dagster-aws's
+    ``ResourceWithBoto3Configuration`` (the region excepted), declared here rather than
+    inherited: importing ``dagster_aws`` cost every process that loads the code location
+    0.3-0.55 CPU-seconds (boto3, s3transfer and its components), every run worker included."""
+
+    region_name: str | None = Field(default="us-east-1", description="AWS region of the queues.")
     max_attempts: int = Field(
         default=5, description="boto3's retry handler: attempts, the first call included."
     )
@@ -117,12 +119,6 @@ class Boto3Settings(ConfigurableResource):
     aws_access_key_id: str | None = Field(default=None, description="AWS access key ID.")
     aws_secret_access_key: str | None = Field(default=None, description="AWS secret access key.")
     aws_session_token: str | None = Field(default=None, description="AWS session token.")
-
-
-class SqsQueue(Boto3Settings):
-    """The bulk-change queue and its dead-letter queue."""
-
-    region_name: str | None = Field(default="us-east-1", description="AWS region of the queues.")
     queue_name: str = Field(default="bulk-changes", description="Name of the main queue.")
     dead_letter_queue_name: str = Field(
         default="bulk-changes-dlq", description="Name of the dead-letter queue."

@@ -20,15 +20,16 @@ print(before, after_first, gc.get_freeze_count(), freeze_startup_objects())
 """
 
 
-def _probe() -> list[int]:
+def _run(probe: str) -> str:
+    """What a fresh interpreter running ``probe`` prints (the freeze is once per process)."""
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
-    return [int(n) for n in out.stdout.split()]
+    return out.stdout.strip()
 
 
 def test_the_first_device_pool_of_a_process_freezes_what_the_process_holds_once() -> None:
-    before, after_first, after_second, frozen_again = _probe()
+    before, after_first, after_second, frozen_again = (int(n) for n in _run(_PROBE).split())
     assert before == 0
     assert after_first > 50_000  # the imports alone: about 150,000 objects (Dagster, ours)
     assert after_second == after_first
@@ -52,11 +53,4 @@ print(gone() is None)
 
 
 def test_garbage_waiting_in_a_cycle_is_collected_not_frozen() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", _GARBAGE_PROBE],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.strip() == "True", out.stderr
+    assert _run(_GARBAGE_PROBE) == "True"
