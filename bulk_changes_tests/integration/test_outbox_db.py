@@ -91,6 +91,33 @@ def test_every_device_once_in_groups_of_at_most_100(repo, settings):
     )
 
 
+def test_finalize_reads_only_unreported_devices_a_chunk_at_a_time(repo, settings, monkeypatch):
+    monkeypatch.setattr(outbox_module, "REPORT_CHUNK", 100)
+    bulk_id, changes = started_bulk_change(repo, settings, 230)
+    finish_all(repo, bulk_id, changes)
+    assert repo.report_final_devices(bulk_id, [c.id for c in changes[:30]]) == 30
+    read: list[int] = []
+    real = outbox_module.device_results
+
+    def counting(conn, bulk_change_id, ids=None):
+        rows = real(conn, bulk_change_id, ids)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(outbox_module, "device_results", counting)
+    assert repo.finalize(bulk_id)[2]
+    assert read == [100, 100]  # the 200 a batch did not report, never all 230 at once
+    groups = [
+        e.data["devices"]
+        for e in Outbox(repo.engine).events(bulk_id)
+        if e.type == n.DEVICE_CHANGES_COMPLETED
+    ]
+    assert [len(g) for g in groups] == [30, 100, 100]
+    assert Counter(d["device_change_id"] for g in groups for d in g) == Counter(
+        c.id for c in changes
+    )
+
+
 def test_two_senders_racing_for_a_delivery_one_gets_it(repo, settings):
     bulk_id, changes = started_bulk_change(repo, settings, 1)
     outbox = Outbox(repo.engine)
