@@ -9,12 +9,23 @@ single sender (a lease), and records every attempt.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import schema as t
@@ -92,40 +103,64 @@ def write_processing(conn: Connection, bulk_change_id: int) -> int:
     )
 
 
-def device_results(
-    conn: Connection, bulk_change_id: int, ids: Sequence[int] | None = None
-) -> list[dict[str, Any]]:
-    """Device changes of a bulk change (or those of ``ids``), with their inventory keys."""
-    query = (
-        select(
-            t.device_changes.c.id,
-            t.device_changes.c.row_number,
-            t.device_changes.c.device_key,
-            t.device_changes.c.device_id,
-            t.device_changes.c.request,
-            t.device_changes.c.status,
-            t.device_changes.c.attempts,
-            t.device_changes.c.last_error,
-            t.device_changes.c.finished_at,
-            t.devices.c.iccid,
-            t.devices.c.msisdn,
-        )
-        .select_from(
-            t.device_changes.outerjoin(t.devices, t.devices.c.id == t.device_changes.c.device_id)
-        )
-        .where(t.device_changes.c.bulk_change_id == bulk_change_id)
-        .order_by(t.device_changes.c.id)
+def _device_results_query() -> Select[Any]:
+    return select(
+        t.device_changes.c.id,
+        t.device_changes.c.row_number,
+        t.device_changes.c.device_key,
+        t.device_changes.c.device_id,
+        t.device_changes.c.request,
+        t.device_changes.c.status,
+        t.device_changes.c.attempts,
+        t.device_changes.c.last_error,
+        t.device_changes.c.finished_at,
+        t.devices.c.iccid,
+        t.devices.c.msisdn,
+    ).select_from(
+        t.device_changes.outerjoin(t.devices, t.devices.c.id == t.device_changes.c.device_id)
     )
+
+
+def _result(row: Any) -> dict[str, Any]:
+    result = dict(row._mapping)
+    result["finished_at"] = aware(result["finished_at"])
+    return result
+
+
+def device_results(
+    conn: Connection, bulk_change_id: int, ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The device changes of ``ids`` (of one bulk change), with their inventory keys."""
+    query = _device_results_query().where(t.device_changes.c.bulk_change_id == bulk_change_id)
     rows: list[dict[str, Any]] = []
-    chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)] if ids is not None else [None]
-    for chunk in chunks:
-        q = query if chunk is None else query.where(t.device_changes.c.id.in_(chunk))
-        for r in conn.execute(q):
-            row = dict(r._mapping)
-            row["finished_at"] = aware(row["finished_at"])
-            rows.append(row)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows.extend(_result(r) for r in conn.execute(query.where(t.device_changes.c.id.in_(chunk))))
     rows.sort(key=lambda r: r["id"])
     return rows
+
+
+def device_result_pages(
+    engine: Engine, bulk_change_id: int, size: int = 1000
+) -> Iterator[list[dict[str, Any]]]:
+    """Every device change of a bulk change with its inventory keys, in row order, ``size``
+    at a time: a page per short read, so neither the rows nor a transaction are held
+    while the caller works through them."""
+    c = t.device_changes.c
+    after: tuple[int, int] | None = None
+    while True:
+        query = _device_results_query().where(c.bulk_change_id == bulk_change_id)
+        if after is not None:
+            query = query.where(c.row_number >= after[0], tuple_(c.row_number, c.id) > after)
+        with engine.connect() as conn:
+            page = [
+                _result(r) for r in conn.execute(query.order_by(c.row_number, c.id).limit(size))
+            ]
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = (page[-1]["row_number"], page[-1]["id"])
 
 
 # Device results read and reported at a time: the run worker's memory stays flat however
@@ -390,26 +425,33 @@ class Outbox:
             row = conn.execute(select(t.outbox_events).where(t.outbox_events.c.id == row_id)).one()
         return _event(row)
 
-    def update_audit(self, bulk_change_id: int, step: str) -> list[dict[str, Any]]:
-        """The audit rows of one step of a bulk change (the username report's source)."""
+    def update_audit(
+        self, bulk_change_id: int, step: str, device_change_ids: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        """The audit rows of one step of some device changes of a bulk change (the username
+        report's source, a page of devices at a time)."""
+        a = t.audit_log.c
+        query = select(a.device_change_id, a.step, a.outcome, a.request, a.response, a.created_at)
+        rows: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    t.audit_log.c.device_change_id,
-                    t.audit_log.c.step,
-                    t.audit_log.c.outcome,
-                    t.audit_log.c.request,
-                    t.audit_log.c.response,
-                    t.audit_log.c.created_at,
+            for start in range(0, len(device_change_ids), 500):
+                chunk = device_change_ids[start : start + 500]
+                rows.extend(
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        query.where(
+                            a.bulk_change_id == bulk_change_id,
+                            a.device_change_id.in_(chunk),
+                            a.step == step,
+                        ).order_by(a.id)
+                    )
                 )
-                .where(t.audit_log.c.bulk_change_id == bulk_change_id, t.audit_log.c.step == step)
-                .order_by(t.audit_log.c.id)
-            )
-            return [dict(r._mapping) for r in rows]
+        return rows
 
-    def device_results(self, bulk_change_id: int) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return device_results(conn, bulk_change_id)
+    def device_result_pages(
+        self, bulk_change_id: int, size: int | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        return device_result_pages(self.engine, bulk_change_id, size or REPORT_CHUNK)
 
     # -- planning: which deliveries an event has --
 

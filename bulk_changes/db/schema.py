@@ -261,12 +261,25 @@ def _v3_limiter_waiters(conn: Connection) -> None:
     limiter_metadata.create_all(conn)
 
 
+# ---- version 4: device changes in row order, a page at a time -----------------------------
+# The emails' attachments list every device of a bulk change in row order; they are read
+# a page at a time (keyset on row number), not all at once.
+ix_device_changes_bulk_row = Index(
+    "ix_device_changes_bulk_row", device_changes.c.bulk_change_id, device_changes.c.row_number
+)
+
+
+def _v4_device_changes_row_order(conn: Connection) -> None:
+    ix_device_changes_bulk_row.create(conn, checkfirst=True)
+
+
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_create),
     (2, _v2_outbox),
     (3, _v3_limiter_waiters),
+    (4, _v4_device_changes_row_order),
 ]
 
 LATEST = UPGRADES[-1][0]

@@ -11,7 +11,7 @@ import html
 import io
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -118,7 +118,7 @@ def _counts_rows(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items())
 
 
-def to_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(headers)
@@ -127,38 +127,30 @@ def to_csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return out.getvalue()
 
 
-def result_rows(devices: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-    """Every device's result (``device_results`` rows), for the CSV attachment."""
-    rows = []
-    for d in sorted(devices, key=lambda d: d["row_number"]):
-        request = d.get("request")
-        if isinstance(request, str):
-            request = json.loads(request)
-        rows.append(
-            [
-                d["row_number"],
-                d.get("device_key"),
-                d.get("iccid"),
-                d.get("msisdn"),
-                d["status"],
-                d.get("attempts", 0),
-                d.get("last_error"),
-                _text(d.get("finished_at")) if d.get("finished_at") else None,
-                json.dumps(request, sort_keys=True) if request is not None else None,
-            ]
-        )
-    return rows
+def result_row(d: Mapping[str, Any]) -> list[Any]:
+    """One device's result (a ``device_results`` row), for the CSV attachment."""
+    request = d.get("request")
+    if isinstance(request, str):
+        request = json.loads(request)
+    return [
+        d["row_number"],
+        d.get("device_key"),
+        d.get("iccid"),
+        d.get("msisdn"),
+        d["status"],
+        d.get("attempts", 0),
+        d.get("last_error"),
+        _text(d.get("finished_at")) if d.get("finished_at") else None,
+        json.dumps(request, sort_keys=True) if request is not None else None,
+    ]
 
 
-def _failures(devices: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(
-        (d for d in devices if d["status"] in FAILED_STATUSES), key=lambda d: d["row_number"]
-    )
+def _failed(device: Mapping[str, Any]) -> bool:
+    return device["status"] in FAILED_STATUSES
 
 
-def _failure_table(devices: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+def _failure_table(failed: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     """(text, html) of the devices that did not succeed, capped at MAX_TABLE_ROWS."""
-    failed = _failures(devices)
     if not failed:
         return "", ""
     headers = ("row", "device", "status", "reason")
@@ -232,16 +224,27 @@ def _facts(data: Mapping[str, Any]) -> dict[str, Any]:
 def completion_email(
     event_id: str,
     data: Mapping[str, Any],
-    devices: Sequence[Mapping[str, Any]],
+    devices: Iterable[Mapping[str, Any]],
     to: Sequence[str],
     sender: str,
     sent_at: datetime,
 ) -> EmailMessage:
     """When a bulk change becomes final: facts, counts by status, the devices that did
-    not succeed with their reasons, every device's result as CSV."""
+    not succeed with their reasons, every device's result as CSV.
+
+    ``devices`` in row order, read once (a bulk change's may be too many to hold)."""
     facts = _facts(data)
     counts = _counts_rows(data.get("counts") or {})
-    failures_text, failures_html = _failure_table(devices)
+    failed: list[Mapping[str, Any]] = []
+
+    def rows() -> Iterable[list[Any]]:
+        for d in devices:
+            if _failed(d):
+                failed.append(d)
+            yield result_row(d)
+
+    results_csv = to_csv(RESULT_COLUMNS, rows())
+    failures_text, failures_html = _failure_table(failed)
     csv_name = f"bulk-change-{data['bulk_change_id']}-results.csv"
     values = {**facts, "csv_name": csv_name, "event_id": event_id}
     text = template("completion.txt").substitute(
@@ -266,26 +269,27 @@ def completion_email(
         text,
         body,
         sent_at,
-        [(csv_name, to_csv(RESULT_COLUMNS, result_rows(devices)))],
+        [(csv_name, results_csv)],
     )
 
 
 def errors_email(
     event_id: str,
     data: Mapping[str, Any],
-    devices: Sequence[Mapping[str, Any]],
+    devices: Iterable[Mapping[str, Any]],
     to: Sequence[str],
     sender: str,
     sent_at: datetime,
 ) -> EmailMessage:
-    """One mail for the devices that ended API_FAILED or ERROR: reasons, then devices."""
+    """One mail for the devices that ended API_FAILED or ERROR: reasons, then devices
+    (``devices`` in row order, read once)."""
     facts = _facts(data)
-    failed = _failures(devices)
+    failed = [d for d in devices if _failed(d)]
     by_status = Counter(d["status"] for d in failed)
     failed_counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     reasons = Counter((d["status"], d.get("last_error") or "-") for d in failed).most_common()
     reason_rows = [[status, reason, count] for (status, reason), count in reasons]
-    failures_text, failures_html = _failure_table(devices)
+    failures_text, failures_html = _failure_table(failed)
     values = {
         **facts,
         "failed": len(failed),
@@ -345,12 +349,13 @@ def _json(value: Any) -> Any:
 
 
 def username_lines(
-    devices: Sequence[Mapping[str, Any]],
+    devices: Iterable[Mapping[str, Any]],
     inventory: Mapping[int, Mapping[str, Any]],
     audit: Sequence[Mapping[str, Any]],
     changed_by: str | None,
 ) -> list[UsernameLine]:
-    """The devices a username_cost_center change updated, previous and new values.
+    """The devices a username_cost_center change updated, previous and new values, in
+    the order of ``devices`` (row order).
 
     ``audit``: the rows of step ``amop.update_device`` (request: the columns written,
     response ``{"previous": {...}}``: their values before). Fields the request did not
@@ -358,7 +363,7 @@ def username_lines(
     """
     by_change = {a["device_change_id"]: a for a in audit if a.get("outcome") == "ok"}
     lines = []
-    for d in sorted(devices, key=lambda d: d["row_number"]):
+    for d in devices:
         entry = by_change.get(d["id"])
         if d["status"] != "PROCESSED" or entry is None:
             continue
@@ -390,11 +395,12 @@ def username_lines(
 def username_report_email(
     event_id: str,
     data: Mapping[str, Any],
-    lines: Sequence[UsernameLine],
+    lines: Iterable[UsernameLine],
     to: Sequence[str],
     sender: str,
     sent_at: datetime,
 ) -> EmailMessage:
+    """``lines`` read once: the first MAX_TABLE_ROWS in the body, every one in the CSV."""
     facts = _facts(data)
     headers = (
         "device",
@@ -410,29 +416,34 @@ def username_report_email(
     def centers(values: Mapping[str, Any]) -> str:
         return " / ".join(_text(values.get(f"cost_center_{i}")) for i in (1, 2, 3))
 
-    rows = [
-        [
-            line.device,
-            line.msisdn,
-            line.previous.get("username"),
-            line.new.get("username"),
-            centers(line.previous),
-            centers(line.new),
-            _when(line.date),
-            line.changed_by,
-        ]
-        for line in lines
-    ]
-    shown = rows[:MAX_TABLE_ROWS]
-    more = (
-        f"... and {len(rows) - len(shown)} more: see the attachment."
-        if len(rows) > len(shown)
-        else ""
-    )
+    shown: list[list[Any]] = []
+    count = 0
+
+    def csv_rows() -> Iterable[list[Any]]:
+        nonlocal count
+        for line in lines:
+            count += 1
+            if len(shown) < MAX_TABLE_ROWS:
+                shown.append(
+                    [
+                        line.device,
+                        line.msisdn,
+                        line.previous.get("username"),
+                        line.new.get("username"),
+                        centers(line.previous),
+                        centers(line.new),
+                        _when(line.date),
+                        line.changed_by,
+                    ]
+                )
+            yield line.row()
+
+    report_csv = to_csv(USERNAME_COLUMNS, csv_rows())
+    more = f"... and {count - len(shown)} more: see the attachment." if count > len(shown) else ""
     csv_name = f"bulk-change-{data['bulk_change_id']}-username-report.csv"
     values = {
         **facts,
-        "lines": len(lines),
+        "lines": count,
         "changed_by": facts["requested_by"],
         "csv_name": csv_name,
         "event_id": event_id,
@@ -446,7 +457,7 @@ def username_report_email(
     )
     subject = (
         f"Username report: bulk change {facts['bulk_change_id']} ({facts['tenant']}, "
-        f"{facts['integration']}), {len(lines)} device(s)"
+        f"{facts['integration']}), {count} device(s)"
     )
     return _message(
         event_id,
@@ -456,7 +467,7 @@ def username_report_email(
         text,
         body,
         sent_at,
-        [(csv_name, to_csv(USERNAME_COLUMNS, [line.row() for line in lines]))],
+        [(csv_name, report_csv)],
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from email.message import EmailMessage
+from itertools import chain
+from typing import Any
 
 from bulk_changes.db.outbox import Outbox, OutboxEvent
 from bulk_changes.db.repository import Repository
@@ -29,14 +31,29 @@ def email_for(
     if event.type == n.ALERT_RUN_FAILURE:
         return emails.run_failure_email(event.event_id, data, to, sender, sent_at, ui_base_url)
     bulk_id = int(data["bulk_change_id"])
-    devices = outbox.device_results(bulk_id)
+    # A page of devices at a time: a bulk change of 100,000 devices read at once was
+    # 100 MB, its mail about 16
+    pages = outbox.device_result_pages(bulk_id)
     if event.type == n.EMAIL_COMPLETION:
+        devices = chain.from_iterable(pages)
         return emails.completion_email(event.event_id, data, devices, to, sender, sent_at)
     if event.type == n.EMAIL_ERRORS:
+        devices = chain.from_iterable(pages)
         return emails.errors_email(event.event_id, data, devices, to, sender, sent_at)
     if event.type == n.EMAIL_USERNAME_REPORT:
-        audit = outbox.update_audit(bulk_id, UPDATE_AMOP.name)
-        inventory = repo.devices_by_id([d["device_id"] for d in devices if d.get("device_id")])
-        lines = emails.username_lines(devices, inventory, audit, data.get("requested_by"))
+        lines = _username_lines(pages, outbox, repo, bulk_id, data.get("requested_by"))
         return emails.username_report_email(event.event_id, data, lines, to, sender, sent_at)
     raise ValueError(f"no email for event type {event.type}")
+
+
+def _username_lines(
+    pages: Iterable[list[dict[str, Any]]],
+    outbox: Outbox,
+    repo: Repository,
+    bulk_id: int,
+    changed_by: str | None,
+) -> Iterator[emails.UsernameLine]:
+    for devices in pages:
+        audit = outbox.update_audit(bulk_id, UPDATE_AMOP.name, [d["id"] for d in devices])
+        inventory = repo.devices_by_id([d["device_id"] for d in devices if d.get("device_id")])
+        yield from emails.username_lines(devices, inventory, audit, changed_by)

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from bulk_changes.db import outbox as outbox_module
+from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain import notifications as n
@@ -116,6 +117,23 @@ def test_finalize_reads_only_unreported_devices_a_chunk_at_a_time(repo, settings
     assert Counter(d["device_change_id"] for g in groups for d in g) == Counter(
         c.id for c in changes
     )
+
+
+def test_device_results_come_in_row_order_a_page_at_a_time(repo, settings):
+    bulk_id, changes = started_bulk_change(repo, settings, 7)
+    # rows whose order differs from their ids' (and two equal row numbers)
+    new_rows = dict(zip([c.id for c in changes], [5, 3, 9, 1, 3, 8, 2], strict=True))
+    with repo.engine.begin() as conn:
+        for change_id, row in new_rows.items():
+            conn.execute(
+                t.device_changes.update()
+                .where(t.device_changes.c.id == change_id)
+                .values(row_number=row)
+            )
+    pages = list(Outbox(repo.engine).device_result_pages(bulk_id, size=3))
+    assert [len(p) for p in pages] == [3, 3, 1]
+    read = [(d["row_number"], d["id"]) for p in pages for d in p]
+    assert read == sorted((row, change_id) for change_id, row in new_rows.items())
 
 
 def test_two_senders_racing_for_a_delivery_one_gets_it(repo, settings):

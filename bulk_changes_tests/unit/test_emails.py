@@ -187,3 +187,13 @@ def test_subjects_survive_the_trip_through_bytes():
         wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
         back = email.message_from_bytes(wire, policy=email.policy.default)
         assert back["Subject"] == message["Subject"]
+
+
+def test_mails_read_their_devices_once_so_they_can_be_streamed():
+    text, _, attachments = parts(
+        emails.completion_email("m", DATA, iter(DEVICES), ["a@x"], "b@x", SENT_AT)
+    )
+    assert "Devices that did not succeed (2)" in text
+    assert len(read_csv(attachments["bulk-change-12-results.csv"])) == 4
+    errors = emails.errors_email("m", DATA, iter(DEVICES), ["a@x"], "b@x", SENT_AT)
+    assert errors["Subject"].startswith("Bulk change 12: 2 device(s) failed")

@@ -17,6 +17,7 @@ from dagster import (
     serialize_value,
 )
 
+from bulk_changes.db import outbox as outbox_module
 from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.domain import notifications as n
@@ -146,6 +147,32 @@ def test_one_completion_one_error_mail_the_username_report_and_the_webhook_event
     audit = json.dumps(repo.audit_of(bulk_id), default=str)
     for secret in (WEBHOOK_SECRET, "t0ken", "sim-jasper-key", "sim-revio-password"):
         assert secret not in shown and secret not in audit and secret not in logs
+
+
+def test_mails_read_the_devices_a_page_at_a_time_in_row_order(
+    repo, settings, db_url, fake_key, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(outbox_module, "REPORT_CHUNK", 3)
+    pages: list[int] = []
+    real = outbox_module.device_result_pages
+
+    def counted(engine, bulk_change_id, size):
+        for page in real(engine, bulk_change_id, size):
+            pages.append(len(page))
+            yield page
+
+    monkeypatch.setattr(outbox_module, "device_result_pages", counted)
+    bulk_id, rows = username_change(repo, settings, fake_key)
+    outcome = process_bulk_change.execute_in_process(
+        run_config=run_config(bulk_id),
+        resources=resources(db_url, fake_key, tenants_file(tmp_path, {})),
+    )
+    assert outcome.success
+    completion, report, errors = sent(fake_key).mails
+    assert max(pages) == 3 and sum(pages) == 3 * 8  # three mails, 8 device changes each
+    assert [int(r["row"]) for r in attached_csv(completion)] == list(range(1, 9))
+    assert [r["new_username"] for r in attached_csv(report)] == [f"user{i}" for i in range(1, 7)]
+    assert "6 device(s)" in report["Subject"]
 
 
 def test_a_failing_receiver_does_not_fail_the_run_and_the_sweep_delivers_later(
