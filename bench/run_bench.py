@@ -28,6 +28,7 @@ from typing import Any
 from bench.measure import TreeSampler, account_figures, per_second_series, plot
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
+from bulk_changes.simulators.limits import Limits, crowded_windows
 from bulk_changes_tests.e2e.stack import start_stack, stop_stack
 
 SYSTEMS = ("jasper", "telegence", "revio")
@@ -306,6 +307,13 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
             calls_limit, window, _ = limits(system, scale, scenario)
             limit = calls_limit / window
             accounts[f"{system}:{account}"] = account_figures(account_calls, limit, makespan)
+            # a rate violation's shape (the first few), to tell late arrivals from turns
+            # handed out too close together
+            crowded = crowded_windows(
+                [c["t"] for c in account_calls], Limits(int(calls_limit), window, None)
+            )
+            if crowded:
+                accounts[f"{system}:{account}"]["crowded_windows"] = crowded[:5]
             series[f"{system}:{account}"] = (per_second_series(account_calls, first), limit)
     violations = {
         s: sim.stats()["violations"] for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)
@@ -411,6 +419,11 @@ def print_table(result: dict[str, Any]) -> None:
             f"{a['mean_latency_ms']:>8}ms{a['one_in_flight_bound_s']:>18}s"
             f"{a['idle_gaps']:>7} / {a['idle_gap_seconds']:>6}s"
         )
+        for w in a.get("crowded_windows", []):
+            print(
+                f"   {'':<28}crowded: call {w['call']} ({w['seconds_in']} s in) {w['span_s']} s"
+                f" after the call a limit's worth before it; gaps ms {w['gaps_ms']}"
+            )
         if a.get("answer_to_next_call_ms"):
             h = a["answer_to_next_call_ms"]
             print(

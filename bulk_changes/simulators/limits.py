@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 
@@ -73,3 +74,28 @@ class AccountLimiter:
     def leave(self, account: str) -> None:
         with self._lock:
             self._in_flight[account] -= 1
+
+
+def crowded_windows(starts: list[float], limits: Limits) -> list[dict[str, Any]]:
+    """Where calls started more often than the limit allows (``starts``: one account's
+    call start times, in seconds): each call that started less than a window after the
+    call a limit's worth before it, with the gaps between them. A rate violation's shape:
+    one late call among on-time ones, or turns handed out too close together."""
+    n = limits.rate_limit
+    if not n:
+        return []
+    ordered = sorted(starts)
+    found = []
+    for i in range(n, len(ordered)):
+        span = ordered[i] - ordered[i - n]
+        if span < limits.window:
+            window = ordered[i - n : i + 1]
+            found.append(
+                {
+                    "call": i,
+                    "seconds_in": round(ordered[i] - ordered[0], 3),
+                    "span_s": round(span, 4),
+                    "gaps_ms": [round((b - a) * 1000, 1) for a, b in pairwise(window)],
+                }
+            )
+    return found

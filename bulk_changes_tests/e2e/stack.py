@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from bulk_changes.resources.local_sqs import (
 from bulk_changes.resources.queue import SqsQueue
 from bulk_changes.resources.tenant_config import load_settings
 from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
+from bulk_changes.simulators.limits import crowded_windows
 from bulk_changes_tests.postgres import (
     create_database,
     dagster_pg_env,
@@ -263,29 +263,19 @@ class Stack:
 
     def crowded_windows(self) -> list[str]:
         """Where calls started more often than an account's limit, from the simulators'
-        call logs: which call, how soon after the one a limit's worth before it, and the
-        gaps between them (for an assertion's message: a rate violation shows its shape)."""
+        call logs (for an assertion's message: a rate violation shows its shape)."""
         found = []
         for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True):
             by_account: dict[str, list[float]] = {}
             for call in sim.calls():
                 by_account.setdefault(call.get("account") or "?", []).append(call["t"])
             for account, starts in by_account.items():
-                limits = sim.limits_for(account)
-                n = limits.rate_limit
-                if not n:
-                    continue
-                starts.sort()
-                for i in range(n, len(starts)):
-                    span = starts[i] - starts[i - n]
-                    if span < limits.window:
-                        gaps = [
-                            round((b - a) * 1000, 1) for a, b in pairwise(starts[i - n : i + 1])
-                        ]
-                        found.append(
-                            f"{name} {account}: call {i} ({starts[i] - starts[0]:.3f} s in) started"
-                            f" {span:.4f} s after call {i - n}; gaps ms {gaps}"
-                        )
+                for w in crowded_windows(starts, sim.limits_for(account)):
+                    found.append(
+                        f"{name} {account}: call {w['call']} ({w['seconds_in']:.3f} s in) started"
+                        f" {w['span_s']:.4f} s after the call a limit's worth before it;"
+                        f" gaps ms {w['gaps_ms']}"
+                    )
         return found
 
 
