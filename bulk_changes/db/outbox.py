@@ -103,6 +103,12 @@ def write_processing(conn: Connection, bulk_change_id: int) -> int:
     )
 
 
+# Device results read at a time, to report them or to write them into a mail: memory stays
+# flat however large the bulk change (all 100,000 rows at once were 1.1 KB each, the run
+# worker's peak).
+REPORT_CHUNK = 1000
+
+
 def _device_results_query() -> Select[Any]:
     return select(
         t.device_changes.c.id,
@@ -141,7 +147,7 @@ def device_results(
 
 
 def device_result_pages(
-    engine: Engine, bulk_change_id: int, size: int = 1000
+    engine: Engine, bulk_change_id: int, size: int
 ) -> Iterator[list[dict[str, Any]]]:
     """Every device change of a bulk change with its inventory keys, in row order, ``size``
     at a time: a page per short read, so neither the rows nor a transaction are held
@@ -161,11 +167,6 @@ def device_result_pages(
         if len(page) < size:
             return
         after = (page[-1]["row_number"], page[-1]["id"])
-
-
-# Device results read and reported at a time: the run worker's memory stays flat however
-# large the bulk change (all 100,000 rows at once were 1.1 KB each, the run's peak).
-REPORT_CHUNK = 1000
 
 
 def report_final_devices(
