@@ -28,6 +28,7 @@ from typing import Any
 from bench.measure import TreeSampler, account_figures, per_second_series, plot
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
+from bulk_changes.simulators import freeze_host_objects
 from bulk_changes.simulators.limits import Limits, crowded_windows
 from bulk_changes_tests.e2e.stack import start_stack, stop_stack
 
@@ -221,6 +222,7 @@ def run_scenario(
             bulk_id = stack.create(send.tenant, send.change_type, send.integration, rows)
             created.append((send, bulk_id, round(time.time() - made, 1)))
         intake = {bulk_id: seconds for _, bulk_id, seconds in created}
+        freeze_host_objects()  # this process hosts the simulators: see the function
         first = time.time()
         cpu_at_first = sampler.snapshot()
         sent: dict[int, tuple[Any, float]] = {}

@@ -37,6 +37,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from bulk_changes.domain import errors
 from bulk_changes.domain.audit import Exchange, to_text
@@ -191,6 +192,36 @@ def environment_session(base_url: str) -> requests.Session:
     return session
 
 
+def connect_ahead(
+    session: requests.Session,
+    prepared: requests.PreparedRequest,
+    settings: Mapping[str, Any],
+    timeout_seconds: float,
+) -> None:
+    """Make sure the connection pool ``prepared`` will be sent through holds an open
+    connection. A call that has to connect after its turn reaches the vendor late (TCP
+    and TLS set-up, the server's new connection thread), and a late call crowds the
+    vendor's window of the calls after it: measured 2-12 ms late at localhost, 24 ms once
+    when four run workers started together. urllib3 has no public way to open a pooled
+    connection ahead of a request, hence its pool's own get/put."""
+    adapter = session.get_adapter(prepared.url or "")
+    if not isinstance(adapter, HTTPAdapter):
+        return
+    pool = adapter.get_connection_with_tls_context(
+        prepared, settings.get("verify", True), settings.get("proxies"), settings.get("cert")
+    )
+    conn = pool._get_conn()  # drops a connection the server has closed meanwhile
+    try:
+        if not conn.is_connected:
+            conn.timeout = timeout_seconds
+            conn.connect()
+    except Exception:
+        conn.close()
+        raise
+    finally:
+        pool._put_conn(conn)  # the slot it came from, open or not
+
+
 class HttpCaller:
     """Makes one client's HTTP calls: limiter, timeout, audit and error translation."""
 
@@ -225,6 +256,9 @@ class HttpCaller:
         self.on_exchange = on_exchange
         self.session = session if session is not None else environment_session(self.base_url)
         self.default_throttle_delay = default_throttle_delay
+        # Off after a failed attempt (an unreachable host would cost its connect timeout
+        # twice a call), on again once a call has been answered.
+        self._connecting_ahead = True
 
     # -- public -----------------------------------------------------------------------
 
@@ -273,6 +307,11 @@ class HttpCaller:
             settings = self.session.merge_environment_settings(prepared.url, {}, None, None, None)
         except requests.RequestException as exc:  # a URL requests cannot send: no call made
             failure = exc
+        if failure is None and self._connecting_ahead:
+            try:
+                connect_ahead(self.session, prepared, settings, self.timeout_seconds)
+            except Exception:
+                self._connecting_ahead = False  # the call itself will say what is wrong
         if failure is None:
             with self.limiter.slot(self.account_name, self.rate_limit, lease_seconds=lease):
                 started = time.perf_counter()
@@ -282,6 +321,7 @@ class HttpCaller:
                     )
                     # read the body inside the slot: the call is over only once it is read
                     _ = raw.content
+                    self._connecting_ahead = True
                 except requests.RequestException as exc:
                     failure = exc
                 duration_ms = (time.perf_counter() - started) * 1000.0

@@ -10,6 +10,7 @@ from bulk_changes.simulators.revio import RevioSimulator
 from bulk_changes.simulators.runner import (
     SimulatorSet,
     add_arguments,
+    freeze_host_objects,
     serve_forever,
     start_simulators,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "SimulatorSet",
     "TelegenceSimulator",
     "add_arguments",
+    "freeze_host_objects",
     "load_inventory_csv",
     "seed_from_inventory_rows",
     "serve_forever",

@@ -30,7 +30,11 @@ from bulk_changes.resources.local_sqs import (
 )
 from bulk_changes.resources.queue import SqsQueue
 from bulk_changes.resources.tenant_config import load_settings
-from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
+from bulk_changes.simulators import (
+    freeze_host_objects,
+    seed_from_inventory_rows,
+    start_simulators,
+)
 from bulk_changes.simulators.limits import crowded_windows
 from bulk_changes_tests.postgres import (
     create_database,
@@ -374,6 +378,7 @@ def start_stack(
     if code_server_port:
         stack.start_code_server(code_server_port)
     stack.start_daemon()
+    freeze_host_objects()  # this process hosts the simulators: see the function
     return stack
 
 

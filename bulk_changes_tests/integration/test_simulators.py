@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,12 @@ from typing import Any
 import pytest
 import requests
 
-from bulk_changes.simulators import SimulatorSet, seed_from_inventory_rows, start_simulators
+from bulk_changes.simulators import (
+    SimulatorSet,
+    freeze_host_objects,
+    seed_from_inventory_rows,
+    start_simulators,
+)
 
 ICCID = "89011704278930000001"
 OTHER_ICCID = "89011704278930000002"
@@ -318,3 +324,22 @@ def test_garbage_rate_answers_an_html_502(sims: SimulatorSet) -> None:
 
     assert answer.status_code == 502 and answer.headers["Content-Type"] == "text/html"
     assert sims.revio.stats()["faults"]["garbage"] == 1
+
+
+def test_call_log_entries_stay_out_of_the_cyclic_collector(sims: SimulatorSet) -> None:
+    # the simulators' host must not pause to walk its call log (freeze_host_objects)
+    jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    entry = sims.jasper._stats.log[-1]
+    assert not gc.is_tracked(entry)
+    assert sims.jasper.calls()[-1]["body"] == {"status": "DEACTIVATED"}
+
+
+def test_freezing_the_host_takes_its_objects_out_of_the_collectors_reach() -> None:
+    held = [[n] for n in range(3)]  # lists: always tracked
+    frozen = freeze_host_objects()
+    try:
+        assert frozen >= len(held)
+        assert all(gc.is_tracked(d) for d in held)
+        assert not any(any(o is d for d in held) for o in gc.get_objects())
+    finally:
+        gc.unfreeze()

@@ -1,0 +1,102 @@
+"""The HTTP caller opens its connection before a call takes its turn (resources/http.py
+``connect_ahead``): a call that connects after its turn reaches the vendor late, and a late
+call crowds the vendor's window of the calls after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from urllib3 import HTTPConnectionPool, PoolManager
+from urllib3.connection import HTTPConnection
+
+from bulk_changes.domain import errors
+from bulk_changes.domain.settings import RateLimit
+from bulk_changes.resources.http import HttpCaller, basic_auth_header
+from bulk_changes.simulators import SimulatorSet, start_simulators
+from bulk_changes_tests.e2e.stack import free_port
+
+DEVICE = "/devices/89011704278930000001"
+
+
+class TurnRecorder:
+    """Our limiter's protocol; at each turn, records whether the pool the call is about
+    to use holds an open connection."""
+
+    def __init__(self) -> None:
+        self.pools: PoolManager | None = None
+        self.open_at_turn: list[bool] = []
+
+    @contextmanager
+    def slot(
+        self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
+    ) -> Iterator[None]:
+        self.open_at_turn.append(any(c.is_connected for c in self.idle_connections()))
+        yield
+
+    def connection_pools(self) -> list[HTTPConnectionPool]:
+        assert self.pools is not None
+        pools = self.pools.pools  # iterating it raises: urllib3 only offers its keys()
+        return [pools[key] for key in pools.keys()]  # noqa: SIM118
+
+    def idle_connections(self) -> list[HTTPConnection]:
+        return [c for pool in self.connection_pools() for c in list(pool.pool.queue) if c]
+
+    def connections_made(self) -> int:
+        return sum(pool.num_connections for pool in self.connection_pools())
+
+    def penalize(self, account_name: str, seconds: float) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[SimulatorSet]:
+    running = start_simulators()
+    running.jasper.seed({"devices": [{"iccid": DEVICE.rsplit("/", 1)[1], "status": "ACTIVATED"}]})
+    yield running
+    running.stop()
+
+
+def caller_for(base_url: str) -> tuple[HttpCaller, TurnRecorder]:
+    turns = TurnRecorder()
+    caller = HttpCaller(
+        system="jasper",
+        account_name="sim-user",
+        base_url=base_url,
+        rate_limit=RateLimit(calls_per_second=5, max_in_flight=1),
+        timeout_seconds=5,
+        headers={"Authorization": basic_auth_header("sim-user", "sim-jasper-key")},
+        secrets=["sim-jasper-key"],
+        limiter=turns,
+    )
+    turns.pools = caller.session.get_adapter(caller.url(DEVICE)).poolmanager
+    return caller, turns
+
+
+def test_a_new_callers_first_call_finds_its_connection_open_at_its_turn(
+    sims: SimulatorSet,
+) -> None:
+    caller, turns = caller_for(sims.jasper_url)
+    caller.request("GET", DEVICE)
+    assert turns.open_at_turn == [True]
+    assert turns.connections_made() == 1  # the call went over the connection opened ahead
+
+
+def test_a_connection_closed_since_the_last_call_is_reopened_before_the_turn(
+    sims: SimulatorSet,
+) -> None:
+    caller, turns = caller_for(sims.jasper_url)
+    caller.request("GET", DEVICE)
+    for conn in turns.idle_connections():
+        conn.close()  # as when the vendor closes an idle connection
+    caller.request("GET", DEVICE)
+    assert turns.open_at_turn == [True, True]
+
+
+def test_an_unreachable_host_still_fails_as_the_call_itself() -> None:
+    caller, turns = caller_for(f"http://127.0.0.1:{free_port()}/rws/api/v1")
+    for _ in range(2):
+        with pytest.raises(errors.ConnectionFailed, match="connection refused"):
+            caller.request("GET", DEVICE)
+    assert turns.open_at_turn == [False, False]  # each call took its turn and failed there
