@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -208,3 +209,37 @@ def plot(path: Path, title: str, accounts: dict[str, tuple[dict[int, int], float
 
 def wall() -> float:
     return time.time()
+
+
+class HostPauses:
+    """Full collections of this process while it hosts the simulators: a call that
+    arrives during one is time-stamped late by the simulator, which can then count a
+    violation our limiter did not cause. Figures: how many, the longest, and how many
+    lasted longer than the 20 ms a window the limiter leaves."""
+
+    def __init__(self, tolerance_ms: float = 20.0) -> None:
+        self.tolerance_ms = tolerance_ms
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses_ms.append((time.perf_counter() - self._started) * 1000.0)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._observe)
+
+    def stop(self) -> None:
+        if self._observe in gc.callbacks:
+            gc.callbacks.remove(self._observe)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "full_collections": len(self.pauses_ms),
+            "longest_ms": round(max(self.pauses_ms, default=0.0), 1),
+            "over_tolerance": sum(p > self.tolerance_ms for p in self.pauses_ms),
+        }

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.measure import TreeSampler, account_figures, per_second_series, plot
+from bench.measure import HostPauses, TreeSampler, account_figures, per_second_series, plot
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
 from bulk_changes.simulators import freeze_host_objects
@@ -201,6 +201,7 @@ def run_scenario(
 
         profiler = RunWorkerProfiler(sampler, out_dir / f"py-spy-{scenario.name}").start()
     wait_for_sensor(stack)
+    host_pauses = HostPauses()
     try:
         offsets: dict[tuple[str, str], int] = {}
         planned = []
@@ -223,6 +224,7 @@ def run_scenario(
             created.append((send, bulk_id, round(time.time() - made, 1)))
         intake = {bulk_id: seconds for _, bulk_id, seconds in created}
         freeze_host_objects()  # this process hosts the simulators: see the function
+        host_pauses.start()
         first = time.time()
         cpu_at_first = sampler.snapshot()
         sent: dict[int, tuple[Any, float]] = {}
@@ -239,6 +241,7 @@ def run_scenario(
         for row in result["bulk_changes"]:
             row["intake_before_message_s"] = intake[row["bulk_change_id"]]
     finally:
+        host_pauses.stop()
         stop_stack(stack)
         sampler.stop()
         if profiler is not None:
@@ -257,6 +260,7 @@ def run_scenario(
     result["cpu_seconds_per_1000_devices"] = round(window_cpu / devices * 1000, 2)
     result["cpu_seconds_with_startup"] = round(sampler.cpu_seconds, 1)
     result["peak_memory_mb"] = round(sampler.peak_rss / 2**20, 1)
+    result["simulator_host_full_collections"] = host_pauses.figures()
     result["peak_memory_mb_by_process"] = {
         role: round(peak / 2**20, 1) for role, peak in sorted(sampler.peak_rss_by_role.items())
     }
@@ -435,6 +439,11 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
     print(f"   peak memory MB of one process, by kind: {result['peak_memory_mb_by_process']}")
     print(f"   calls per device: {result['calls_per_device']}")
+    if "simulator_host_full_collections" in result:
+        print(
+            "   the simulators' host, full collections while calls came in:"
+            f" {result['simulator_host_full_collections']}"
+        )
     for b in result["bulk_changes"]:
         print(
             f"   bulk {b['bulk_change_id']} {b['label']}: {b['status']} {b['counts']} makespan {b['makespan_s']} s,"

@@ -20,5 +20,10 @@ def test_benchmark_smoke_run_produces_figures_plot_and_baseline(tmp_path, capsys
     assert result["violations"]["jasper"] == {"rate": 0, "in_flight": 0}
     assert result["calls_per_device"]["revio"] <= 1.05
     assert (tmp_path / "jasper_ucc.png").stat().st_size > 0
+    assert set(result["simulator_host_full_collections"]) == {
+        "full_collections",
+        "longest_ms",
+        "over_tolerance",
+    }
     assert result["baseline"]["processed"] + result["baseline"]["failed"] == 200
     assert "makespan" in capsys.readouterr().out
