@@ -314,7 +314,8 @@ class Simulator:
     def handle(self, request: Request) -> Response:
         if request.path == "/_sim" or request.path.startswith("/_sim/"):
             return self._admin(request)
-        started = time.time()
+        # counted from its arrival, when the transport knows it (see transport.arrival_time)
+        started = request.arrived_at or time.time()
         account = self.authenticate(request)
         if account is None:
             response = self.unauthorized()
@@ -327,7 +328,7 @@ class Simulator:
         route, params = found
         key = params.get(route.key_param) if route.key_param else None
         call = Call(request=request, account=account, params=params, key=key)
-        response, fault = self._limited(call, route)
+        response, fault = self._limited(call, route, started)
         self._record(request, started, route.endpoint, key, account, response, fault)
         return response
 
@@ -344,10 +345,10 @@ class Simulator:
             return self.error(405, f"Method {request.method} not allowed")
         return self.error(404, f"No such resource: {request.path}")
 
-    def _limited(self, call: Call, route: Route) -> tuple[Response, str | None]:
+    def _limited(self, call: Call, route: Route, arrived_at: float) -> tuple[Response, str | None]:
         cfg = self.config
         admitted, violations = self._limiter.enter(
-            call.account, self.limits_for(call.account), cfg.enforce_limits
+            call.account, self.limits_for(call.account), cfg.enforce_limits, arrived_at
         )
         with self._stats.lock:
             self._stats.violations.update(violations)

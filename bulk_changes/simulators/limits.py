@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -38,7 +39,7 @@ class AccountLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()
-        self._starts: dict[str, deque[float]] = {}
+        self._starts: dict[str, list[float]] = {}  # arrival times, in order
         self.max_in_flight_seen: Counter[str] = Counter()
 
     def reset(self) -> None:
@@ -47,22 +48,30 @@ class AccountLimiter:
             self._starts.clear()
             self.max_in_flight_seen.clear()
 
-    def enter(self, account: str, limits: Limits, enforce: bool) -> tuple[bool, list[str]]:
-        """Start a call: (admitted, violations). An admitted call must ``leave``."""
+    def enter(
+        self, account: str, limits: Limits, enforce: bool, arrived_at: float | None = None
+    ) -> tuple[bool, list[str]]:
+        """Start a call that arrived at ``arrived_at`` (wall-clock seconds; default now):
+        (admitted, violations). An admitted call must ``leave``. Calls arrive at the
+        same time on several connections and get here in any order, so a window is
+        counted around the call wherever its arrival falls among the others."""
         with self._lock:
-            now = time.monotonic()
+            at = time.time() if arrived_at is None else arrived_at
             violations: list[str] = []
             if (
                 limits.max_in_flight is not None
                 and self._in_flight[account] >= limits.max_in_flight
             ):
                 violations.append("in_flight")
-            starts = self._starts.setdefault(account, deque())
-            while starts and now - starts[0] >= limits.window:
-                starts.popleft()
-            if limits.rate_limit is not None and len(starts) >= limits.rate_limit:
+            starts = self._starts.setdefault(account, [])
+            # no call gets here a whole window after a later one arrived
+            del starts[
+                : bisect_left(starts, max(at, starts[-1] if starts else at) - 2 * limits.window)
+            ]
+            position = bisect_right(starts, at)
+            starts.insert(position, at)
+            if limits.rate_limit is not None and _crowded(starts, position, limits):
                 violations.append("rate")
-            starts.append(now)
             admitted = not (violations and enforce)
             if admitted:
                 self._in_flight[account] += 1
@@ -74,6 +83,16 @@ class AccountLimiter:
     def leave(self, account: str) -> None:
         with self._lock:
             self._in_flight[account] -= 1
+
+
+def _crowded(starts: list[float], position: int, limits: Limits) -> bool:
+    """Whether a window holding the start at ``position`` (``starts`` in order) holds
+    more than the limit: the limit's worth plus one starts less than a window apart."""
+    n = limits.rate_limit
+    assert n is not None
+    first = max(0, position - n)
+    last = min(position, len(starts) - 1 - n)
+    return any(starts[i + n] - starts[i] < limits.window for i in range(first, last + 1))
 
 
 def crowded_windows(starts: list[float], limits: Limits) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import struct
+import sys
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +27,8 @@ class Request:
     headers: Message
     body: bytes
     raw_path: str = ""
+    # when its first byte reached this host (see arrival_time); None: not known
+    arrived_at: float | None = None
 
     def json(self) -> Any:
         """The body parsed as JSON; raises ValueError when it is not JSON."""
@@ -60,6 +65,38 @@ class Handles(Protocol):
     def handle(self, request: Request) -> Response: ...
 
 
+# Linux's SO_TIMESTAMPNS (the kernel's receive time of each packet, as wall-clock
+# seconds and nanoseconds); the socket module does not name it.
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+_TIMESPEC = struct.Struct("@qq")
+
+
+def stamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to time-stamp what arrives on ``sock``. -> whether it will."""
+    if _SO_TIMESTAMPNS is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def arrival_time(sock: socket.socket) -> float | None:
+    """Wait for the next request's first byte on ``sock`` (left unread) and return when
+    the kernel received it: the moment a vendor's gateway counts the call, whenever this
+    process's thread gets to run. None when the kernel did not say or the connection
+    closed (the caller reads as usual and finds out)."""
+    data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(_TIMESPEC.size), socket.MSG_PEEK)
+    if not data:
+        return None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack(payload[: _TIMESPEC.size])
+            return seconds + nanoseconds / 1e9
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body leave in two writes: with Nagle's algorithm the second waits for
@@ -67,6 +104,27 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 120
     server: SimHTTPServer
+    arrived_at: float | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        self._stamped = stamp_arrivals(self.connection)
+
+    def handle_one_request(self) -> None:
+        # The simulator counts a call when it arrived, not when this thread got to read
+        # it: under load a thread of this process can wait tens of milliseconds for a core
+        # or the interpreter lock, and a call counted that late crowds the window of the
+        # calls after it, which left on time.
+        self.arrived_at = None
+        if self._stamped:
+            try:
+                self.arrived_at = arrival_time(self.connection)
+            except TimeoutError:
+                self.close_connection = True  # idle for the handler's timeout, as below
+                return
+            except OSError:
+                pass  # the read below meets the same failure and handles it
+        super().handle_one_request()
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -79,6 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=self.headers,
             body=body,
             raw_path=self.path,
+            arrived_at=self.arrived_at,
         )
         response = self.server.simulator.handle(request)
         payload = response.encode()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -343,3 +347,19 @@ def test_freezing_the_host_takes_its_objects_out_of_the_collectors_reach() -> No
         assert not any(any(o is d for d in held) for o in gc.get_objects())
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive time stamps")
+def test_a_call_counts_from_the_arrival_of_its_first_byte(sims: SimulatorSet) -> None:
+    # a vendor's gateway counts a call when it arrives, not when a thread gets to it
+    host, port = sims.jasper_url.split("//")[1].split("/")[0].split(":")
+    token = base64.b64encode(":".join(JASPER_AUTH).encode()).decode()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        first_byte_sent = time.time()
+        sock.sendall(f"GET /rws/api/v1/devices/{ICCID} HTTP/1.1\r\n".encode())
+        time.sleep(0.3)
+        sock.sendall(f"Host: {host}\r\nAuthorization: Basic {token}\r\n\r\n".encode())
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    (call,) = sims.jasper.calls()
+    assert call["t"] - first_byte_sent < 0.1
+    assert call["duration_ms"] >= 300
