@@ -75,8 +75,33 @@ _CLOCK_NOT_BEFORE = (
     .values(next_free_at=bindparam("b_not_before"))
 )
 
+# Every turn not yet handed out moves on by ``b_push`` (from now, if the clock is idle)
+_CLOCK_PUSH = (
+    update(t.rate_limit_clock)
+    .where(_clock.account == bindparam("b_account"))
+    .values(
+        next_free_at=case(
+            (_clock.next_free_at > bindparam("b_now"), _clock.next_free_at),
+            else_=bindparam("b_now"),
+        )
+        + bindparam("b_push")
+    )
+)
+
 
 MAX_RETAKES = 3
+
+
+class Departure:
+    """What ``slot`` yields: the caller tells it when its request really left."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def departed(self, at: float) -> None:
+        self.at = at
 
 
 def _result_or_none(future: Future[float | None] | None) -> float | None:
@@ -135,10 +160,16 @@ class DbLimiter:
     @contextmanager
     def slot(
         self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[Departure]:
         """Hold one of the account's in-flight slots for a call that starts at its turn.
         ``lease_seconds``: how long after its start the call can still be in flight; a
-        process that dies holding the slot loses it then (default: the limiter's)."""
+        process that dies holding the slot loses it then (default: the limiter's).
+
+        The caller says when its request left (``Departure.departed``), if it knows: a
+        request that left late, the thread stalled between its turn and the write, moves
+        the next turns on (one in flight: counted from the departure; several: the clock
+        pushed by the lateness), so the vendor never sees the calls after it crowd its
+        window."""
         gate = self._gate(account_name, limit)
         lease = lease_seconds or self.lease_seconds
         started = self.clock()
@@ -158,6 +189,7 @@ class DbLimiter:
                 holder, slot, start_at, chain = handed
             sent_at = start_at
             not_before = start_at + self.spacing(limit)
+            departure = Departure()
             reserving: Future[float | None] | None = None
             try:
                 for retake in range(MAX_RETAKES + 1):
@@ -194,12 +226,23 @@ class DbLimiter:
                         self.spacing(limit),
                         lease,
                     )
-                yield
+                yield departure
             finally:
+                push = 0.0
+                if departure.at is not None:
+                    late = departure.at - start_at
+                    if limit.max_in_flight == 1:
+                        not_before = max(
+                            not_before, self._anchor(start_at, departure.at) + self.spacing(limit)
+                        )
+                    elif late > self.margin_seconds / 2:
+                        # the turns up to a window's worth on are handed out already: all
+                        # later turns move on by the lateness, half the margin kept
+                        push = late - self.margin_seconds / 2
                 reserved = _result_or_none(reserving)
                 hand_on = self._may_hand_on(account_name, limit, chain)
                 if reserved is not None and hand_on:
-                    next_start: float | None = max(reserved, self.clock())
+                    next_start: float | None = max(reserved, not_before, self.clock())
                 else:
                     # the turn taken ahead (if any) goes unused: it only delays a later call
                     next_start = self._release(
@@ -209,6 +252,7 @@ class DbLimiter:
                         not_before,
                         hand_on_lease=lease if hand_on and reserving is None else None,
                         spacing=self.spacing(limit),
+                        push=push,
                     )
                 if next_start is not None:
                     with self._local:
@@ -485,6 +529,7 @@ class DbLimiter:
         *,
         hand_on_lease: float | None = None,
         spacing: float = 0.0,
+        push: float = 0.0,
     ) -> float | None:
         """Free the slot; and if this call left late (a busy machine woke its thread after
         its turn), move the clock so the next turn keeps a full interval from the real
@@ -502,6 +547,10 @@ class DbLimiter:
                 # someone waits, or the lease had run out and someone took the slot:
                 # release as usual (the clock moved on by one turn at most, which is safe)
             conn.execute(_CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before})
+            if push > 0:
+                conn.execute(
+                    _CLOCK_PUSH, {"b_account": account_name, "b_now": self.clock(), "b_push": push}
+                )
             conn.execute(
                 _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
             )

@@ -267,3 +267,53 @@ def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_en
     # only the calls that ended a chain (freed the slot) touched the database after
     # their answer
     assert len(after_answer) == len(windows) - limiter.handoffs
+
+
+def _calls_departing(
+    engine, account: str, departs_after: list[float], *, max_in_flight: int = 1
+) -> tuple[list[float], float]:
+    """Calls one after the other on a fake clock (10 a second), each on time at its turn
+    but reporting its request left ``departs_after[i]`` later (the thread stalled before
+    the write). -> (when each call's turn came, the spacing)."""
+    now = {"t": 1000.0}
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds
+
+    limiter = DbLimiter(engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
+    limit = RateLimit(calls_per_second=10, max_in_flight=max_in_flight)
+    starts = []
+    for delay in departs_after:
+        with limiter.slot(account, limit) as departure:
+            starts.append(now["t"])
+            departure.departed(now["t"] + delay)
+    return starts, limiter.spacing(limit)
+
+
+def test_one_in_flight_the_next_turn_counts_from_a_late_departure(any_engine):
+    starts, spacing = _calls_departing(any_engine, "departs-late", [0.03, 0.0, 0.0])
+    assert abs(starts[1] - (1000.0 + 0.03 + spacing)) < 1e-6
+    assert abs(starts[2] - (starts[1] + spacing)) < 1e-6
+
+
+def test_one_in_flight_a_departure_just_after_the_turn_counts_from_the_turn(any_engine):
+    starts, spacing = _calls_departing(any_engine, "departs-on-time", [0.004, 0.0])
+    assert abs(starts[1] - (1000.0 + spacing)) < 1e-6
+
+
+def test_several_in_flight_a_late_departure_pushes_every_later_turn(any_engine):
+    """The turns up to a window on may be handed out already: all later ones move on by
+    the lateness beyond half the margin, so the call a window's worth later still
+    arrives a full window after the late one."""
+    starts, spacing = _calls_departing(
+        any_engine, "departs-late-multi", [0.05, 0.0, 0.0], max_in_flight=2
+    )
+    assert abs(starts[1] - (1000.0 + spacing + 0.04)) < 1e-6
+    assert abs(starts[2] - (starts[1] + spacing)) < 1e-6
+
+
+def test_several_in_flight_a_departure_within_half_the_margin_pushes_nothing(any_engine):
+    starts, spacing = _calls_departing(
+        any_engine, "departs-on-time-multi", [0.009, 0.0], max_in_flight=2
+    )
+    assert abs(starts[1] - (1000.0 + spacing)) < 1e-6

@@ -1,9 +1,11 @@
-"""The HTTP caller opens its connection before a call takes its turn (resources/http.py
-``connect_ahead``): a call that connects after its turn reaches the vendor late, and a late
-call crowds the vendor's window of the calls after it."""
+"""The HTTP caller around a call's turn (resources/http.py): it opens its connection before
+the turn (``connect_ahead``) and tells the limiter when the request left. A call that
+reaches the vendor late, after connecting or with its thread stalled, would crowd the
+vendor's window of the calls after it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,13 +29,20 @@ class TurnRecorder:
     def __init__(self) -> None:
         self.pools: PoolManager | None = None
         self.open_at_turn: list[bool] = []
+        self.turns: list[tuple[float, float]] = []  # (turn, slot left)
+        self.departures: list[float] = []
 
     @contextmanager
     def slot(
         self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[TurnRecorder]:
         self.open_at_turn.append(any(c.is_connected for c in self.idle_connections()))
-        yield
+        turn = time.time()
+        yield self
+        self.turns.append((turn, time.time()))
+
+    def departed(self, at: float) -> None:
+        self.departures.append(at)
 
     def connection_pools(self) -> list[HTTPConnectionPool]:
         assert self.pools is not None
@@ -100,3 +109,26 @@ def test_an_unreachable_host_still_fails_as_the_call_itself() -> None:
         with pytest.raises(errors.ConnectionFailed, match="connection refused"):
             caller.request("GET", DEVICE)
     assert turns.open_at_turn == [False, False]  # each call took its turn and failed there
+
+
+def test_the_limiter_is_told_when_the_request_left_not_when_it_was_answered(
+    sims: SimulatorSet,
+) -> None:
+    before = sims.jasper.config.latency_ms
+    sims.jasper.configure(latency_ms=300)
+    try:
+        caller, turns = caller_for(sims.jasper_url)
+        caller.request("GET", DEVICE)
+    finally:
+        sims.jasper.configure(latency_ms=before)
+    ((turn, left),) = turns.turns
+    (departed,) = turns.departures
+    assert turn <= departed < turn + 0.1
+    assert left - departed >= 0.3
+
+
+def test_a_call_that_never_left_reports_no_departure() -> None:
+    caller, turns = caller_for(f"http://127.0.0.1:{free_port()}/rws/api/v1")
+    with pytest.raises(errors.ConnectionFailed):
+        caller.request("GET", DEVICE)
+    assert len(turns.turns) == 1 and turns.departures == []
