@@ -212,10 +212,10 @@ def wall() -> float:
 
 
 class HostPauses:
-    """Full collections of this process while it hosts the simulators: a call that
-    arrives during one is time-stamped late by the simulator, which can then count a
-    violation our limiter did not cause. Figures: how many, the longest, and how many
-    lasted longer than the 20 ms a window the limiter leaves."""
+    """Full collections of this process while it hosts the simulators: each one holds
+    back the answers of the calls in flight (and, without the kernel's arrival stamps,
+    the count of the calls arriving). Figures: how many, the longest, and how many lasted
+    longer than the 20 ms a window the limiter leaves."""
 
     def __init__(self, tolerance_ms: float = 20.0) -> None:
         self.tolerance_ms = tolerance_ms
