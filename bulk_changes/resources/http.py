@@ -1,8 +1,10 @@
 """The call machinery every API client shares (requests).
 
-For each HTTP call: take the account's limiter slot, call with the account's timeout,
-measure it, report an audit ``Exchange`` (request body redacted, never a credential,
-response text truncated), and translate every failure into the project's error tree
+For each HTTP call: open the connection (``connect_ahead``), take the account's limiter
+slot, call with the account's timeout, tell the limiter when the request left (the
+connections stamp it: ``DepartureStampingAdapter``), measure it, report an audit
+``Exchange`` (request body redacted, never a credential, response text truncated), and
+translate every failure into the project's error tree
 (``bulk_changes.domain.errors``) at this boundary.
 
 Translation, in this order:
@@ -265,9 +267,11 @@ def connect_ahead(
     """Make sure the connection pool ``prepared`` will be sent through holds an open
     connection. A call that has to connect after its turn reaches the vendor late (TCP
     and TLS set-up, the server's new connection thread), and a late call crowds the
-    vendor's window of the calls after it: measured 2-12 ms late at localhost, 24 ms once
-    when four run workers started together. urllib3 has no public way to open a pooled
-    connection ahead of a request, hence its pool's own get/put."""
+    vendor's window of the calls after it. Measured at localhost, four new processes at
+    once: their first calls reached the server 1.3-2.7 ms (median) and up to 12.6 ms after
+    they were sent, against 0.5 ms for later calls; connected ahead, 0.5 ms and at most
+    7.4 ms. urllib3 has no public way to open a pooled connection ahead of a request,
+    hence its pool's own get/put."""
     adapter = session.get_adapter(prepared.url or "")
     if not isinstance(adapter, HTTPAdapter):
         return
