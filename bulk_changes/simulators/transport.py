@@ -108,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._stamped = stamp_arrivals(self.connection)
+        self._stamped = self.server.stamps_arrivals
 
     def handle_one_request(self) -> None:
         # The simulator counts a call when it arrived, not when this thread got to read
@@ -162,7 +162,14 @@ class _Handler(BaseHTTPRequestHandler):
 class SimHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    stamps_arrivals = False
 
     def __init__(self, address: tuple[str, int], simulator: Handles) -> None:
         self.simulator = simulator
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        # Set on the listening socket, so every accepted connection has it from its first
+        # packet: set after the accept, a request sent at once can arrive unstamped.
+        self.stamps_arrivals = stamp_arrivals(self.socket)
