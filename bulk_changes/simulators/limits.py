@@ -6,6 +6,7 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -85,14 +86,23 @@ class AccountLimiter:
             self._in_flight[account] -= 1
 
 
+def _short_windows(
+    starts: list[float], n: int, window: float, first: int, last: int
+) -> Iterator[int]:
+    """Each i in ``first..last`` where the start i and the start ``n`` after it (``starts``
+    in order) are less than ``window`` apart: ``n`` + 1 starts in one window."""
+    for i in range(first, last + 1):
+        if starts[i + n] - starts[i] < window:
+            yield i
+
+
 def _crowded(starts: list[float], position: int, limits: Limits) -> bool:
     """Whether a window holding the start at ``position`` (``starts`` in order) holds
-    more than the limit: the limit's worth plus one starts less than a window apart."""
+    more than the limit."""
     n = limits.rate_limit
     assert n is not None
-    first = max(0, position - n)
-    last = min(position, len(starts) - 1 - n)
-    return any(starts[i + n] - starts[i] < limits.window for i in range(first, last + 1))
+    first, last = max(0, position - n), min(position, len(starts) - 1 - n)
+    return next(_short_windows(starts, n, limits.window, first, last), None) is not None
 
 
 def crowded_windows(starts: list[float], limits: Limits) -> list[dict[str, Any]]:
@@ -104,17 +114,12 @@ def crowded_windows(starts: list[float], limits: Limits) -> list[dict[str, Any]]
     if not n:
         return []
     ordered = sorted(starts)
-    found = []
-    for i in range(n, len(ordered)):
-        span = ordered[i] - ordered[i - n]
-        if span < limits.window:
-            window = ordered[i - n : i + 1]
-            found.append(
-                {
-                    "call": i,
-                    "seconds_in": round(ordered[i] - ordered[0], 3),
-                    "span_s": round(span, 4),
-                    "gaps_ms": [round((b - a) * 1000, 1) for a, b in pairwise(window)],
-                }
-            )
-    return found
+    return [
+        {
+            "call": i + n,
+            "seconds_in": round(ordered[i + n] - ordered[0], 3),
+            "span_s": round(ordered[i + n] - ordered[i], 4),
+            "gaps_ms": [round((b - a) * 1000, 1) for a, b in pairwise(ordered[i : i + n + 1])],
+        }
+        for i in _short_windows(ordered, n, limits.window, 0, len(ordered) - 1 - n)
+    ]

@@ -106,17 +106,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: SimHTTPServer
     arrived_at: float | None = None
 
-    def setup(self) -> None:
-        super().setup()
-        self._stamped = self.server.stamps_arrivals
-
     def handle_one_request(self) -> None:
         # The simulator counts a call when it arrived, not when this thread got to read
         # it: under load a thread of this process can wait tens of milliseconds for a core
         # or the interpreter lock, and a call counted that late crowds the window of the
         # calls after it, which left on time.
         self.arrived_at = None
-        if self._stamped:
+        if self.server.stamps_arrivals:
             try:
                 self.arrived_at = arrival_time(self.connection)
             except TimeoutError:
