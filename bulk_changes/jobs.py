@@ -24,7 +24,7 @@ def executor_from_env() -> ExecutorDefinition:
       devices to call while the last devices of the other finish (see threaded_executor).
     - in_process: one step at a time in the run worker.
     - multiprocess: a process per step (about a CPU-second and 150 MB each to start).
-    See the benchmark figures in the README."""
+    See the figures in docs/benchmarks.md."""
     choice = os.environ.get("BULK_CHANGES_EXECUTOR", "threaded")
     concurrent = int(os.environ.get("BULK_CHANGES_MAX_CONCURRENT_STEPS", "2"))
     if choice == "multiprocess":
