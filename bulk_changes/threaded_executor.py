@@ -11,8 +11,10 @@ It drives Dagster's own plan execution (ActiveExecution: dependencies, retries, 
 hooks) exactly as the in-process executor does; only the steps' event streams come from
 threads, and are yielded and handled on the run worker's main thread.
 
-These are Dagster internals (``dagster._core``): the version is pinned in setup.py, and
-``bulk_changes_tests`` run jobs through this executor on a real instance.
+These are Dagster internals (``dagster._core``), all imported through ``dagster_private``,
+which names each one and whose test fails on an upgrade that changes one; the version is
+pinned in setup.py, and ``bulk_changes_tests`` run jobs through this executor on a real
+instance.
 """
 
 from __future__ import annotations
@@ -25,20 +27,24 @@ from contextlib import ExitStack
 from typing import Any
 
 from dagster import Field, executor
-from dagster._core.errors import DagsterExecutionInterruptedError
-from dagster._core.events import DagsterEvent, EngineEventData
-from dagster._core.execution.api import ExecuteRunWithPlanIterable
-from dagster._core.execution.compute_logs import create_compute_log_file_key
-from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
-from dagster._core.execution.context_creation_job import PlanExecutionContextManager
-from dagster._core.execution.plan.execute_plan import (
-    _trigger_hook,
+
+from bulk_changes.dagster_private import (
+    DagsterEvent,
+    DagsterExecutionInterruptedError,
+    EngineEventData,
+    ExecuteRunWithPlanIterable,
+    ExecutionPlan,
+    Executor,
+    InstanceConcurrencyContext,
+    PlanExecutionContext,
+    PlanExecutionContextManager,
+    PlanOrchestrationContext,
+    RetryMode,
+    create_compute_log_file_key,
     dagster_event_sequence_for_step,
+    get_retries_config,
+    trigger_hook,
 )
-from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.base import Executor
 
 _DONE = object()  # a step's thread has finished its event stream
 _IDLE_WAIT_SECONDS = 1.0  # how often an idle loop looks for an interrupt
@@ -121,7 +127,7 @@ def _threaded_iterator(
                 for event in active.plan_events_iterator(job_context):
                     step_events.append(event)
                     yield event
-                yield from _trigger_hook(step_context, step_events)
+                yield from trigger_hook(step_context, step_events)
             elif isinstance(item, BaseException):
                 raise item  # the framework failed, not the op (its errors are events)
             else:

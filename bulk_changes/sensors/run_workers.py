@@ -234,7 +234,7 @@ def _message(instance: Any, worker: WorkerProcess) -> str:
 
 def mark_failed(instance: Any, dead: DeadRun, amop_db: Any = None, log: Any = None) -> bool:
     """Mark the run failed if it is still STARTED; give back its pool and account slots."""
-    from dagster._core.events import JobFailureData, RunFailureReason
+    from bulk_changes.dagster_private import JobFailureData, RunFailureReason
 
     run = instance.get_run_by_id(dead.run_id)
     if run is None or run.status != DagsterRunStatus.STARTED:

@@ -1,0 +1,124 @@
+"""Every private Dagster name the project uses, in one place.
+
+The threaded executor (``threaded_executor.py``) drives Dagster's own plan execution the
+way the in-process executor does, and Dagster offers no public API for that. These names
+live under ``dagster._core`` and may change in any release: the version is pinned in
+``setup.py``, and ``bulk_changes_tests/unit/test_dagster_private.py`` compares each one's
+signature with ``SIGNATURES`` below, so an upgrade that changes one fails a test naming it
+instead of breaking a run. Nothing else in the project may import ``dagster._core``
+(the same test checks).
+
+To upgrade Dagster: bump the pin, run that test, read the changed names' new code, adapt
+the executor, then update ``SIGNATURES``.
+"""
+
+from __future__ import annotations
+
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.active import ActiveExecution
+from dagster._core.execution.plan.execute_plan import (
+    _trigger_hook as trigger_hook,
+)
+from dagster._core.execution.plan.execute_plan import (
+    dagster_event_sequence_for_step,
+)
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.base import Executor
+
+__all__ = [
+    "ActiveExecution",
+    "DagsterEvent",
+    "DagsterExecutionInterruptedError",
+    "EngineEventData",
+    "ExecuteRunWithPlanIterable",
+    "ExecutionPlan",
+    "Executor",
+    "InstanceConcurrencyContext",
+    "JobFailureData",
+    "PlanExecutionContext",
+    "PlanExecutionContextManager",
+    "PlanOrchestrationContext",
+    "RetryMode",
+    "RunFailureReason",
+    "create_compute_log_file_key",
+    "dagster_event_sequence_for_step",
+    "get_retries_config",
+    "trigger_hook",
+]
+
+# The callables the executor calls, with the parameters they had in the pinned version
+# (dagster 1.13.27). ``trigger_hook`` is private even inside Dagster (``_trigger_hook``):
+# the in-process executor calls it the same way after each step, to run the job's hooks.
+SIGNATURES: dict[str, list[str]] = {
+    "dagster_event_sequence_for_step": ["step_context", "force_local_execution"],
+    "trigger_hook": ["step_context", "step_event_list"],
+    "create_compute_log_file_key": [],
+    "ExecuteRunWithPlanIterable.__init__": [
+        "self",
+        "execution_plan",
+        "iterator",
+        "execution_context_manager",
+    ],
+    "PlanExecutionContextManager.__init__": [
+        "self",
+        "job",
+        "execution_plan",
+        "run_config",
+        "dagster_run",
+        "instance",
+        "retry_mode",
+        "scoped_resources_builder_cm",
+        "raise_on_error",
+        "output_capture",
+        "step_dependency_config",
+    ],
+    "InstanceConcurrencyContext.__init__": ["self", "instance", "dagster_run"],
+    "ExecutionPlan.start": [
+        "self",
+        "retry_mode",
+        "sort_key_fn",
+        "max_concurrent",
+        "tag_concurrency_limits",
+        "instance_concurrency_context",
+        "step_dependency_config",
+    ],
+    "ActiveExecution.check_for_interrupts": ["self"],
+    "ActiveExecution.mark_interrupted": ["self"],
+    "ActiveExecution.get_steps_to_execute": ["self", "limit"],
+    "ActiveExecution.concurrency_event_iterator": ["self", "plan_context"],
+    "ActiveExecution.get_known_state": ["self"],
+    "ActiveExecution.verify_complete": ["self", "job_context", "step_key"],
+    "ActiveExecution.plan_events_iterator": ["self", "job_context"],
+    "ActiveExecution.handle_event": ["self", "dagster_event"],
+    "ActiveExecution.sleep_interval": ["self"],
+    "PlanExecutionContext.for_step": ["self", "step", "known_state"],
+    "DagsterEvent.capture_logs": ["job_context", "step_keys", "log_key", "log_context"],
+    "DagsterEvent.engine_event": ["plan_context", "message", "event_specific_data"],
+    "EngineEventData.in_process": ["pid", "step_keys_to_execute"],
+    "RetryMode.from_config": ["config_value"],
+    "get_retries_config": [],
+    # the dead run worker sensor reports a run failure as Dagster's run monitoring does
+    "JobFailureData.__new__": ["cls", "error", "failure_reason", "first_step_failure_event"],
+}
+
+# Attributes read, not called (properties and enum members).
+ATTRIBUTES: list[str] = [
+    "ActiveExecution.is_complete",
+    "RunFailureReason.UNEXPECTED_TERMINATION",
+    # what the executor hands on to PlanExecutionContextManager
+    "PlanOrchestrationContext.execution_plan",
+    "PlanOrchestrationContext.job",
+    "PlanOrchestrationContext.retry_mode",
+    "PlanOrchestrationContext.run_config",
+    "PlanOrchestrationContext.dagster_run",
+    "PlanOrchestrationContext.instance",
+    "PlanOrchestrationContext.raise_on_error",
+    "PlanOrchestrationContext.output_capture",
+]

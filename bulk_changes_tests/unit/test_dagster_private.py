@@ -1,0 +1,65 @@
+"""The private Dagster names the threaded executor relies on are all in one module, and an
+upgrade that changes one of them fails here, naming it."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+import bulk_changes
+from bulk_changes import dagster_private
+
+PACKAGE = Path(bulk_changes.__file__).parent
+
+
+def _resolve(dotted: str) -> object:
+    obj: object = dagster_private
+    for part in dotted.split("."):
+        obj = (
+            inspect.getattr_static(obj, part) if obj is not dagster_private else getattr(obj, part)
+        )
+    return obj
+
+
+@pytest.mark.parametrize("name", sorted(dagster_private.SIGNATURES))
+def test_private_callable_keeps_its_signature(name: str) -> None:
+    target = _resolve(name)
+    if isinstance(target, (classmethod, staticmethod)):
+        target = target.__func__
+    assert list(inspect.signature(target).parameters) == dagster_private.SIGNATURES[name], (
+        f"dagster changed {name}: read its new code and adapt threaded_executor.py"
+    )
+
+
+@pytest.mark.parametrize("name", dagster_private.ATTRIBUTES)
+def test_private_attribute_still_exists(name: str) -> None:
+    _resolve(name)  # raises AttributeError, naming it, when an upgrade removed it
+
+
+def test_every_private_name_exported_is_checked() -> None:
+    checked = {n.split(".")[0] for n in [*dagster_private.SIGNATURES, *dagster_private.ATTRIBUTES]}
+    exceptions = {"DagsterExecutionInterruptedError", "Executor", "ExecutionPlan"}
+    unchecked = set(dagster_private.__all__) - checked - exceptions
+    assert not unchecked, f"private names used but not checked: {sorted(unchecked)}"
+
+
+def _private_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dagster._"):
+            found.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("dagster._")]
+    return found
+
+
+def test_no_other_module_imports_dagster_internals() -> None:
+    offenders = {
+        str(path.relative_to(PACKAGE)): modules
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "dagster_private.py" and (modules := _private_imports(path))
+    }
+    assert offenders == {}
