@@ -43,7 +43,12 @@ class ExternalError(BulkChangeError):
 
 
 class RetryableError(ExternalError):
-    """Trying again later may succeed: timeouts, connection errors, 5xx, garbage answers."""
+    """Trying again later may succeed: timeouts, connection errors, 5xx, garbage answers.
+
+    ``sent`` says whether the request may have reached the system: False only when it
+    surely did not (the connection was never made, the request never written out).
+    A failed write that was sent may have been applied all the same.
+    """
 
     def __init__(
         self,
@@ -53,9 +58,11 @@ class RetryableError(ExternalError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message, system=system, status=status, code=code)
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class TimeoutError_(RetryableError):

@@ -1,4 +1,14 @@
-"""Retry decisions: an error and an attempt in, a delay or a give-up out."""
+"""Retry decisions: an error and an attempt in, a delay or a give-up out.
+
+A failure of a call that was sent may hide a write that landed: a timeout while waiting
+for the answer, a dropped connection after the request left, a 5xx, an answer that does
+not confirm the write (Jasper's 200 without ``iccid``, a gateway's HTML 502). Its retry
+is a ``Retry`` with ``verify_first``: the caller reads the record back at the system and
+writes again only if the value is not there (``bulk_changes.processing.steps.VERIFIERS``).
+Repeating a write blind would be harmless for absolute values in theory, but it spends
+the account's budget, shows twice in the vendor's audit trail, and for relative changes
+(an activation, a swap of equipment) it is not harmless at all.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +33,8 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class Retry:
     delay: float
+    # the failed call may have been applied: read back before writing again
+    verify_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,17 @@ class GiveUp:
 
 
 Decision = Retry | GiveUp
+
+
+def effect_unknown(error: Exception) -> bool:
+    """Whether a failed call may nevertheless have been applied by the system.
+
+    A throttled answer is a refusal (nothing applied); a permanent error is an answer that
+    says what happened; a retryable failure of a request that never left (no connection)
+    cannot have landed. Every other retryable failure leaves the effect unknown."""
+    if isinstance(error, Throttled) or not isinstance(error, RetryableError):
+        return False
+    return error.sent
 
 
 def backoff(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
@@ -70,7 +93,7 @@ def decide(
         delay = backoff(attempt, policy, rng)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
-        return Retry(delay)
+        return Retry(delay, verify_first=effect_unknown(error))
     # Not one of ours: a bug or an unexpected failure. Stop the device with the reason
     # rather than retrying something nobody classified.
     return GiveUp(DeviceStatus.API_FAILED, f"unexpected {type(error).__name__}: {error}")

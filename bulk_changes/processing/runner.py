@@ -31,7 +31,7 @@ from bulk_changes.domain.audit import Exchange
 from bulk_changes.domain.change_types import ChangeType, Integration
 from bulk_changes.domain.errors import Throttled
 from bulk_changes.domain.outcomes import inventory_changes, previous_values
-from bulk_changes.domain.retry import GiveUp, RetryPolicy, decide
+from bulk_changes.domain.retry import GiveUp, Retry, RetryPolicy, decide
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
@@ -75,6 +75,7 @@ class StageReport:
     retries: int = 0
     throttled: int = 0
     verified_after_restart: int = 0
+    verified_after_unknown: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def as_metadata(self) -> dict[str, int]:
@@ -86,6 +87,7 @@ class StageReport:
             "retries": self.retries,
             "throttled": self.throttled,
             "verified_after_restart": self.verified_after_restart,
+            "verified_after_unknown": self.verified_after_unknown,
         }
         data.update({f"ended_{k.lower()}": v for k, v in sorted(self.outcomes.items())})
         return data
@@ -204,8 +206,20 @@ class StageRunner:
         verified = self._verified_after_crash(step, change, ctx, report)
         if verified is not None:
             return verified
+        verifier = VERIFIERS.get(step.name)
+        # The last attempt may have been applied (its answer left that unknown): the
+        # system is read before the write is sent again, never the write repeated blind.
+        unknown = False
         while True:
             try:
+                if unknown and verifier is not None:
+                    shown = verifier(ctx)
+                    if shown is not None:
+                        return self._verified_after_unknown(
+                            step, shown, failures + throttles, report
+                        )
+                    # Not there: the read stays in the recorder, audited with the write.
+                    unknown = False
                 result = handler(ctx)
             except SQLAlchemyError:
                 raise
@@ -232,6 +246,8 @@ class StageRunner:
                         count=True,
                     )
                     return None
+                if isinstance(decision, Retry) and decision.verify_first:
+                    unknown = True
                 with self._lock:
                     report.retries += 1
                     report.throttled += isinstance(exc, Throttled)
@@ -250,6 +266,18 @@ class StageRunner:
             with self._lock:
                 report.steps_succeeded += 1
             return StepSuccess(step.name, result, audit, attempts=1)
+
+    def _verified_after_unknown(
+        self, step: Step, shown: dict[str, Any], attempts: int, report: StageReport
+    ) -> StepSuccess:
+        """The system shows the value an attempt with an unknown outcome sent: that
+        attempt landed. Its success, with the read in the audit trail."""
+        audit = self._audit(step, self.recorder.take(), "ok", None, attempts + 1)
+        with self._lock:
+            report.steps_succeeded += 1
+            report.verified_after_unknown += 1
+        result = {**shown, "verified_after_unknown_outcome": True}
+        return StepSuccess(step.name, result, audit, attempts=1)
 
     def _record(self, change: DeviceChange, success: StepSuccess) -> None:
         self.repo.record_step_success(self.bulk.id, change.id, success, self.run_id)

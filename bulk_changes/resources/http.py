@@ -43,6 +43,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
 from bulk_changes.domain import errors
 from bulk_changes.domain.audit import Exchange, to_text
@@ -186,6 +187,23 @@ def _connection_reason(exc: BaseException) -> str:
     if "name or service not known" in lowered or "nodename nor servname" in lowered:
         return "host name not known"
     return shorten(reason, 200)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a connection failure happened while connecting (nothing was sent)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError | ConnectionRefusedError):
+            return True
+        nxt = getattr(current, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = current.__cause__ or current.__context__
+        if nxt is None and current.args and isinstance(current.args[0], BaseException):
+            nxt = current.args[0]
+        current = nxt
+    return False
 
 
 # ---- the caller -------------------------------------------------------------------------
@@ -363,6 +381,7 @@ class HttpCaller:
         duration_ms = 0.0
         raw: requests.Response | None = None
         failure: requests.RequestException | None = None
+        departed: float | None = None
         # The slot's lease outlives any call that can still be in flight (timeouts are per
         # read, so twice the timeout): a killed worker's slot comes back that soon.
         lease = 2 * self.timeout_seconds + 5
@@ -404,7 +423,7 @@ class HttpCaller:
             shown_url = raw.request.url
 
         if failure is not None or raw is None:
-            lost = self._transport_error(failure, method, url)
+            lost = self._transport_error(failure, method, url, departed is not None)
             self._report(method, shown_url, request_text, None, None, duration_ms, lost)
             raise lost from failure
 
@@ -448,27 +467,42 @@ class HttpCaller:
             return raw.content.decode("utf-8", errors="replace")
 
     def _transport_error(
-        self, exc: requests.RequestException | None, method: str, url: str
+        self,
+        exc: requests.RequestException | None,
+        method: str,
+        url: str,
+        written: bool = False,
     ) -> errors.ExternalError:
+        """``written``: the connection stamped the request as written out. Without the
+        stamp (through a proxy nothing stamps) only a failure to connect proves the
+        request never left: anything else may have reached the system."""
         where = f"{method} {self.scrub(url)}"
         if isinstance(exc, requests.Timeout):
+            unsent = isinstance(exc, requests.ConnectTimeout) and not written
             phase = (
                 "connecting (the request was not sent)"
-                if isinstance(exc, requests.ConnectTimeout)
+                if unsent
                 else "waiting for the answer (it may have been applied)"
             )
             return errors.TimeoutError_(
                 f"no answer within {self.timeout_seconds:g} s while {phase}: {where}",
                 system=self.system,
+                sent=not unsent,
             )
         if isinstance(exc, requests.ConnectionError):
+            sent = written or not _never_connected(exc)
+            after = " after the request was sent" if sent else ""
             return errors.ConnectionFailed(
-                f"could not reach {self.system} ({self.scrub(_connection_reason(exc))}): {where}",
+                f"could not reach {self.system} ({self.scrub(_connection_reason(exc))})"
+                f"{after}: {where}",
                 system=self.system,
+                sent=sent,
             )
         reason = self.scrub(shorten(str(exc), 200)) if exc is not None else "no answer"
         return errors.ConnectionFailed(
-            f"the call failed ({type(exc).__name__}: {reason}): {where}", system=self.system
+            f"the call failed ({type(exc).__name__}: {reason}): {where}",
+            system=self.system,
+            sent=written,
         )
 
     def _translate(

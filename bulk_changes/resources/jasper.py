@@ -6,8 +6,9 @@ Basic auth ``username:apiKey``; devices keyed by ICCID. Errors are
 An edit succeeds only when the 2xx answer carries the device's ``iccid``. A 2xx answer
 with an ``errorCode`` is the carrier refusing (``Rejected``, or ``Throttled`` for
 40000029); a 2xx answer with neither is not what the API documents, so it is a
-``GarbageResponse``: retryable, because an edit is a PUT of absolute values (repeating it
-is harmless) and we cannot tell whether it was applied; the runner's attempt limit bounds it.
+``GarbageResponse``: the edit may or may not have been applied, so before the runner
+sends it again it reads the device back (``domain.retry.effect_unknown``) and sends the
+edit only if the device does not show it; the runner's attempt limit bounds it.
 """
 
 from __future__ import annotations

@@ -79,6 +79,16 @@ class SimConfig:
     # A timed-out call was applied anyway (the answer just came too late).
     timeout_applies: bool = False
     garbage_rate: float = 0.0
+    # share of calls whose connection is closed without an answer (after the request)
+    drop_rate: float = 0.0
+    # Faults of a write (5xx, timeout, garbage, dropped connection) come after the write
+    # was applied, as when a gateway or the network loses the answer: a client that
+    # repeats such a write blind shows in ``repeated_writes``.
+    faults_apply: bool = False
+    # Up to this many milliseconds (uniformly drawn) pass between a request's arrival and
+    # the moment it counts against the limits: the network's jitter between the client
+    # and the vendor's gateway.
+    arrival_jitter_ms: float = 0.0
     fail_keys: dict[str, str] = field(default_factory=dict)
     # fail_keys refuse writes only, unless this is set.
     fail_reads: bool = False
@@ -104,7 +114,12 @@ class _Stats:
         self.by_status: Counter[str] = Counter()
         self.violations: Counter[str] = Counter({"rate": 0, "in_flight": 0})
         self.throttled = 0
-        self.faults: Counter[str] = Counter({"5xx": 0, "timeout": 0, "permanent": 0, "garbage": 0})
+        self.faults: Counter[str] = Counter(
+            {"5xx": 0, "timeout": 0, "permanent": 0, "garbage": 0, "drop": 0}
+        )
+        # applied writes identical to the last write applied to the same record
+        self.repeated_writes = 0
+        self.last_write: dict[tuple[str, str | None], bytes] = {}
         self.log: deque[dict[str, Any]] = deque(maxlen=MAX_CALL_LOG)
 
 
@@ -276,6 +291,7 @@ class Simulator:
                 "violations": dict(s.violations),
                 "throttled": s.throttled,
                 "faults": dict(s.faults),
+                "repeated_writes": s.repeated_writes,
                 "max_in_flight_seen": dict(self._limiter.max_in_flight_seen),
             }
 
@@ -316,6 +332,11 @@ class Simulator:
             return self._admin(request)
         # counted from its arrival, when the transport knows it (see transport.arrival_time)
         started = request.arrived_at or time.time()
+        jitter = self.config.arrival_jitter_ms
+        if jitter > 0:
+            delay = self.random() * jitter / 1000.0
+            started += delay
+            self.sleep(started - time.time())
         account = self.authenticate(request)
         if account is None:
             response = self.unauthorized()
@@ -362,11 +383,14 @@ class Simulator:
         timed_out = False
         try:
             fault = self._draw_fault(call, route)
+            applies = cfg.faults_apply and route.writes and fault not in (None, "permanent")
+            if applies:
+                self._serve(call, route)  # applied; the answer is lost below
             if fault == "timeout":
                 timed_out = True
                 response = (
                     self._serve(call, route)
-                    if cfg.timeout_applies
+                    if cfg.timeout_applies and not applies
                     else self.error(504, "Gateway timeout")
                 )
             elif fault is not None:
@@ -385,15 +409,19 @@ class Simulator:
         failing = route.fail_by_key and call.key is not None and call.key in cfg.fail_keys
         if failing and (route.writes or cfg.fail_reads):
             return "permanent"
-        if cfg.error_rate <= 0 and cfg.timeout_rate <= 0 and cfg.garbage_rate <= 0:
+        rates = (
+            ("5xx", cfg.error_rate),
+            ("timeout", cfg.timeout_rate),
+            ("garbage", cfg.garbage_rate),
+            ("drop", cfg.drop_rate),
+        )
+        if all(rate <= 0 for _, rate in rates):
             return None
         draw = self.random()
-        if draw < cfg.error_rate:
-            return "5xx"
-        if draw < cfg.error_rate + cfg.timeout_rate:
-            return "timeout"
-        if draw < cfg.error_rate + cfg.timeout_rate + cfg.garbage_rate:
-            return "garbage"
+        for fault, rate in rates:
+            if draw < rate:
+                return fault
+            draw -= rate
         return None
 
     def _fault_response(self, fault: str, call: Call) -> Response:
@@ -402,6 +430,8 @@ class Simulator:
             return self.error(status, self.server_error_message())
         if fault == "garbage":
             return Response(502, GARBAGE_PAGE, content_type="text/html")
+        if fault == "drop":
+            return Response(0, drop=True)
         assert call.key is not None
         return self.permanent_failure(call.key, self.config.fail_keys[call.key])
 
@@ -415,7 +445,20 @@ class Simulator:
             delay += self.random() * cfg.latency_jitter_ms
         self.sleep(delay / 1000.0)
         with self.lock:
-            return route.handler(call)
+            response = route.handler(call)
+            if route.writes and 200 <= response.status < 300:
+                self._count_write(call, route)
+            return response
+
+    def _count_write(self, call: Call, route: Route) -> None:
+        """An applied write: a repeat when the same record's last applied write was the
+        same request (a client that could not tell it had landed and sent it again)."""
+        s = self._stats
+        record = (f"{call.account} {route.endpoint}", call.key or call.request.path)
+        with s.lock:
+            if s.last_write.get(record) == call.request.body:
+                s.repeated_writes += 1
+            s.last_write[record] = call.request.body
 
     def _record(
         self,

@@ -130,6 +130,8 @@ class JasperConfig(SimConfig):
     max_in_flight: int | None = 1
     # share of successful edits answered 202 instead of 200 (same body)
     accepted_rate: float = 0.0
+    # share of applied edits answered 200 without the iccid (what the API calls a failure)
+    unconfirmed_rate: float = 0.0
     # when set, only these rate plans / communication plans are accepted
     valid_rate_plans: list[str] | None = None
     valid_communication_plans: list[str] | None = None
@@ -256,6 +258,8 @@ class JasperSimulator(Simulator):
         if changes.get("status") == "ACTIVATED" and not device.get("dateActivated"):
             device["dateActivated"] = now
         device["dateUpdated"] = now
+        if self.config.unconfirmed_rate > 0 and self.random() < self.config.unconfirmed_rate:
+            return Response(200, {})
         status = (
             202
             if self.config.accepted_rate > 0 and self.random() < self.config.accepted_rate

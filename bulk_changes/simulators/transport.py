@@ -8,6 +8,7 @@ the first byte reaches the client.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import struct
@@ -52,6 +53,8 @@ class Response:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    # close the connection without answering (the answer lost on the way back)
+    drop: bool = False
 
     def encode(self) -> bytes:
         if self.body is None:
@@ -136,6 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
             arrived_at=self.arrived_at,
         )
         response = self.server.simulator.handle(request)
+        if response.drop:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         payload = response.encode()
         try:
             self.send_response(response.status)

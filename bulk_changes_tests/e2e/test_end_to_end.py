@@ -215,6 +215,61 @@ def test_with_20_percent_server_errors_every_valid_device_is_processed(stack):
     assert sum(s.stats()["faults"]["5xx"] for s in stack.sims.all()) > 0
 
 
+def test_lost_answers_of_applied_writes_are_read_back_and_no_write_is_repeated(stack):
+    """Every fault comes after the write was applied: 5% of Jasper edits answered 200
+    without iccid, 10% HTML 502, 20% 5xx, 5% timeouts (answered 504 late), 5% dropped
+    connections. A write sent again blind would land twice at the simulators."""
+    repeated_before = {s.system: s.stats()["repeated_writes"] for s in stack.sims.all()}
+    for sim in stack.sims.all():
+        sim.configure(
+            faults_apply=True,
+            error_rate=0.2,
+            garbage_rate=0.1,
+            timeout_rate=0.05,
+            timeout_seconds=1.0,
+            drop_rate=0.05,
+            seed=17,
+        )
+    stack.sims.jasper.configure(unconfirmed_rate=0.05)
+    try:
+        ids = [
+            stack.submit(
+                "acme",
+                "username_cost_center",
+                "jasper",
+                [
+                    {"iccid": d["iccid"], "username": f"lost-{i}", "cost_center_1": "L"}
+                    for i, d in enumerate(devices(stack, "acme", "jasper", 50, 30))
+                ],
+            ),
+            stack.submit(
+                "globex",
+                "carrier_rate_plan",
+                "telegence",
+                [
+                    {"msisdn": d["msisdn"], "rate_plan": "SOC5GB"}
+                    for d in devices(stack, "globex", "telegence", 50, 20)
+                ],
+            ),
+        ]
+        stack.wait_final(ids)
+    finally:
+        for sim in stack.sims.all():
+            sim.configure(
+                faults_apply=False,
+                error_rate=0.0,
+                garbage_rate=0.0,
+                timeout_rate=0.0,
+                drop_rate=0.0,
+            )
+        stack.sims.jasper.configure(unconfirmed_rate=0.0)
+    assert [stack.status_json(i)["counts"] for i in ids] == [{"PROCESSED": 30}, {"PROCESSED": 20}]
+    repeated = {
+        s.system: s.stats()["repeated_writes"] - repeated_before[s.system] for s in stack.sims.all()
+    }
+    assert repeated == {"jasper": 0, "telegence": 0, "revio": 0}
+
+
 def test_permanently_failing_device_ends_error_with_the_carriers_message(stack):
     rows = devices(stack, "acme", "jasper", 40, 3)
     stack.sims.jasper.configure(fail_keys={rows[0]["iccid"]: "Device is locked by the operator"})

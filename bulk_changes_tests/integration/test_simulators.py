@@ -364,3 +364,49 @@ def test_a_call_counts_from_the_arrival_of_its_first_byte(sims: SimulatorSet) ->
     (call,) = [c for c in sims.jasper.calls() if c["key"] == OTHER_ICCID]
     assert call["t"] - first_byte_sent < 0.1
     assert call["duration_ms"] >= 300
+
+
+def test_a_fault_after_applying_leaves_the_write_applied(sims: SimulatorSet) -> None:
+    sims.jasper.configure(error_rate=1.0, faults_apply=True)
+    response = jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    assert response.status_code >= 500
+    assert sims.jasper.state(ICCID)["status"] == "DEACTIVATED"
+
+
+def test_a_write_applied_twice_in_a_row_counts_as_repeated(sims: SimulatorSet) -> None:
+    jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    assert sims.jasper.stats()["repeated_writes"] == 1
+
+
+def test_a_write_of_another_value_is_not_a_repeat(sims: SimulatorSet) -> None:
+    jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    jasper_put(sims, ICCID, {"status": "ACTIVATED"})
+    jasper_put(sims, ICCID, {"status": "DEACTIVATED"})
+    assert sims.jasper.stats()["repeated_writes"] == 0
+
+
+def test_a_dropped_connection_answers_nothing_after_applying(sims: SimulatorSet) -> None:
+    sims.jasper.configure(drop_rate=1.0, faults_apply=True)
+    with pytest.raises(requests.ConnectionError):
+        jasper_put(sims, ICCID, {"ratePlan": "RP-9"})
+    assert sims.jasper.state(ICCID)["ratePlan"] == "RP-9"
+
+
+def test_jasper_unconfirmed_edit_is_applied_and_answered_without_iccid(sims: SimulatorSet) -> None:
+    sims.jasper.configure(unconfirmed_rate=1.0)
+    response = jasper_put(sims, ICCID, {"ratePlan": "RP-9"})
+    assert (response.status_code, response.json()) == (200, {})
+    assert sims.jasper.state(ICCID)["ratePlan"] == "RP-9"
+
+
+def test_arrival_jitter_delays_when_a_call_counts(sims: SimulatorSet) -> None:
+    sims.jasper.configure(arrival_jitter_ms=50, seed=5)
+    sent = []
+    for _ in range(5):
+        sent.append(time.time())
+        jasper_get(sims, ICCID)
+        time.sleep(0.25)
+    counted = [call["t"] for call in sims.jasper.calls()]
+    delays = [c - s for c, s in zip(counted, sent, strict=True)]
+    assert max(delays) > 0.005 and all(d < 0.2 for d in delays)

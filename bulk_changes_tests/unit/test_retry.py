@@ -1,7 +1,14 @@
 import random
 
-from bulk_changes.domain.errors import Rejected, ServerError, Throttled, TimeoutError_
-from bulk_changes.domain.retry import GiveUp, Retry, RetryPolicy, backoff, decide
+from bulk_changes.domain.errors import (
+    ConnectionFailed,
+    GarbageResponse,
+    Rejected,
+    ServerError,
+    Throttled,
+    TimeoutError_,
+)
+from bulk_changes.domain.retry import GiveUp, Retry, RetryPolicy, backoff, decide, effect_unknown
 from bulk_changes.domain.state_machine import DeviceStatus
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=1.0, max_delay=8.0, jitter=0.0)
@@ -12,8 +19,8 @@ def rng():
 
 
 def test_server_error_is_retried_with_exponential_delay():
-    assert decide(ServerError("boom"), 1, 0, POLICY, rng()) == Retry(1.0)
-    assert decide(ServerError("boom"), 2, 0, POLICY, rng()) == Retry(2.0)
+    assert decide(ServerError("boom"), 1, 0, POLICY, rng()).delay == 1.0  # type: ignore[union-attr]
+    assert decide(ServerError("boom"), 2, 0, POLICY, rng()).delay == 2.0  # type: ignore[union-attr]
 
 
 def test_attempts_exhausted_give_api_failed_with_last_error():
@@ -50,3 +57,33 @@ def test_jitter_spreads_delays_within_bounds():
 def test_unclassified_exception_stops_the_device_with_its_name():
     decision = decide(KeyError("x"), 1, 0, POLICY, rng())
     assert isinstance(decision, GiveUp) and "KeyError" in decision.reason
+
+
+def test_a_timeout_after_sending_is_retried_only_after_reading_back():
+    decision = decide(TimeoutError_("no answer", sent=True), 1, 0, POLICY, rng())
+    assert decision == Retry(1.0, verify_first=True)
+
+
+def test_a_server_error_leaves_the_effect_unknown():
+    assert effect_unknown(ServerError("boom", status=503))
+
+
+def test_an_answer_that_does_not_confirm_the_write_leaves_the_effect_unknown():
+    assert effect_unknown(GarbageResponse("200 without iccid", status=200))
+
+
+def test_a_dropped_connection_after_sending_leaves_the_effect_unknown():
+    assert effect_unknown(ConnectionFailed("reset by peer", sent=True))
+
+
+def test_a_request_that_never_left_is_retried_without_reading_back():
+    decision = decide(ConnectionFailed("refused", sent=False), 1, 0, POLICY, rng())
+    assert decision == Retry(1.0, verify_first=False)
+
+
+def test_a_throttled_answer_applied_nothing():
+    assert not effect_unknown(Throttled("slow down"))
+
+
+def test_a_refusal_applied_nothing():
+    assert not effect_unknown(Rejected("bad plan"))
