@@ -22,8 +22,11 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
     from bulk_changes.intake import import_inventory
 
     res = _resources()
-    res["tenant_config"].settings().tenant(args.tenant)
-    inserted, updated = import_inventory(res["amop_db"].repository(), args.tenant, args.file)
+    settings = res["tenant_config"].settings()
+    settings.tenant(args.tenant)
+    inserted, updated = import_inventory(
+        res["amop_db"].repository(), args.tenant, args.file, settings
+    )
     print(
         f"imported {inserted + updated} devices for tenant {args.tenant}: {inserted} new, {updated} updated"
     )
@@ -64,7 +67,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"bulk change {result.id} {state}: {result.accepted} accepted, {len(result.rejected)} rejected"
         )
         for item in result.rejected:
-            print(f"  row {item['row']}: {item['field']}: {item['reason']}")
+            line = f" (line {item['line']})" if "line" in item else ""
+            print(f"  row {item['row']}{line}: {item['field']}: {item['reason']}")
         if not args.no_send:
             print("sent to the queue; follow it with: bulk-changes status", result.id)
     return 0

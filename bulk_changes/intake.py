@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bulk_changes.db.repository import NewDeviceChange, Repository
+from bulk_changes.db.repository import BulkChange, NewDeviceChange, Repository
 from bulk_changes.domain.change_types import (
     DEVICE_KEY_FIELD,
     ChangeType,
     Integration,
     ValidRow,
     allowed_columns,
+    field_label,
     parse_change_type,
     parse_integration,
     validate_row,
@@ -29,12 +30,25 @@ from bulk_changes.domain.change_types import (
 from bulk_changes.domain.errors import (
     BulkChangeError,
     ConfigurationError,
+    DevicesHeldElsewhere,
+    IdempotencyConflict,
     InputFileError,
     ValidationError,
 )
+from bulk_changes.domain.idempotency import request_digest
 from bulk_changes.domain.settings import Settings
 from bulk_changes.domain.state_machine import DeviceStatus
-from bulk_changes.domain.validation import check_iccid, check_imei, check_msisdn, normalize_status
+from bulk_changes.domain.validation import (
+    check_iccid,
+    check_imei,
+    check_length,
+    check_msisdn,
+    check_service_id,
+    check_text,
+    kind_of,
+    normalize_status,
+    text_of,
+)
 
 INVENTORY_COLUMNS = (
     "iccid",
@@ -74,7 +88,13 @@ class SubmitResult:
     created: bool = True
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "accepted": self.accepted, "rejected": self.rejected}
+        # "repeat": the idempotency key had stored this request already; nothing new stored
+        return {
+            "id": self.id,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "repeat": not self.created,
+        }
 
 
 class IntakeError(BulkChangeError):
@@ -82,6 +102,20 @@ class IntakeError(BulkChangeError):
 
 
 # ---- reading files ---------------------------------------------------------------------
+
+
+class CsvRows(list[dict[str, str]]):
+    """A CSV file's rows, with the line of the file each starts on (``lines``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[int] = []
+
+
+def line_of(rows: Sequence[Any], index: int) -> int | None:
+    """The file line of ``rows[index]`` when the rows came from a CSV file."""
+    lines = getattr(rows, "lines", None)
+    return lines[index] if lines is not None and index < len(lines) else None
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -118,16 +152,20 @@ def read_csv_rows(
     missing = [c for c in required if c not in columns]
     if missing:
         raise InputFileError(f"{name}: wrong header: missing column(s) {', '.join(missing)}")
-    rows: list[dict[str, str]] = []
+    rows = CsvRows()
     try:
-        for number, values in enumerate(reader, start=2):
+        end = reader.line_num
+        for values in reader:
+            # A quoted newline makes one record span lines: errors name the line it starts on.
+            line, end = end + 1, reader.line_num
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) > len(columns):
                 raise InputFileError(
-                    f"{name}: line {number} has {len(values)} fields, the header has {len(columns)}"
+                    f"{name}: line {line} has {len(values)} fields, the header has {len(columns)}"
                 )
             rows.append(dict(zip(columns, values, strict=False)))
+            rows.lines.append(line)
             if len(rows) > MAX_ROWS:
                 raise InputFileError(f"{name}: more than {MAX_ROWS} rows; split the file")
     except csv.Error as exc:
@@ -145,6 +183,10 @@ def read_json_rows(data: bytes, name: str) -> list[dict[str, Any]]:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputFileError(f"{name}: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InputFileError(f"{name}: not readable: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InputFileError(f"{name}: not readable as JSON: {exc}") from None
     if isinstance(parsed, dict):
         parsed = parsed.get("devices")
     if not isinstance(parsed, list) or not all(isinstance(r, dict) for r in parsed):
@@ -171,13 +213,17 @@ def read_request_file(
 # ---- inventory --------------------------------------------------------------------------
 
 
-def inventory_rows(rows: Sequence[Mapping[str, str]], name: str) -> list[dict[str, Any]]:
+def inventory_rows(rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
     """Checked inventory rows ready to upsert; any bad row refuses the import, naming it."""
     problems: list[str] = []
     result: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
-    for number, raw in enumerate(rows, start=2):
-        row = {k: (v.strip() if isinstance(v, str) else v) or None for k, v in raw.items()}
+    for index, raw in enumerate(rows):
+        number = line_of(rows, index) or index + 2
+        row, refused = _inventory_cells(raw)
+        problems += [f"line {number}: {field}: {reason}" for field, reason in refused]
+        if refused:
+            continue
         integration = row.get("integration")
         if integration not in ("jasper", "telegence"):
             problems.append(
@@ -193,6 +239,7 @@ def inventory_rows(rows: Sequence[Mapping[str, str]], name: str) -> list[dict[st
             ("iccid", check_iccid),
             ("msisdn", check_msisdn),
             ("imei", check_imei),
+            ("revio_service_id", check_service_id),
         ]
         for field_name, check in checks:
             value = row.get(field_name)
@@ -206,31 +253,93 @@ def inventory_rows(rows: Sequence[Mapping[str, str]], name: str) -> list[dict[st
                 )
             row["status"] = status
         service = row.get("revio_service_id")
-        if service is not None:
-            if not str(service).isdigit():
-                problems.append(f"line {number}: revio_service_id: must be a number")
-            else:
-                row["revio_service_id"] = int(service)
+        if service is not None and check_service_id(service) is None:
+            row["revio_service_id"] = int(service)
         if (integration, key) in seen:
             problems.append(f"line {number}: {key_field}: {key} appears twice")
         seen.add((integration, key))
         row["device_key"] = key
         result.append(row)
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise InputFileError(f"{name}: {len(problems)} invalid row(s):\n  {shown}{more}")
+        raise InputFileError(_problem_list(name, problems))
     return result
 
 
-def import_inventory(repo: Repository, tenant: str, path: str | Path) -> tuple[int, int]:
+def _inventory_cells(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The row's cells as stripped text (empty as None), and the cells refused as such."""
+    row: dict[str, Any] = {}
+    refused: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        text = None if value is None else text_of(value)
+        if value is not None and text is None:
+            refused.append((field_label(key), f"must be text or a number, got {kind_of(value)}"))
+            continue
+        text = (text or "").strip()
+        reason = check_text(text) or check_length(str(key), text)
+        if reason:
+            refused.append((field_label(key), reason))
+            continue
+        row[key] = text or None
+    return row, refused
+
+
+def _problem_list(name: str, problems: Sequence[str]) -> str:
+    shown = "\n  ".join(problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return f"{name}: {len(problems)} invalid row(s):\n  {shown}{more}"
+
+
+def import_inventory(
+    repo: Repository, tenant: str, path: str | Path, settings: Settings | None = None
+) -> tuple[int, int]:
+    """Import a tenant's devices from a CSV file.
+
+    With ``settings``, a device that another tenant holds on the same carrier account is
+    refused: a device belongs to one tenant, and the inventory is what keeps tenants apart.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror}") from exc
-    rows = read_csv_rows(data, path.name, INVENTORY_COLUMNS, ["integration"])
-    return repo.upsert_devices(tenant, inventory_rows(rows, path.name))
+    raw = read_csv_rows(data, path.name, INVENTORY_COLUMNS, ["integration"])
+    rows = inventory_rows(raw, path.name)
+    sharing = _tenants_sharing_carrier_accounts(settings, tenant) if settings else None
+    try:
+        return repo.upsert_devices(tenant, rows, exclusive_of=sharing)
+    except DevicesHeldElsewhere as exc:
+        # Named by line and key only: never the other tenant's name or its data.
+        taken = set(exc.devices)
+        problems = [
+            f"line {line_of(raw, i) or i + 2}: {DEVICE_KEY_FIELD[Integration(r['integration'])]}: "
+            f"{r['device_key']} is held by another tenant on the same {r['integration']} "
+            "account (a device belongs to one tenant)"
+            for i, r in enumerate(rows)
+            if (r["integration"], r["device_key"]) in taken
+        ]
+        raise InputFileError(_problem_list(path.name, problems)) from None
+
+
+def _tenants_sharing_carrier_accounts(settings: Settings, tenant_id: str) -> dict[str, list[str]]:
+    """Per integration, the other tenants whose carrier account is the tenant's own."""
+    tenant = settings.tenant(tenant_id)
+    sharing: dict[str, list[str]] = {}
+    for integration in Integration:
+        try:
+            mine = tenant.carrier_account(integration.value).name
+        except ConfigurationError:
+            continue
+        others = []
+        for other in settings.tenants.values():
+            if other.id == tenant_id:
+                continue
+            try:
+                if other.carrier_account(integration.value).name == mine:
+                    others.append(other.id)
+            except ConfigurationError:
+                continue
+        sharing[integration.value] = others
+    return sharing
 
 
 # ---- submitting -------------------------------------------------------------------------
@@ -246,10 +355,12 @@ def submit_bulk_change(
         tenant.carrier_account(integration.value)
     except (ValueError, ConfigurationError) as exc:
         raise IntakeError(str(exc)) from exc
+    digest = request_digest(request.rows)
     if request.idempotency_key:
         existing = repo.find_by_idempotency_key(tenant.id, request.idempotency_key)
         if existing:
-            return _result_of(repo, existing.id, created=False)
+            _same_request(existing, request.idempotency_key, change_type, integration, digest)
+            return _result_of(repo, existing.id, created=False, rows=request.rows)
     if not request.rows:
         raise IntakeError("no devices in the request")
     if len(request.rows) > MAX_ROWS:
@@ -288,12 +399,12 @@ def submit_bulk_change(
         changes.append(
             NewDeviceChange(
                 row_number=number,
-                device_key=str(raw.get(key_field) or "") or None,
+                device_key=_shown_key(raw.get(key_field)),
                 device_id=None,
-                request={k: v for k, v in raw.items() if v not in (None, "")},
+                request=_shown_request(raw),
                 status=DeviceStatus.ERROR,
                 error=reason if len(errors) > 1 else first.reason,
-                error_field=first.field,
+                error_field=first.field[:64],
             )
         )
     notify = list(dict.fromkeys(list(request.notify)))
@@ -306,8 +417,57 @@ def submit_bulk_change(
         requested_by=request.requested_by,
         source=request.source,
         changes=changes,
+        request_digest=digest,
     )
-    return _result_of(repo, bulk_id, created=created)
+    if not created and request.idempotency_key:
+        # Another producer stored the same key first, while this one was validating.
+        existing = repo.find_by_idempotency_key(tenant.id, request.idempotency_key)
+        if existing is not None:
+            _same_request(existing, request.idempotency_key, change_type, integration, digest)
+    return _result_of(repo, bulk_id, created=created, rows=request.rows)
+
+
+def _same_request(
+    existing: BulkChange, key: str, change_type: ChangeType, integration: Integration, digest: str
+) -> None:
+    """Refuses a key sent again with another request than the one it stored."""
+    differs = []
+    if existing.change_type != change_type.value:
+        differs.append(f"change_type {change_type.value}, not {existing.change_type}")
+    if existing.integration != integration.value:
+        differs.append(f"integration {integration.value}, not {existing.integration}")
+    # None: stored before digests existed; nothing to compare the devices with.
+    if existing.request_digest is not None and existing.request_digest != digest:
+        differs.append("other devices or values")
+    if differs:
+        raise IdempotencyConflict(key, existing.id, "; ".join(differs))
+
+
+# What an ERROR row keeps of what was sent: enough to recognise it, nothing that breaks
+# storing it (PostgreSQL's 64-character key column, NUL, objects nested 10,000 deep).
+_SHOWN_TEXT = 200
+
+
+def _shown_key(value: Any) -> str | None:
+    text = text_of(value) if value is not None else None
+    if not text or check_text(text) or len(text) > 64:
+        return None
+    return text.strip() or None
+
+
+def _shown_request(raw: Mapping[str, Any]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for key, value in list(raw.items())[:50]:
+        if value is None or value == "":
+            continue
+        text = text_of(value)
+        if text is None:
+            shown[field_label(key)] = f"({kind_of(value)})"
+        elif check_text(text):
+            shown[field_label(key)] = text[:_SHOWN_TEXT].encode("utf-8", "replace").decode("utf-8")
+        else:
+            shown[field_label(key)] = text[:_SHOWN_TEXT]
+    return shown
 
 
 def _context_errors(
@@ -341,8 +501,15 @@ def _context_errors(
     return []
 
 
-def _result_of(repo: Repository, bulk_id: int, created: bool) -> SubmitResult:
+def _result_of(
+    repo: Repository, bulk_id: int, created: bool, rows: Sequence[Any] = ()
+) -> SubmitResult:
     rejected = repo.intake_rejections(bulk_id)
+    for item in rejected:
+        # Rows from a CSV file: the line too, which differs from the row after a quoted newline.
+        line = line_of(rows, int(item["row"]) - 1)
+        if line is not None:
+            item["line"] = line
     total = sum(repo.counts(bulk_id).values())
     return SubmitResult(
         id=bulk_id, accepted=total - len(rejected), rejected=rejected, created=created

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from bulk_changes.db import outbox
 from bulk_changes.db import schema as t
 from bulk_changes.domain.audit import Exchange, to_text
+from bulk_changes.domain.errors import DevicesHeldElsewhere
 from bulk_changes.domain.state_machine import (
     FINAL_DEVICE,
     BulkStatus,
@@ -62,6 +63,8 @@ class BulkChange:
     started_at: datetime | None
     finished_at: datetime | None
     last_run_id: str | None = None
+    # the digest of the request's devices; None for bulk changes stored before it existed
+    request_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _bulk(row: Any) -> BulkChange:
+def _bulk(row: Any, digest: str | None = None) -> BulkChange:
     return BulkChange(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -124,6 +127,7 @@ def _bulk(row: Any) -> BulkChange:
         started_at=aware(row.started_at),
         finished_at=aware(row.finished_at),
         last_run_id=row.last_run_id,
+        request_digest=digest,
     )
 
 
@@ -158,10 +162,28 @@ class Repository:
 
     # ---- inventory -------------------------------------------------------------
 
-    def upsert_devices(self, tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-        """Insert new devices, update known ones (by tenant, integration, key). -> (new, updated)"""
+    def upsert_devices(
+        self,
+        tenant_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        exclusive_of: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[int, int]:
+        """Insert new devices, update known ones (by tenant, integration, key). -> (new, updated)
+
+        ``exclusive_of`` maps an integration to the other tenants sharing the tenant's carrier
+        account: a device one of them holds is refused (:class:`DevicesHeldElsewhere`), and
+        nothing is written.
+        """
         inserted = updated = 0
         with self.engine.begin() as conn:
+            if exclusive_of:
+                if conn.dialect.name == "postgresql":
+                    # Two imports racing for one device: one at a time, so both cannot pass
+                    # the check below before either has written.
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74210005)")
+                taken = self._held_by(conn, rows, exclusive_of)
+                if taken:
+                    raise DevicesHeldElsewhere(taken)
             existing = {
                 (r.integration, r.device_key): r.id
                 for r in conn.execute(
@@ -192,6 +214,28 @@ class Repository:
                 conn.execute(insert(t.devices), to_insert)
                 inserted = len(to_insert)
         return inserted, updated
+
+    @staticmethod
+    def _held_by(
+        conn: Any, rows: Sequence[Mapping[str, Any]], exclusive_of: Mapping[str, Sequence[str]]
+    ) -> list[tuple[str, str]]:
+        taken: list[tuple[str, str]] = []
+        for integration, others in exclusive_of.items():
+            keys = [r["device_key"] for r in rows if r["integration"] == integration]
+            if not others or not keys:
+                continue
+            for start in range(0, len(keys), 500):
+                taken += [
+                    (integration, r.device_key)
+                    for r in conn.execute(
+                        select(t.devices.c.device_key).where(
+                            t.devices.c.integration == integration,
+                            t.devices.c.tenant_id.in_(list(others)),
+                            t.devices.c.device_key.in_(keys[start : start + 500]),
+                        )
+                    )
+                ]
+        return taken
 
     def devices_by_key(
         self, tenant_id: str, integration: str, keys: Iterable[str]
@@ -232,13 +276,19 @@ class Repository:
     # ---- bulk changes -----------------------------------------------------------
 
     def find_by_idempotency_key(self, tenant_id: str, key: str) -> BulkChange | None:
+        """The tenant's bulk change stored with ``key``, with its request digest."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(t.bulk_changes).where(
+                select(t.bulk_changes, t.request_digests.c.digest)
+                .outerjoin(
+                    t.request_digests,
+                    t.request_digests.c.bulk_change_id == t.bulk_changes.c.id,
+                )
+                .where(
                     t.bulk_changes.c.tenant_id == tenant_id, t.bulk_changes.c.idempotency_key == key
                 )
             ).first()
-        return _bulk(row) if row else None
+        return _bulk(row, row.digest) if row else None
 
     def create_bulk_change(
         self,
@@ -251,6 +301,7 @@ class Repository:
         requested_by: str | None,
         source: str,
         changes: Sequence[NewDeviceChange],
+        request_digest: str | None = None,
     ) -> tuple[int, bool]:
         """Store a bulk change and all its device changes at once. -> (id, created).
 
@@ -295,6 +346,12 @@ class Repository:
                     }
                     for c in changes
                 ]
+                if request_digest:
+                    conn.execute(
+                        insert(t.request_digests).values(
+                            bulk_change_id=bulk_id, digest=request_digest
+                        )
+                    )
                 for start in range(0, len(rows), 1000):
                     conn.execute(insert(t.device_changes), rows[start : start + 1000])
                 rejected = [c for c in changes if c.status is DeviceStatus.ERROR]

@@ -273,6 +273,24 @@ def _v4_device_changes_row_order(conn: Connection) -> None:
     ix_device_changes_bulk_row.create(conn, checkfirst=True)
 
 
+# ---- version 5: an idempotency key is bound to the request it was first used with ---------
+request_metadata = MetaData()
+
+# A digest of the request's devices (domain.idempotency.request_digest): the same key sent
+# again with other devices is refused, not answered with the first bulk change. Bulk
+# changes stored before version 5 have no row here, and any repeat of their key matches.
+request_digests = Table(
+    "request_digests",
+    request_metadata,
+    Column("bulk_change_id", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False),
+)
+
+
+def _v5_request_digests(conn: Connection) -> None:
+    request_metadata.create_all(conn)
+
+
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
@@ -280,6 +298,7 @@ UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (2, _v2_outbox),
     (3, _v3_limiter_waiters),
     (4, _v4_device_changes_row_order),
+    (5, _v5_request_digests),
 ]
 
 LATEST = UPGRADES[-1][0]

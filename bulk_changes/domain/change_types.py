@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from bulk_changes.domain.errors import ValidationError
 from bulk_changes.domain.validation import (
     check_iccid,
     check_imei,
+    check_length,
     check_msisdn,
+    check_text,
+    kind_of,
     known_statuses,
     normalize_status,
+    text_of,
 )
 
 
@@ -87,15 +91,47 @@ class ValidRow:
 Checker = Callable[[Integration, dict[str, str], int, date], list[ValidationError]]
 
 
-def _clean(row: Mapping[str, object]) -> dict[str, str]:
+# The longest field name an error names as given; the AMOP column holding it is 64 wide.
+MAX_FIELD_NAME = 40
+
+
+def field_label(name: object) -> str:
+    """A field name fit to show and store: as given when short and printable, else its repr
+    cut short (a JSON key can be any text: 10,000 characters, NUL, newlines).
+    """
+    text = str(name)
+    if len(text) <= MAX_FIELD_NAME and text.isprintable():
+        return text
+    shown = repr(text[:MAX_FIELD_NAME])
+    return shown + ("..." if len(text) > MAX_FIELD_NAME else "")
+
+
+def _clean(row: Mapping[str, object], number: int) -> tuple[dict[str, str], list[ValidationError]]:
+    """The row's values as stripped text; a value that is not text or a number, or whose
+    text would break later (control characters, over the field's limit), is an error."""
     cleaned: dict[str, str] = {}
+    errors: list[ValidationError] = []
     for key, value in row.items():
         if value is None:
             continue
-        text = str(value).strip()
-        if text:
-            cleaned[str(key).strip()] = text
-    return cleaned
+        name = str(key).strip()
+        text = text_of(value)
+        if text is None:
+            errors.append(
+                ValidationError(
+                    number, field_label(name), f"must be text or a number, got {kind_of(value)}"
+                )
+            )
+            continue
+        text = text.strip()
+        if not text:
+            continue
+        reason = check_text(text) or check_length(name, text)
+        if reason:
+            errors.append(ValidationError(number, field_label(name), reason))
+            continue
+        cleaned[name] = text
+    return cleaned, errors
 
 
 def _check_effective_date(
@@ -104,7 +140,10 @@ def _check_effective_date(
     if value is None:
         return []
     try:
+        # The whole value is sent to the carrier: trailing text after the date must parse too.
         when = date.fromisoformat(value[:10])
+        if len(value) > 10:
+            datetime.fromisoformat(value)
     except ValueError:
         return [ValidationError(row, "effective_date", f"not an ISO 8601 date: {value!r}")]
     if integration is Integration.JASPER and when > today + timedelta(
@@ -127,9 +166,7 @@ def _check_username_cost_center(
         return [
             ValidationError(row, "username", "give a username or at least one of cost_center_1..3")
         ]
-    return [
-        ValidationError(row, k, "at most 255 characters") for k, v in req.items() if len(v) > 255
-    ]
+    return []
 
 
 def _check_device_status(
@@ -200,20 +237,28 @@ def validate_row(
     unsupported = UNSUPPORTED.get((change_type, integration))
     if unsupported:
         return [ValidationError(row, "change_type", unsupported)]
-    req = _clean(raw)
+    req, value_errors = _clean(raw, row)
+    errors = list(value_errors)
     key_field = DEVICE_KEY_FIELD[integration]
     unknown = sorted(set(req) - set(allowed_columns(change_type, integration)))
-    errors = [ValidationError(row, name, "unknown field for this change type") for name in unknown]
+    errors += [
+        ValidationError(row, field_label(name), "unknown field for this change type")
+        for name in unknown
+    ]
     key = req.pop(key_field, None)
     if key is None:
-        errors.append(ValidationError(row, key_field, "required"))
+        if not any(e.field == key_field for e in errors):
+            errors.append(ValidationError(row, key_field, "required"))
     else:
         reason = check_iccid(key) if integration is Integration.JASPER else check_msisdn(key)
         if reason:
             errors.append(ValidationError(row, key_field, reason))
     for name in unknown:
         req.pop(name, None)
-    errors.extend(CHECKS[change_type](integration, req, row, today))
+    if not value_errors:
+        # With a value refused as such, the change type's own checks would only add
+        # noise ("required" for the field just refused).
+        errors.extend(CHECKS[change_type](integration, req, row, today))
     if errors:
         return errors
     assert key is not None

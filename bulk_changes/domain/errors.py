@@ -122,3 +122,27 @@ class ValidationError(BulkChangeError):
 
 class InputFileError(BulkChangeError):
     """A whole input file is refused (wrong header, not UTF-8, no rows...)."""
+
+
+class IdempotencyConflict(BulkChangeError):
+    """An idempotency key sent again with another request than the one it was first used for.
+
+    Answering with the first bulk change would drop the second request without a word.
+    """
+
+    def __init__(self, key: str, bulk_change_id: int, differs: str) -> None:
+        super().__init__(
+            f"idempotency key {key[:80]!r} was already used for bulk change {bulk_change_id} "
+            f"with a different request ({differs}); send it with a new key"
+        )
+        self.key = key
+        self.bulk_change_id = bulk_change_id
+        self.differs = differs
+
+
+class DevicesHeldElsewhere(BulkChangeError):
+    """Devices (integration, key) that another tenant holds on the same carrier account."""
+
+    def __init__(self, devices: list[tuple[str, str]]) -> None:
+        super().__init__(f"{len(devices)} device(s) are held by another tenant")
+        self.devices = devices

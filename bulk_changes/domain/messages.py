@@ -125,7 +125,7 @@ def run_key_for(ref: BulkChangeRef) -> str:
 def _load_object(body: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers of 4,300+ digits
         snippet = body[:60] + ("..." if len(body) > 60 else "")
         raise MessageError(
             f"body is not JSON ({exc.__class__.__name__}: {exc}); body starts {snippet!r}"

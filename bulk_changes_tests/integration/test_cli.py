@@ -56,7 +56,7 @@ def test_import_submit_and_status_json(env, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["accepted"] == 1
     assert result["rejected"] == [
-        {"row": 2, "field": "status", "reason": result["rejected"][0]["reason"]}
+        {"row": 2, "line": 3, "field": "status", "reason": result["rejected"][0]["reason"]}
     ]
     assert "SLEEPING" in result["rejected"][0]["reason"]
 
