@@ -457,12 +457,10 @@ class Demo:
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
-    import csv
+    from bulk_changes.domain.spreadsheet import write_rows
 
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        write_rows(handle, list(rows[0]), [list(r.values()) for r in rows])
 
 
 def say(text: str) -> None:

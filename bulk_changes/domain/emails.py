@@ -5,10 +5,8 @@ attachments. Pure: builds ``email.message.EmailMessage`` values, sends nothing.
 
 from __future__ import annotations
 
-import csv
 import email.policy
 import html
-import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +18,8 @@ from functools import cache
 from importlib import resources
 from string import Template
 from typing import Any
+
+from bulk_changes.domain.spreadsheet import to_csv
 
 # Longest tables in a mail body; the attachment always has every row.
 MAX_TABLE_ROWS = 200
@@ -116,15 +116,6 @@ def _escaped(values: Mapping[str, Any]) -> dict[str, str]:
 
 def _counts_rows(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items())
-
-
-def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(headers)
-    for row in rows:
-        writer.writerow(["" if c is None else c for c in row])
-    return out.getvalue()
 
 
 def result_row(d: Mapping[str, Any]) -> list[Any]:
