@@ -47,6 +47,8 @@ setup(
             "aiosmtpd>=1.4",
             "standardwebhooks>=1.0",
             "trustme>=1.1",
+            # property-based tests of intake: any text, bytes or JSON gives an error or a row
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["bulk-changes=bulk_changes.cli:main"]},
