@@ -25,36 +25,10 @@ from bulk_changes.db.repository import Repository
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.validation import luhn_check_digit
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
-from bulk_changes.paths import home
+from bulk_changes.paths import default_instance_yaml, home
 
 PORTS = {"jasper": 8101, "telegence": 8102, "revio": 8103, "sqs": 9324, "ui": 3000}
 
-DAGSTER_YAML = """\
-# Written by `bulk-changes demo`: the embedded default instance (SQLite storage).
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 3
-    # a queued run starts within a second, not five (Dagster's default)
-    dequeue_interval_seconds: 1
-    # a launch waits for the new run worker to start: runs asked for together launch
-    # together, not one after the other
-    dequeue_use_threads: true
-    dequeue_num_workers: 3
-# the queue sensor listens on the queue for most of its interval (long polling): the
-# other sensors are evaluated beside it, not after it
-sensors:
-  use_threads: true
-  num_workers: 4
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 180
-  poll_interval_seconds: 30
-  free_slots_after_run_end_seconds: 60
-telemetry:
-  enabled: false
-"""
 
 WORKSPACE_YAML = """\
 load_from:
@@ -237,7 +211,8 @@ class Demo:
         if self.root.exists():
             shutil.rmtree(self.root)  # each demo starts from nothing
         (self.root / "dagster_home").mkdir(parents=True)
-        (self.root / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+        # the embedded default's instance, run retries and run monitoring included
+        shutil.copyfile(default_instance_yaml(), self.root / "dagster_home" / "dagster.yaml")
         (self.root / "workspace.yaml").write_text(WORKSPACE_YAML)
         os.environ.update(
             {

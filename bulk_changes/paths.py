@@ -13,3 +13,8 @@ def home() -> Path:
 
 def default_database_url() -> str:
     return os.environ.get("BULK_CHANGES_DB_URL") or f"sqlite:///{home() / 'amop.sqlite'}"
+
+
+def default_instance_yaml() -> Path:
+    """The embedded default's Dagster instance configuration (a file of the package)."""
+    return Path(__file__).resolve().parent / "defaults" / "dagster.yaml"

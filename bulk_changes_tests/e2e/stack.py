@@ -22,6 +22,7 @@ import yaml
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
+from bulk_changes.paths import default_instance_yaml
 from bulk_changes.resources.amop_db import engine_for
 from bulk_changes.resources.local_sqs import (
     free_port,
@@ -45,23 +46,14 @@ from bulk_changes_tests.postgres import (
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
-DAGSTER_YAML = """\
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 4
-    dequeue_interval_seconds: 1
-    dequeue_use_threads: true
-    dequeue_num_workers: 4
-# the queue sensor listens on the queue for most of its interval (long polling): the
-# other sensors are evaluated beside it, not after it
-sensors:
-  use_threads: true
-  num_workers: 4
-telemetry:
-  enabled: false
-"""
+
+def embedded_instance() -> dict[str, Any]:
+    """The embedded default's instance (bulk_changes/defaults/dagster.yaml) as it is, but
+    for four runs at once and shorter waits of run monitoring."""
+    config: dict[str, Any] = yaml.safe_load(default_instance_yaml().read_text())
+    config["run_coordinator"]["config"].update(max_concurrent_runs=4, dequeue_num_workers=4)
+    config["run_monitoring"].update(poll_interval_seconds=5, free_slots_after_run_end_seconds=5)
+    return config
 
 
 def tenants_yaml(sims: Any) -> dict[str, Any]:
@@ -323,7 +315,9 @@ def start_stack(
         dagster_yaml = dagster_yaml or yaml.safe_dump(production_instance())
     else:
         db_url = f"sqlite:///{root / 'amop.sqlite'}"
-    (root / "dagster_home" / "dagster.yaml").write_text(dagster_yaml or DAGSTER_YAML)
+    (root / "dagster_home" / "dagster.yaml").write_text(
+        dagster_yaml or yaml.safe_dump(embedded_instance())
+    )
     code_server_port = free_port() if code_server else None
     (root / "workspace.yaml").write_text(
         f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_server_port}\n"
