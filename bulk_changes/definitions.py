@@ -37,7 +37,7 @@ run_failure_alerts = build_run_failure_sensor(
 
 # Default run launcher: a run whose worker process died is marked failed (docs/production.md).
 dead_run_workers = build_dead_run_worker_sensor(
-    minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "15"))
+    minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "5"))
 )
 
 defs = Definitions(

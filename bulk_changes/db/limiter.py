@@ -12,7 +12,6 @@ Every op, run, process and host that calls an account goes through the same two 
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import schema as t
 from bulk_changes.domain.settings import RateLimit
+from bulk_changes.processes import ProcessIdentity
 
 # The statements of every call, built once (building and keying them per call was a
 # tenth of a run worker's CPU under py-spy).
@@ -125,6 +125,7 @@ class DbLimiter:
         poll_seconds: float = 0.02,
         waiter_lease_seconds: float = 2.0,
         max_handoffs: int = 50,
+        reclaim_every: float = 1.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -139,7 +140,11 @@ class DbLimiter:
         self.waiter_lease_seconds = waiter_lease_seconds
         self.clock = clock
         self.sleep = sleep
-        self._holder_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._holder_prefix = f"{holder_prefix(ProcessIdentity.current())}{uuid.uuid4().hex[:8]}"
+        # when the holders of a full account were last checked for dead processes
+        self._reclaim_checked: dict[str, float] = {}
+        self.reclaim_every = reclaim_every
+        self.reclaimed = 0
         self._local_gates: dict[str, threading.BoundedSemaphore] = {}
         self._gates_lock = threading.Lock()
         self._known_accounts: set[tuple[str, int]] = set()
@@ -518,7 +523,19 @@ class DbLimiter:
                         .where(waiters.account == account_name, waiters.holder == holder)
                         .values(expires_at=alive_until)
                     )
+            self._reclaim_dead_holders(account_name)
             self.sleep(poll)
+
+    def _reclaim_dead_holders(self, account_name: str) -> None:
+        """Waiting for a slot: at most every ``reclaim_every`` seconds, give back the
+        slots of the account held by a process of this host that is dead (killed with its
+        slot, whatever became of its run), instead of waiting for their lease to end."""
+        now = self.clock()
+        if now - self._reclaim_checked.get(account_name, 0.0) < self.reclaim_every:
+            return
+        self._reclaim_checked[account_name] = now
+        freed = release_dead_holders(self.engine, account_name)
+        self.reclaimed += freed
 
     def _release(
         self,
@@ -557,11 +574,61 @@ class DbLimiter:
         return None
 
 
+# A slot's holder names its process: ``host:pid:start:boot:`` (``ProcessIdentity``),
+# then a random part per limiter and the thread. The host is cut short so that the whole
+# fits the column.
+_HOST_CHARS = 40
+
+
+def holder_prefix(process: ProcessIdentity) -> str:
+    started = "" if process.started is None else str(process.started)
+    return f"{process.host[:_HOST_CHARS]}:{process.pid}:{started}:{process.boot}:"
+
+
+def holder_process(holder: str) -> ProcessIdentity | None:
+    """The process a holder names; None for a holder of another form (an older version)."""
+    parts = holder.split(":")
+    if len(parts) != 6 or not parts[1].isdigit():
+        return None
+    host, pid, started, boot = parts[:4]
+    if host != socket.gethostname()[:_HOST_CHARS]:
+        return ProcessIdentity(host, int(pid), None, boot)  # not ours to judge: gone() is None
+    return ProcessIdentity(
+        socket.gethostname(), int(pid), int(started) if started.isdigit() else None, boot
+    )
+
+
+def release_dead_holders(engine: Engine, account_name: str | None = None) -> int:
+    """Give back the slots (of one account, or of all) whose holder is a process of this
+    host that is gone; -> how many. Processes of other hosts are left to their lease."""
+    query = select(_slots.account, _slots.slot, _slots.holder).where(_slots.holder.is_not(None))
+    if account_name is not None:
+        query = query.where(_slots.account == account_name)
+    with engine.connect() as conn:
+        held = conn.execute(query).all()
+    freed = 0
+    verdicts: dict[str, bool] = {}
+    for account, slot, holder in held:
+        process = holder_process(holder)
+        if process is None:
+            continue
+        key = holder_prefix(process)
+        if key not in verdicts:
+            verdicts[key] = process.gone() is True
+        if not verdicts[key]:
+            continue
+        with engine.begin() as conn:
+            freed += conn.execute(
+                _FREE_SLOT, {"b_account": account, "b_slot": slot, "b_holder": holder}
+            ).rowcount
+    return freed
+
+
 def release_slots_of_process(engine: Engine, host: str, pid: int) -> int:
     """Give back at once the in-flight slots held by a process known to be dead (its
-    holders are ``host:pid:...``, see ``DbLimiter``), instead of waiting for their lease
-    to end; returns how many."""
-    prefix = f"{host}:{pid}:"
+    holders are ``host:pid:...``, see ``holder_prefix``), instead of waiting for their
+    lease to end; returns how many."""
+    prefix = f"{host[:_HOST_CHARS]}:{pid}:"
     with engine.begin() as conn:
         return int(
             conn.execute(

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -40,6 +38,8 @@ from dagster import (
     sensor,
 )
 
+from bulk_changes.processes import ProcessIdentity
+
 RUN_WORKER_TAG = "bulk_changes/run_worker"
 SENSOR_NAME = "dead_run_worker_sensor"
 # Dagster's own engine events naming the process that executes a run's steps.
@@ -49,25 +49,6 @@ _registered: set[tuple[str, int]] = set()
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        return ""
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks after boot) of ``pid``; None when there is none.
-    Raises OSError when /proc cannot tell."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    # the command name may hold spaces and parentheses: fields resume after the last ')'
-    fields = data[data.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])  # fields 3 (state) and 22 (starttime)
 
 
 @dataclass(frozen=True)
@@ -108,43 +89,13 @@ class WorkerProcess:
 
     @classmethod
     def this_process(cls, run_id: str) -> WorkerProcess:
-        pid = os.getpid()
-        try:
-            stat = _proc_stat(pid)
-        except OSError:
-            stat = None
-        return cls(run_id, socket.gethostname(), pid, stat[1] if stat else None, _boot_id())
+        me = ProcessIdentity.current()
+        return cls(run_id, me.host, me.pid, me.started, me.boot)
 
     def gone(self) -> bool | None:
         """True: the process no longer exists (or is a zombie, or its pid now belongs to
         another process). False: it runs. None: this host cannot tell (another host)."""
-        if self.host != socket.gethostname():
-            return None
-        boot = _boot_id()
-        if self.boot and boot and self.boot != boot:
-            return True  # the host restarted since
-        try:
-            stat = _proc_stat(self.pid)
-        except OSError:
-            return _gone_by_signal(self.pid)
-        if stat is None:
-            return True
-        state, started = stat
-        if state in ("Z", "X"):
-            return True  # killed, not yet reaped by its parent (the code server)
-        return self.started is not None and started != self.started
-
-
-def _gone_by_signal(pid: int) -> bool | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    except OSError:
-        return None
-    return False
+        return ProcessIdentity(self.host, self.pid, self.started, self.boot).gone()
 
 
 def register_run_worker(instance: Any, run: Any, log: Any = None) -> None:
@@ -265,6 +216,16 @@ def mark_failed(instance: Any, dead: DeadRun, amop_db: Any = None, log: Any = No
     return True
 
 
+def _release_dead_holders(amop_db: Any, log: Any) -> int:
+    from bulk_changes.db.limiter import release_dead_holders
+
+    try:
+        return release_dead_holders(amop_db.engine())
+    except Exception as exc:  # their lease ends them anyway
+        log.warning(f"account slots of dead processes not checked: {exc!r}")
+        return 0
+
+
 def build_dead_run_worker_sensor(
     minimum_interval_seconds: int = 15,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
@@ -299,9 +260,13 @@ def build_dead_run_worker_sensor(
         ]
         for run_id in marked:
             context.log.warning(f"run {run_id}: worker gone, marked failed")
+        # Whatever its run's status (the code server may have marked it failed already):
+        # a dead process's account slots come back now, not when their lease ends.
+        freed = _release_dead_holders(context.resources.amop_db, context.log)
         return SkipReason(
             f"{looked_at} started run(s) looked at; "
             + (f"marked failed (worker gone): {', '.join(marked)}" if marked else "all alive")
+            + (f"; {freed} account slot(s) of dead processes given back" if freed else "")
         )
 
     return dead_run_worker_sensor

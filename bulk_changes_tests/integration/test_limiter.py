@@ -5,10 +5,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
+from sqlalchemy import insert
+
+from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
-from bulk_changes.db.limiter import DbLimiter
+from bulk_changes.db.limiter import DbLimiter, release_dead_holders
 from bulk_changes.domain.settings import RateLimit
 
 LIMIT = RateLimit(calls_per_second=20, max_in_flight=2)
@@ -89,6 +93,70 @@ def test_slot_of_a_killed_process_frees_when_its_lease_expires(any_db_url, any_e
     with limiter.slot("dead-acct", RateLimit(100, 1)):
         waited = time.monotonic() - waited
     assert waited < 30  # taken over after the lease, not blocked for good
+
+
+def _hold_with_a_long_lease(url: str, ready) -> None:
+    limiter = DbLimiter(make_engine(url))
+    with limiter.slot("dead-acct", RateLimit(100, 1), lease_seconds=3600):
+        ready.set()
+        time.sleep(3600)
+
+
+def test_a_dead_holder_on_this_host_gives_its_slot_back_before_its_lease_ends(
+    any_db_url, any_engine
+):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_with_a_long_lease, args=(any_db_url, ready))
+    holder.start()
+    assert ready.wait(60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    limiter = DbLimiter(any_engine)
+    got = threading.Event()
+
+    def take() -> None:
+        with limiter.slot("dead-acct", RateLimit(100, 1)):
+            got.set()
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    assert got.wait(60), "the dead holder's slot was not given back (its lease is an hour)"
+    taker.join(10)
+    assert limiter.reclaimed == 1
+
+
+def _hold_until_told(url: str, ready, done) -> None:
+    limiter = DbLimiter(make_engine(url))
+    with limiter.slot("live-acct", RateLimit(100, 1), lease_seconds=3600):
+        ready.set()
+        done.wait(120)
+
+
+def test_a_live_holder_keeps_its_slot(any_db_url, any_engine):
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_until_told, args=(any_db_url, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert release_dead_holders(any_engine) == 0
+    finally:
+        done.set()
+        holder.join(30)
+
+
+def test_a_holder_on_another_host_is_left_to_its_lease(any_engine):
+    with any_engine.begin() as conn:
+        conn.execute(
+            insert(t.rate_limit_slots).values(
+                account="far-acct",
+                slot=0,
+                holder="elsewhere:1:1:abcd1234:ffffffff:1",
+                expires_at=9e9,
+            )
+        )
+    assert release_dead_holders(any_engine) == 0
 
 
 def test_penalty_delays_the_next_call(any_engine):

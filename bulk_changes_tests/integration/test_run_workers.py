@@ -24,8 +24,9 @@ from sqlalchemy import insert, select
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
-from bulk_changes.db.limiter import release_slots_of_process
+from bulk_changes.db.limiter import holder_prefix, release_slots_of_process
 from bulk_changes.db.schema import upgrade
+from bulk_changes.processes import ProcessIdentity
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.sensors.run_workers import (
     RUN_WORKER_TAG,
@@ -192,6 +193,40 @@ def test_only_a_started_run_whose_recorded_worker_is_gone_is_marked(tmp_path):
         for proc in (alive, killed, child, ended):
             proc.kill()
             proc.wait()
+
+
+def test_the_sensor_gives_back_a_dead_processs_slots_whatever_its_runs_status(tmp_path):
+    """The code server had marked the run failed already: no STARTED run is left to look
+    at, and the dead worker's account slot comes back all the same."""
+    instance = DagsterInstance.ephemeral()
+    amop_db = AmopDatabase(url=f"sqlite:///{tmp_path / 'amop.sqlite'}")
+    engine = make_engine(amop_db.resolved_url())
+    upgrade(engine)
+    killed = sleeper()
+    try:
+        me = ProcessIdentity.current()
+        stat = Path(f"/proc/{killed.pid}/stat").read_text()
+        started = int(stat[stat.rindex(")") + 2 :].split()[19])
+        dead = ProcessIdentity(me.host, killed.pid, started, me.boot)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(t.rate_limit_slots).values(
+                    account="jasper", slot=0, holder=f"{holder_prefix(dead)}ab:7", expires_at=9e9
+                )
+            )
+        killed.kill()
+        killed.wait()
+        sensor_def = build_dead_run_worker_sensor(minimum_interval_seconds=1)
+        context = build_sensor_context(instance=instance, resources={"amop_db": amop_db})
+        assert "1 account slot(s) of dead processes given back" in (
+            sensor_def.evaluate_tick(context).skip_message
+        )
+        with engine.connect() as conn:
+            assert conn.execute(select(t.rate_limit_slots.c.holder)).scalar_one() is None
+    finally:
+        killed.kill()
+        killed.wait()
+        engine.dispose()
 
 
 def test_release_slots_of_process_frees_only_that_process(tmp_path):
