@@ -149,3 +149,15 @@ def test_postgres_instance_from_the_file_stores_and_reads_a_run(tmp_path, monkey
             assert found.run_id == run.run_id
         finally:
             instance.dispose()
+
+
+def test_the_embedded_default_instance_retries_runs_whose_worker_died(tmp_path):
+    from bulk_changes.paths import default_instance_yaml
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(default_instance_yaml(), home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        assert instance.run_monitoring_enabled
