@@ -355,11 +355,14 @@ def submit_bulk_change(
         tenant.carrier_account(integration.value)
     except (ValueError, ConfigurationError) as exc:
         raise IntakeError(str(exc)) from exc
+    _check_request_texts(request)
+    # An empty key is no key: stored as "", a second empty key would hit the unique constraint.
+    key = request.idempotency_key.strip() if isinstance(request.idempotency_key, str) else ""
     digest = request_digest(request.rows)
-    if request.idempotency_key:
-        existing = repo.find_by_idempotency_key(tenant.id, request.idempotency_key)
+    if key:
+        existing = repo.find_by_idempotency_key(tenant.id, key)
         if existing:
-            _same_request(existing, request.idempotency_key, change_type, integration, digest)
+            _same_request(existing, key, change_type, integration, digest)
             return _result_of(repo, existing.id, created=False, rows=request.rows)
     if not request.rows:
         raise IntakeError("no devices in the request")
@@ -413,18 +416,39 @@ def submit_bulk_change(
         change_type=change_type.value,
         integration=integration.value,
         notify=notify,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=key or None,
         requested_by=request.requested_by,
         source=request.source,
         changes=changes,
         request_digest=digest,
     )
-    if not created and request.idempotency_key:
+    if not created and key:
         # Another producer stored the same key first, while this one was validating.
-        existing = repo.find_by_idempotency_key(tenant.id, request.idempotency_key)
+        existing = repo.find_by_idempotency_key(tenant.id, key)
         if existing is not None:
-            _same_request(existing, request.idempotency_key, change_type, integration, digest)
+            _same_request(existing, key, change_type, integration, digest)
     return _result_of(repo, bulk_id, created=created, rows=request.rows)
+
+
+# The AMOP columns of the request's own texts (bulk_changes.idempotency_key, requested_by).
+_REQUEST_TEXT_LIMIT = 255
+
+
+def _check_request_texts(request: SubmitRequest) -> None:
+    """The request's own texts, refused as the rows' are: a NUL in an idempotency key fails
+    on PostgreSQL, and a newline in a notify address would end up in a mail header."""
+    texts = [("idempotency_key", request.idempotency_key), ("requested_by", request.requested_by)]
+    texts += [("notify", address) for address in request.notify]
+    for name, value in texts:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise IntakeError(f"{name}: must be text, got {kind_of(value)}")
+        reason = check_text(value)
+        if reason is None and len(value) > _REQUEST_TEXT_LIMIT:
+            reason = f"at most {_REQUEST_TEXT_LIMIT} characters, got {len(value)}"
+        if reason:
+            raise IntakeError(f"{name}: {reason}")
 
 
 def _same_request(

@@ -18,6 +18,7 @@ from bulk_changes.domain.change_types import ChangeType, Integration, allowed_co
 from bulk_changes.domain.errors import BulkChangeError, InputFileError
 from bulk_changes.domain.validation import FIELD_LIMITS, check_iccid, check_text
 from bulk_changes.intake import (
+    IntakeError,
     SubmitRequest,
     inventory_rows,
     read_csv_rows,
@@ -136,3 +137,30 @@ def test_any_request_is_stored_as_correct_rows_or_refused_clearly(inventory_repo
         for name, value in change.request.items():
             assert isinstance(value, str) and value == value.strip() and value
             assert check_text(value) is None and len(value) <= FIELD_LIMITS[name]
+
+
+@QUICK
+@given(
+    tenant=st.one_of(st.just("acme"), st.text(max_size=80)),
+    key=st.one_of(st.none(), st.text(max_size=300)),
+    requested_by=st.one_of(st.none(), st.text(max_size=300)),
+    notify=st.lists(st.text(max_size=40), max_size=3),
+)
+def test_any_request_texts_are_stored_or_refused_clearly(
+    inventory_repo, tenant, key, requested_by, notify
+):
+    request = SubmitRequest(
+        tenant,
+        "username_cost_center",
+        "jasper",
+        [{"iccid": KNOWN[0], "username": "ann"}],
+        notify=notify,
+        idempotency_key=key,
+        requested_by=requested_by,
+    )
+    try:
+        result = submit_bulk_change(inventory_repo, SETTINGS, request)
+    except IntakeError as exc:
+        assert str(exc) and "globex" not in str(exc)
+        return
+    assert inventory_repo.get_bulk_change(result.id).tenant_id == "acme"
