@@ -164,3 +164,33 @@ def test_any_request_texts_are_stored_or_refused_clearly(
         assert str(exc) and "globex" not in str(exc)
         return
     assert inventory_repo.get_bulk_change(result.id).tenant_id == "acme"
+
+
+@QUICK
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        json_values.map(json.dumps),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("submit_bulk_change"),
+                "tenant": json_values,
+                "change_type": st.sampled_from(["device_status", "equipment"]) | json_values,
+                "integration": st.sampled_from(["jasper", "telegence"]) | json_values,
+                "devices": st.lists(st.dictionaries(st.text(max_size=8), json_values))
+                | json_values,
+            },
+            optional={"idempotency_key": json_values, "notify": json_values},
+        ).map(json.dumps),
+    )
+)
+def test_any_queue_message_body_is_parsed_or_refused_with_a_reason(body):
+    from bulk_changes.domain.messages import MessageError, SubmitMessage, parse_message
+
+    try:
+        parsed = parse_message(body, {}, "m-1")
+    except MessageError as exc:
+        assert exc.reason
+        return
+    if isinstance(parsed, SubmitMessage):
+        assert all(isinstance(d, dict) for d in parsed.devices)
