@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Table, and_, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from bulk_changes.db import outbox
 from bulk_changes.db import schema as t
@@ -154,6 +155,38 @@ class StepSuccess:
     result: Any
     audit: Sequence[AuditEntry]
     attempts: int = 1
+
+
+def refused_values(exc: Exception) -> bool:
+    """The database refused a statement for the values it carried (a string PostgreSQL
+    cannot store, a value too long, a broken constraint): the same values will be refused
+    again, and other rows are not concerned. False for a database away or busy."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    # A value the driver would not even send (psycopg2: "A string literal cannot contain
+    # NUL (0x00) characters.") comes as the driver's ValueError, as it is or wrapped.
+    if isinstance(exc, ValueError | TypeError):
+        return True
+    return not isinstance(exc, DBAPIError) and isinstance(
+        getattr(exc, "orig", None), ValueError | TypeError
+    )
+
+
+def storable(text: str | None) -> str | None:
+    """Text the project writes itself (errors, audit), storable in any database: what an
+    external system echoes may hold a NUL character, which PostgreSQL refuses in text."""
+    return text.replace("\x00", "\ufffd") if text else text
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def describe_refusal(exc: Exception) -> str:
+    """The database's own reason, one line, without the statement or its values (they may
+    hold what could not be stored, and secrets of other columns)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return _CONTROL.sub("?", f"{type(orig).__name__}: {first}")[:300]
 
 
 class Repository:
@@ -622,13 +655,13 @@ class Repository:
                     "account": x.account if x else None,
                     "description": e.description,
                     "method": x.method if x else None,
-                    "url": x.url if x else None,
-                    "request": x.request_body if x else to_text(e.request),
+                    "url": storable(x.url) if x else None,
+                    "request": storable(x.request_body if x else to_text(e.request)),
                     "response_status": x.status if x else None,
-                    "response": x.response_body if x else to_text(e.response),
+                    "response": storable(x.response_body if x else to_text(e.response)),
                     "duration_ms": x.duration_ms if x else None,
                     "outcome": e.outcome,
-                    "error": e.error or (x.error if x else None),
+                    "error": storable(e.error or (x.error if x else None)),
                     "attempt": e.attempt,
                     "run_id": run_id,
                     "created_at": now(),
@@ -693,7 +726,7 @@ class Repository:
                 .where(t.device_changes.c.id == device_change_id)
                 .values(
                     attempts=t.device_changes.c.attempts + (1 if count else 0),
-                    last_error=error,
+                    last_error=storable(error),
                     updated_at=now(),
                 )
             )
@@ -729,7 +762,7 @@ class Repository:
         """
         values: dict[str, Any] = {
             "status": status.value,
-            "last_error": reason,
+            "last_error": storable(reason),
             "updated_at": now(),
             "finished_at": now(),
         }

@@ -26,6 +26,8 @@ from bulk_changes.db.repository import (
     DeviceChange,
     Repository,
     StepSuccess,
+    describe_refusal,
+    refused_values,
 )
 from bulk_changes.domain.audit import Exchange
 from bulk_changes.domain.change_types import ChangeType, Integration
@@ -363,6 +365,28 @@ class StageRunner:
             if pending is not None:
                 self._record(change, pending)  # rolled back with the update: the call happened
             self._finish(change, DeviceStatus.ERROR, str(exc), UPDATE_AMOP.name, report)
+            return
+        except (SQLAlchemyError, ValueError, TypeError) as exc:
+            # Rolled back with the update, the external call happened all the same: kept
+            # on its own, so no retry of this device calls the vendor again. If even that
+            # fails, the database itself is away: the op fails and Dagster retries it
+            # (the call is then read back at the vendor, see _verified_after_crash).
+            if pending is not None:
+                self._record(change, pending)
+            if not refused_values(exc):
+                raise  # the database is away or busy: the op's retry continues here
+            # This device's values are refused (a NUL character on PostgreSQL, a value too
+            # long, a duplicate key): one bad device must not fail the op, and with it
+            # every other device of the batch, three times over.
+            self._finish(
+                change,
+                DeviceStatus.API_FAILED,
+                "the AMOP database refused the inventory update after the external "
+                f"systems were changed ({describe_refusal(exc)}); retrying the failed "
+                "devices repeats only this update",
+                UPDATE_AMOP.name,
+                report,
+            )
             return
         if moved:
             with self._lock:

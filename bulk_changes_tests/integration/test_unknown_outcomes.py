@@ -72,7 +72,7 @@ def devices(count: int) -> list[dict[str, str]]:
     return rows
 
 
-def run_bulk_change(
+def submit(
     repo: Repository, settings: Any, change_type: str, integration: str, rows: list[dict]
 ) -> int:
     result = submit_bulk_change(
@@ -87,7 +87,12 @@ def run_bulk_change(
             requested_by="tester",
         ),
     )
-    bulk = repo.get_bulk_change(result.id)
+    return result.id
+
+
+def run_device_changes(repo: Repository, settings: Any, bulk_id: int, integration: str) -> None:
+    """What the batch op does for the bulk change's pending device changes."""
+    bulk = repo.get_bulk_change(bulk_id)
     assert bulk is not None
     tenant = settings.tenant("acme")
     limiter = limiter_for(repo.engine)
@@ -97,21 +102,27 @@ def run_bulk_change(
         return AccountClients(
             lambda: carrier_cls(tenant.carrier_account(integration), limiter, recorder),
             lambda: RevioClient(tenant.billing_account(), limiter, recorder),
-            directory_for(tenant.billing_account().name, f"run-{result.id}"),
+            directory_for(tenant.billing_account().name, f"run-{bulk_id}"),
         )
 
-    ids = [int(i) for i in repo.pending_device_changes_frame(result.id)["id"]]
     StageRunner(
         repo=repo,
         bulk=bulk,
         tenant=tenant,
         clients_factory=clients,
         policy=POLICY,
-        run_id=f"run-{result.id}",
+        run_id=f"run-{bulk_id}",
         max_workers=4,
         rng=random.Random(1),
-    ).run(ids, STAGE_ORDER)
-    return result.id
+    ).run(repo.pending_device_change_ids(bulk_id), STAGE_ORDER)
+
+
+def run_bulk_change(
+    repo: Repository, settings: Any, change_type: str, integration: str, rows: list[dict]
+) -> int:
+    bulk_id = submit(repo, settings, change_type, integration, rows)
+    run_device_changes(repo, settings, bulk_id, integration)
+    return bulk_id
 
 
 def faulty(sims: SimulatorSet, **faults: Any) -> None:
