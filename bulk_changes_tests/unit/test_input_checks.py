@@ -125,6 +125,10 @@ def test_digest_differs_when_a_value_differs():
     )
 
 
+def test_digest_tells_a_list_from_its_text():
+    assert request_digest([{"username": [1]}]) != request_digest([{"username": "[1]"}])
+
+
 def test_digest_of_a_deeply_nested_value_does_not_raise():
     nested: object = "x"
     for _ in range(100_000):
