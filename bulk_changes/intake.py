@@ -112,6 +112,11 @@ class CsvRows(list[dict[str, str]]):
         self.lines: list[int] = []
 
 
+def _column_shown(column: str) -> str:
+    label = field_label(column)
+    return repr(label) if label == column else label  # field_label already quoted it
+
+
 def line_of(rows: Sequence[Any], index: int) -> int | None:
     """The file line of ``rows[index]`` when the rows came from a CSV file."""
     lines = getattr(rows, "lines", None)
@@ -144,7 +149,9 @@ def read_csv_rows(
     unknown = [c for c in columns if c not in allowed]
     if unknown or not columns or any(not c for c in columns):
         raise InputFileError(
-            f"{name}: wrong header: unknown column(s) {', '.join(repr(c) for c in unknown) or '(empty)'}; "
+            # field_label: a header cell can be a megabyte of anything; shown cut short
+            f"{name}: wrong header: unknown column(s) "
+            f"{', '.join(_column_shown(c) for c in unknown[:10]) or '(empty)'}; "
             f"expected columns among: {', '.join(allowed)}"
         )
     if len(set(columns)) != len(columns):

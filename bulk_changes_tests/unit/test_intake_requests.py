@@ -63,3 +63,12 @@ def test_a_rejected_row_after_a_quoted_newline_names_its_file_line(repo, setting
     )
     # row 1 spans lines 2-3 (its newline is refused too); row 2 starts on line 4
     assert [(r["row"], r["line"]) for r in result.rejected] == [(1, 2), (2, 4)]
+
+
+def test_a_huge_unknown_header_cell_is_named_cut_short():
+    from bulk_changes.domain.errors import InputFileError
+    from bulk_changes.intake import read_csv_rows
+
+    with pytest.raises(InputFileError) as refused:
+        read_csv_rows(b"iccid," + b"x" * 100_000 + b"\n1,2\n", "c.csv", ("iccid",), ["iccid"])
+    assert len(str(refused.value)) < 300 and "unknown column" in str(refused.value)
