@@ -75,9 +75,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bulk_changes.domain.messages import MAX_BULK_CHANGE_ID
     from bulk_changes.status_report import format_text, status_of
 
-    report = status_of(_resources()["amop_db"].repository(), args.id, args.devices)
+    # An id no database column holds (SQLite raised OverflowError past 2**63 - 1).
+    in_range = 1 <= args.id <= MAX_BULK_CHANGE_ID
+    report = (
+        status_of(_resources()["amop_db"].repository(), args.id, args.devices) if in_range else None
+    )
     if report is None:
         print(f"no bulk change {args.id}", file=sys.stderr)
         return 1

@@ -193,3 +193,9 @@ def test_importing_a_device_another_tenant_holds_is_refused_without_naming_it(cl
     engine = make_engine(cli.db_url)
     assert Repository(engine).count_devices("globex") == 0  # nothing of the file imported
     engine.dispose()
+
+
+def test_status_of_an_id_past_any_integer_column_is_not_found(sqlite_cli):
+    done = sqlite_cli("status", "9" * 30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"no bulk change {'9' * 30}"
