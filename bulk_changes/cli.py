@@ -150,7 +150,9 @@ def cmd_webhooks_failed(args: argparse.Namespace) -> int:
 def cmd_webhooks_redeliver(args: argparse.Namespace) -> int:
     res = _resources()
     dispatcher = _dispatcher(res)
-    if args.id.isdigit():
+    # ASCII digits within a database integer: '³'.isdigit() is true and int('³') fails,
+    # and SQLite raised OverflowError past 2**63 - 1.
+    if args.id.isascii() and args.id.isdigit() and int(args.id) < 2**63:
         found = dispatcher.outbox.get(int(args.id))
         deliveries = [found] if found else []
     else:

@@ -199,3 +199,9 @@ def test_status_of_an_id_past_any_integer_column_is_not_found(sqlite_cli):
     done = sqlite_cli("status", "9" * 30)
     assert done.returncode == 1
     assert done.stderr.strip() == f"no bulk change {'9' * 30}"
+
+
+def test_redelivering_a_delivery_id_past_any_integer_column_is_not_found(sqlite_cli):
+    done = sqlite_cli("webhooks", "redeliver", "9" * 30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"no webhook delivery {'9' * 30}"
