@@ -371,6 +371,12 @@ def submit_bulk_change(
         if existing:
             _same_request(existing, key, change_type, integration, digest)
             return _result_of(repo, existing.id, created=False, rows=request.rows)
+        # The tenant is part of what a key is bound to: the same key under another tenant is
+        # a producer resending a request with the tenant changed. Named by its bulk change
+        # only, never by the other tenant's name.
+        elsewhere = repo.idempotency_key_elsewhere(tenant.id, key)
+        if elsewhere is not None:
+            raise IdempotencyConflict(key, elsewhere, "another tenant")
     if not request.rows:
         raise IntakeError("no devices in the request")
     if len(request.rows) > MAX_ROWS:

@@ -323,6 +323,17 @@ class Repository:
             ).first()
         return _bulk(row, row.digest) if row else None
 
+    def idempotency_key_elsewhere(self, tenant_id: str, key: str) -> int | None:
+        """The first bulk change another tenant stored with ``key`` (its id only)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(func.min(t.bulk_changes.c.id)).where(
+                    t.bulk_changes.c.idempotency_key == key,
+                    t.bulk_changes.c.tenant_id != tenant_id,
+                )
+            ).scalar()
+        return int(found) if found is not None else None
+
     def create_bulk_change(
         self,
         *,

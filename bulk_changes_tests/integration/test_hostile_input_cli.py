@@ -205,3 +205,15 @@ def test_redelivering_a_delivery_id_past_any_integer_column_is_not_found(sqlite_
     done = sqlite_cli("webhooks", "redeliver", "9" * 30)
     assert done.returncode == 1
     assert done.stderr.strip() == f"no webhook delivery {'9' * 30}"
+
+
+def test_the_same_key_under_another_tenant_is_refused_without_naming_it(cli):
+    path = cli.file("a.csv", f"iccid,username\n{iccid(0)},ann\n")
+    bulk_id = json.loads(cli.submit(path, "--idempotency-key", "k4").stdout)["id"]
+    again = cli("submit", path, "--tenant", "globex", "--type", "username_cost_center",
+                "--integration", "jasper", "--no-send", "--idempotency-key", "k4")  # fmt: skip
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"bulk-changes: idempotency key 'k4' was already used for bulk change {bulk_id} "
+        "with a different request (another tenant); send it with a new key"
+    )
