@@ -25,7 +25,7 @@ from bulk_changes.db.repository import Repository
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.validation import luhn_check_digit
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
-from bulk_changes.paths import default_instance_yaml, home
+from bulk_changes.paths import default_instance_yaml, home, write_home_settings
 
 PORTS = {"jasper": 8101, "telegence": 8102, "revio": 8103, "sqs": 9324, "ui": 3000}
 
@@ -214,19 +214,28 @@ class Demo:
         # the embedded default's instance, run retries and run monitoring included
         shutil.copyfile(default_instance_yaml(), self.root / "dagster_home" / "dagster.yaml")
         (self.root / "workspace.yaml").write_text(WORKSPACE_YAML)
-        os.environ.update(
+        values = {
+            "DAGSTER_HOME": str(self.root / "dagster_home"),
+            "BULK_CHANGES_HOME": str(self.root),
+            "BULK_CHANGES_DB_URL": f"sqlite:///{self.root / 'amop.sqlite'}",
+            "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{PORTS['sqs']}",
+            "BULK_CHANGES_SENSOR_INTERVAL": "3",
+            "BULK_CHANGES_SENSOR_DEFAULT": "running",
+            "BULK_CHANGES_JASPER_URL": f"http://127.0.0.1:{PORTS['jasper']}/rws/api/v1",
+            "BULK_CHANGES_TELEGENCE_URL": f"http://127.0.0.1:{PORTS['telegence']}",
+            "BULK_CHANGES_REVIO_URL": f"http://127.0.0.1:{PORTS['revio']}/v1",
+        }
+        # where the CLI looks (the home, not the demo's folder): `bulk-changes status 3`
+        # run beside the demo reads the demo's database and sends to its queue
+        settings = write_home_settings(
             {
-                "DAGSTER_HOME": str(self.root / "dagster_home"),
-                "BULK_CHANGES_HOME": str(self.root),
-                "BULK_CHANGES_DB_URL": f"sqlite:///{self.root / 'amop.sqlite'}",
-                "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{PORTS['sqs']}",
-                "BULK_CHANGES_SENSOR_INTERVAL": "3",
-                "BULK_CHANGES_SENSOR_DEFAULT": "running",
-                "BULK_CHANGES_JASPER_URL": f"http://127.0.0.1:{PORTS['jasper']}/rws/api/v1",
-                "BULK_CHANGES_TELEGENCE_URL": f"http://127.0.0.1:{PORTS['telegence']}",
-                "BULK_CHANGES_REVIO_URL": f"http://127.0.0.1:{PORTS['revio']}/v1",
+                k: v
+                for k, v in values.items()
+                if k not in ("BULK_CHANGES_SENSOR_INTERVAL", "BULK_CHANGES_SENSOR_DEFAULT")
             }
         )
+        os.environ.update(values)
+        say(f"settings for the CLI: {settings} (the CLI uses the demo's database and queue)")
 
     def start_services(self) -> None:
         from bulk_changes.resources.local_sqs import start_local_sqs_process

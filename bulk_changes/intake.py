@@ -1,7 +1,9 @@
 """Intake: files and messages become a stored bulk change with one device change per row.
 
-Invalid rows are kept as ERROR device changes naming the row, the field and the reason;
-valid rows go on. A whole file is refused only when it cannot be read as rows at all.
+Files are CSV, .xlsx (read with pandas, every cell as text) or JSON. Invalid rows are kept
+as ERROR device changes naming the row, the field and the reason; valid rows go on. A
+request is refused as a whole when it cannot be read as rows, or when no row is valid
+(then nothing is stored).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ INVENTORY_COLUMNS = (
 )
 
 MAX_ROWS = 100_000
+XLSX_SUFFIXES = (".xlsx", ".xlsm")
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,98 @@ def read_csv_rows(
     return rows
 
 
+def read_xlsx_rows(
+    data: bytes, name: str, allowed: Sequence[str], required: Sequence[str]
+) -> CsvRows:
+    """Rows of the first sheet of an .xlsx workbook, every cell as text; ``lines`` holds
+    each row's number in the sheet."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_excel(io.BytesIO(data), header=None, dtype=object, engine="openpyxl")
+    except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
+        raise InputFileError(
+            f"{name}: not readable as an .xlsx workbook ({exc}); save it as .xlsx or CSV"
+        ) from exc
+    if frame.empty:
+        raise InputFileError(f"{name}: the file is empty")
+    cells = [[_cell_text(v) for v in values] for values in frame.to_numpy().tolist()]
+    header = cells[0]
+    while header and not header[-1].strip():
+        header = header[:-1]  # a spreadsheet's trailing empty columns
+    columns = [h.strip().lower() for h in header]
+    _check_header(name, columns, allowed, required)
+    rows = CsvRows()
+    for number, values in enumerate(cells[1:], start=2):
+        if all(not v.strip() for v in values):
+            continue
+        extra = [v for v in values[len(columns) :] if v.strip()]
+        if extra:
+            raise InputFileError(
+                f"{name}: row {number} has {len(columns) + len(extra)} cells, the header has {len(columns)}"
+            )
+        rows.append(dict(zip(columns, values, strict=False)))
+        rows.lines.append(number)
+        if len(rows) > MAX_ROWS:
+            raise InputFileError(f"{name}: more than {MAX_ROWS} rows; split the file")
+    if not rows:
+        raise InputFileError(f"{name}: no rows after the header")
+    return rows
+
+
+def _check_header(
+    name: str, columns: Sequence[str], allowed: Sequence[str], required: Sequence[str]
+) -> None:
+    unknown = [c for c in columns if c not in allowed]
+    if unknown or not columns or any(not c for c in columns):
+        raise InputFileError(
+            f"{name}: wrong header: unknown column(s) {', '.join(repr(c) for c in unknown) or '(empty)'}; "
+            f"expected columns among: {', '.join(allowed)}"
+        )
+    if len(set(columns)) != len(columns):
+        raise InputFileError(f"{name}: wrong header: a column appears twice")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputFileError(f"{name}: wrong header: missing column(s) {', '.join(missing)}")
+
+
+def _cell_text(value: Any) -> str:
+    """A spreadsheet cell as the text the operator sees. Text cells stay as they are;
+    whole numbers lose no ".0"; a number too long for a float's 15 digits (an ICCID typed
+    into a number cell) keeps its rounded form, which validation then refuses."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).upper()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, datetime):
+        midnight = value.time() == datetime.min.time()
+        return value.date().isoformat() if midnight else value.isoformat()
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+def read_table_file(
+    path: Path, allowed: Sequence[str], required: Sequence[str]
+) -> list[dict[str, str]]:
+    """A CSV or .xlsx file's rows (by its suffix), with their lines."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    if path.suffix.lower() in XLSX_SUFFIXES:
+        return read_xlsx_rows(data, path.name, allowed, required)
+    return read_csv_rows(data, path.name, allowed, required)
+
+
 def read_json_rows(data: bytes, name: str) -> list[dict[str, Any]]:
     text = _decode(data, name)
     try:
@@ -206,15 +301,16 @@ def read_json_rows(data: bytes, name: str) -> list[dict[str, Any]]:
 def read_request_file(
     path: str | Path, change_type: ChangeType, integration: Integration
 ) -> list[dict[str, Any]]:
+    """A request file's rows: JSON, .xlsx, or CSV (any other suffix)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from exc
     if path.suffix.lower() == ".json":
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(f"{path}: cannot read: {exc.strerror}") from exc
         return read_json_rows(data, path.name)
     columns = allowed_columns(change_type, integration)
-    return read_csv_rows(data, path.name, columns, [DEVICE_KEY_FIELD[integration]])
+    return read_table_file(path, columns, [DEVICE_KEY_FIELD[integration]])
 
 
 # ---- inventory --------------------------------------------------------------------------
@@ -296,20 +392,21 @@ def _problem_list(name: str, problems: Sequence[str]) -> str:
     return f"{name}: {len(problems)} invalid row(s):\n  {shown}{more}"
 
 
+def read_inventory_file(path: str | Path) -> list[dict[str, str]]:
+    """An inventory file's rows (CSV or .xlsx), checked as a whole by ``inventory_rows``."""
+    return read_table_file(Path(path), INVENTORY_COLUMNS, ["integration"])
+
+
 def import_inventory(
     repo: Repository, tenant: str, path: str | Path, settings: Settings | None = None
 ) -> tuple[int, int]:
-    """Import a tenant's devices from a CSV file.
+    """Import a tenant's devices from a CSV or .xlsx file.
 
     With ``settings``, a device that another tenant holds on the same carrier account is
     refused: a device belongs to one tenant, and the inventory is what keeps tenants apart.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror}") from exc
-    raw = read_csv_rows(data, path.name, INVENTORY_COLUMNS, ["integration"])
+    raw = read_inventory_file(path)
     rows = inventory_rows(raw, path.name)
     sharing = _tenants_sharing_carrier_accounts(settings, tenant) if settings else None
     try:
@@ -352,9 +449,88 @@ def _tenants_sharing_carrier_accounts(settings: Settings, tenant_id: str) -> dic
 # ---- submitting -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PlannedBulkChange:
+    """A checked request, not stored: what ``submit`` stores and ``--dry-run`` shows."""
+
+    tenant_id: str
+    change_type: ChangeType
+    integration: Integration
+    changes: list[NewDeviceChange]
+    inventory: Mapping[str, Mapping[str, Any]]
+    key: str
+    digest: str
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        return [
+            {"row": c.row_number, "field": c.error_field, "reason": c.error}
+            for c in self.changes
+            if c.status is DeviceStatus.ERROR
+        ]
+
+
+class NoValidRows(IntakeError):
+    """Every row was refused: nothing is stored. ``rejected`` holds each row's reason."""
+
+    def __init__(self, rejected: list[dict[str, Any]]) -> None:
+        shown = "\n  ".join(
+            f"row {r['row']}{_line_note(r)}: {r['field']}: {r['reason']}" for r in rejected
+        )
+        super().__init__(
+            f"no valid row in the request ({len(rejected)} refused); nothing stored or "
+            f"queued. Fix the rows and submit again:\n  {shown}"
+        )
+        self.rejected = rejected
+
+
+def _line_note(item: Mapping[str, Any]) -> str:
+    return f" (line {item['line']})" if "line" in item else ""
+
+
 def submit_bulk_change(
-    repo: Repository, settings: Settings, request: SubmitRequest
+    repo: Repository, settings: Settings, request: SubmitRequest, *, enqueue: bool = False
 ) -> SubmitResult:
+    """Store the request as a bulk change; refused (:class:`NoValidRows`) if no row is
+    valid. ``enqueue``: its queue message goes into the queue outbox in the same
+    transaction (``bulk_changes.db.queue_outbox``)."""
+    planned = plan_bulk_change(repo, settings, request)
+    if isinstance(planned, SubmitResult):
+        return planned
+    if len(planned.rejected) == len(planned.changes):
+        rejected = planned.rejected
+        for item in rejected:
+            line = line_of(request.rows, int(item["row"]) - 1)
+            if line is not None:
+                item["line"] = line
+        raise NoValidRows(rejected)
+    key, digest = planned.key, planned.digest
+    notify = list(dict.fromkeys(list(request.notify)))
+    bulk_id, created = repo.create_bulk_change(
+        tenant_id=planned.tenant_id,
+        change_type=planned.change_type.value,
+        integration=planned.integration.value,
+        notify=notify,
+        idempotency_key=key or None,
+        requested_by=request.requested_by,
+        source=request.source,
+        changes=planned.changes,
+        request_digest=digest,
+        enqueue=enqueue,
+    )
+    if not created and key:
+        # Another producer stored the same key first, while this one was validating.
+        existing = repo.find_by_idempotency_key(planned.tenant_id, key)
+        if existing is not None:
+            _same_request(existing, key, planned.change_type, planned.integration, digest)
+    return _result_of(repo, bulk_id, created=created, rows=request.rows)
+
+
+def plan_bulk_change(
+    repo: Repository, settings: Settings, request: SubmitRequest
+) -> PlannedBulkChange | SubmitResult:
+    """Check every row against the rules and the tenant's inventory, storing nothing.
+    -> the plan, or the stored bulk change its idempotency key names."""
     try:
         change_type = parse_change_type(request.change_type)
         integration = parse_integration(request.integration)
@@ -423,24 +599,7 @@ def submit_bulk_change(
                 error_field=first.field[:64],
             )
         )
-    notify = list(dict.fromkeys(list(request.notify)))
-    bulk_id, created = repo.create_bulk_change(
-        tenant_id=tenant.id,
-        change_type=change_type.value,
-        integration=integration.value,
-        notify=notify,
-        idempotency_key=key or None,
-        requested_by=request.requested_by,
-        source=request.source,
-        changes=changes,
-        request_digest=digest,
-    )
-    if not created and key:
-        # Another producer stored the same key first, while this one was validating.
-        existing = repo.find_by_idempotency_key(tenant.id, key)
-        if existing is not None:
-            _same_request(existing, key, change_type, integration, digest)
-    return _result_of(repo, bulk_id, created=created, rows=request.rows)
+    return PlannedBulkChange(tenant.id, change_type, integration, changes, inventory, key, digest)
 
 
 # The AMOP columns of the request's own texts (bulk_changes.idempotency_key, requested_by).

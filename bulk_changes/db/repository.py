@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, and_, func, insert, select, update
+from sqlalchemy import DateTime, Engine, String, Table, and_, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -43,6 +43,9 @@ INVENTORY_FIELDS = (
 )
 
 FINAL_DEVICE_VALUES = tuple(s.value for s in FINAL_DEVICE)
+
+# engine -> its database's id: read once per process (it never changes)
+_DATABASE_IDS: dict[int, str] = {}
 
 
 def now() -> datetime:
@@ -346,10 +349,13 @@ class Repository:
         source: str,
         changes: Sequence[NewDeviceChange],
         request_digest: str | None = None,
+        enqueue: bool = False,
     ) -> tuple[int, bool]:
         """Store a bulk change and all its device changes at once. -> (id, created).
 
         With an idempotency key already used by the tenant, returns that bulk change.
+        ``enqueue``: its queue message goes into the queue outbox in the same transaction,
+        so a stored bulk change is sent even if the queue is down now (db.queue_outbox).
         """
         if idempotency_key:
             existing = self.find_by_idempotency_key(tenant_id, idempotency_key)
@@ -414,6 +420,15 @@ class Repository:
                             for c in rejected
                         ],
                     )
+                if enqueue:
+                    conn.execute(
+                        insert(t.queue_outbox).values(
+                            bulk_change_id=bulk_id,
+                            body=json.dumps({"bulk_change_id": int(bulk_id)}),
+                            created_at=stamp,
+                            attempts=0,
+                        )
+                    )
             return int(bulk_id), True
         except IntegrityError:
             # Two producers raced with the same idempotency key: the other one won.
@@ -422,6 +437,15 @@ class Repository:
                 if existing:
                     return existing.id, False
             raise
+
+    def database_id(self) -> str:
+        """This AMOP database's own id (schema version 5), part of every run key."""
+        cached = _DATABASE_IDS.get(id(self.engine))
+        if cached is None:
+            with self.engine.connect() as conn:
+                cached = str(conn.execute(select(t.amop_identity.c.id)).scalar_one())
+            _DATABASE_IDS[id(self.engine)] = cached
+        return cached
 
     def get_bulk_change(self, bulk_change_id: int) -> BulkChange | None:
         with self.engine.connect() as conn:
@@ -456,6 +480,39 @@ class Repository:
                         )
                     ).scalars(),
                 )
+                # What the earlier run ended with is kept, not overwritten: the device's
+                # attempts go on counting and its reason moves to the history.
+                last_run = conn.execute(
+                    select(t.bulk_changes.c.last_run_id).where(
+                        t.bulk_changes.c.id == bulk_change_id
+                    )
+                ).scalar_one()
+                failed = t.device_changes.c
+                conn.execute(
+                    insert(t.device_change_history).from_select(
+                        [
+                            "device_change_id",
+                            "run_id",
+                            "status",
+                            "attempts",
+                            "reason",
+                            "finished_at",
+                            "reopened_at",
+                        ],
+                        select(
+                            failed.id,
+                            literal(last_run, String()),
+                            failed.status,
+                            failed.attempts,
+                            failed.last_error,
+                            failed.finished_at,
+                            literal(now(), DateTime(timezone=True)),
+                        ).where(
+                            failed.bulk_change_id == bulk_change_id,
+                            failed.status == DeviceStatus.API_FAILED.value,
+                        ),
+                    )
+                )
                 reopened = conn.execute(
                     update(t.device_changes)
                     .where(
@@ -464,7 +521,6 @@ class Repository:
                     )
                     .values(
                         status=DeviceStatus.NEW.value,
-                        attempts=0,
                         finished_at=None,
                         updated_at=now(),
                     )

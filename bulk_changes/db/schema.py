@@ -291,6 +291,60 @@ def _v5_request_digests(conn: Connection) -> None:
     request_metadata.create_all(conn)
 
 
+# ---- version 6: the database's identity, the queue outbox, device history -----------------
+cli_metadata = MetaData()
+
+# One row: this database's own id. Run keys carry it, so that two AMOP databases (the
+# demo's and an operator's, a test's) never share a key on one Dagster instance.
+amop_identity = Table(
+    "amop_identity",
+    cli_metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# A bulk change to send to the queue: written in the transaction that stores it, marked
+# sent once the queue took it; the queue sensor sends what is left (the queue was down).
+queue_outbox = Table(
+    "queue_outbox",
+    cli_metadata,
+    Column("bulk_change_id", Integer, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("message_id", String(128)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Index("ix_queue_outbox_unsent", "sent_at"),
+)
+
+# A device change's earlier outcomes: a retry reopens it, and what the earlier run ended
+# with (status, attempts, reason) stays here instead of being overwritten.
+device_change_history = Table(
+    "device_change_history",
+    cli_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_change_id", Integer, nullable=False),
+    Column("run_id", String(64)),
+    Column("status", String(32), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("reason", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("reopened_at", DateTime(timezone=True), nullable=False),
+    Index("ix_device_change_history_change", "device_change_id"),
+)
+
+
+def _v6_identity_outbox_history(conn: Connection) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    cli_metadata.create_all(conn)
+    conn.execute(
+        amop_identity.insert().values(id=uuid.uuid4().hex[:12], created_at=datetime.now(UTC))
+    )
+
+
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
 # append here (add a column, an index...); never edit an applied one.
 UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
@@ -299,6 +353,7 @@ UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _v3_limiter_waiters),
     (4, _v4_device_changes_row_order),
     (5, _v5_request_digests),
+    (6, _v6_identity_outbox_history),
 ]
 
 LATEST = UPGRADES[-1][0]

@@ -102,13 +102,17 @@ def parse_message(
     return _parse_ref(data, message_id)
 
 
-def run_key_for(ref: BulkChangeRef) -> str:
-    """``bulk_change_<id>``, or ``bulk_change_<id>_retry_<request_id>`` for a retry request.
+def run_key_for(ref: BulkChangeRef, database_id: str = "") -> str:
+    """``bulk_change_<id>``, or ``bulk_change_<id>_retry_<request_id>`` for a retry request;
+    with ``database_id`` (the AMOP database's own id) ``_db_<database_id>`` follows the
+    bulk change's id: bulk change 1 of two databases are two runs on one Dagster instance.
 
     The request id is reduced to ``[A-Za-z0-9_]``; when that changed it, a short hash of
     the original is appended so that different request ids never share a key.
     """
     key = f"bulk_change_{ref.bulk_change_id}"
+    if database_id:
+        key += f"_db_{_RUN_KEY_UNSAFE.sub('_', database_id)}"
     if not ref.retry_failed:
         return key
     request_id = ref.request_id or "retry"

@@ -67,6 +67,9 @@ TAG_CHANGE_TYPE = "bulk_changes/change_type"
 TAG_INTEGRATION = "bulk_changes/integration"
 TAG_RETRY_REQUEST = "bulk_changes/retry_request_id"
 LOAD_OP = "load_device_changes"
+# runs that ended without finishing a bulk change, after which its messages wait (and go
+# to the dead-letter queue) instead of starting yet another
+MAX_RUNS_PER_KEY = 5
 
 # (repository, settings, message) -> id of the stored bulk change
 SubmitFn = Callable[[Any, Any, SubmitMessage], int]
@@ -349,8 +352,35 @@ class QueueTick:
             ref = parsed
         self.handle_ref(message, ref)
 
+    def database_id(self) -> str:
+        # a stand-in repository without an id (unit tests) keeps the plain key
+        reader = getattr(self.repo(), "database_id", None)
+        return str(reader()) if reader is not None else ""
+
+    def live_run_key(self, base_key: str, bulk_id: int) -> str:
+        """The key of the run that will finish the bulk change: ``base_key``, unless its
+        run ended without making the bulk change final (it failed, was cancelled, or was
+        a different database's); then the next ``_again_<n>`` key whose run is not over.
+        A message is deleted only once that run exists."""
+        key = base_key
+        for n in range(2, MAX_RUNS_PER_KEY + 2):
+            run = self.run_of(key)
+            if run is None or not run.is_finished:
+                return key
+            bulk = self.repo().get_bulk_change(bulk_id)
+            if bulk is None or str(getattr(bulk.status, "value", bulk.status)) in FINAL_STATUSES:
+                return key
+            key = f"{base_key}_again_{n}"
+        raise RuntimeError(f"{base_key}: {MAX_RUNS_PER_KEY} runs ended without finishing it")
+
+    def run_of(self, run_key: str) -> Any:
+        runs = self.context.instance.get_runs(
+            filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
+        )
+        return runs[0] if runs else None
+
     def handle_ref(self, message: QueueMessage, ref: BulkChangeRef) -> None:
-        run_key = run_key_for(ref)
+        run_key = run_key_for(ref, self.database_id())
         if run_key in self._requested:
             # A second message for the run asked for in this tick: deleted with the first.
             self._add_pending(run_key, message)
@@ -359,10 +389,15 @@ class QueueTick:
         if bulk is None:
             self.dead_letter(message, f"unknown bulk change {ref.bulk_change_id}")
             return
+        status = str(getattr(bulk.status, "value", bulk.status))
+        if status not in FINAL_STATUSES and not ref.retry_failed:
+            run_key = self.live_run_key(run_key, ref.bulk_change_id)
+            if run_key in self._requested:
+                self._add_pending(run_key, message)
+                return
         if self.run_exists(run_key):
             self._delete(message.receipt_handle, message.message_id, run_key)
             return
-        status = str(getattr(bulk.status, "value", bulk.status))
         if status in FINAL_STATUSES and not ref.retry_failed:
             self.log.info(
                 f"message {message.message_id}: bulk change {ref.bulk_change_id} is already "
@@ -418,6 +453,25 @@ def run_request_for(ref: BulkChangeRef, bulk: Any, run_key: str) -> RunRequest:
 # -- the sensor -------------------------------------------------------------------------------
 
 
+def sweep_queue_outbox(amop_db: Any, queue: Any, log: Any) -> None:
+    """Send the bulk changes stored while the queue was down (db.queue_outbox); this tick
+    or the next receives them like any message. A failure is logged and tried again."""
+    engine_of = getattr(amop_db, "engine", None)
+    if engine_of is None:  # a stand-in database (unit tests) has no outbox
+        return
+    from bulk_changes.db.queue_outbox import send_unsent
+
+    try:
+        result = send_unsent(engine_of(), queue.send)
+    except Exception as exc:
+        log.warning(f"queue outbox: {exc!r}; tried again next tick")
+        return
+    if result.sent:
+        log.info(f"queue outbox: sent bulk change(s) {result.sent}")
+    for bulk_change_id, error in result.failed.items():
+        log.warning(f"queue outbox: bulk change {bulk_change_id} not sent ({error}); next tick")
+
+
 def build_queue_sensor(
     job: JobDefinition,
     minimum_interval_seconds: int = 5,
@@ -459,6 +513,7 @@ def build_queue_sensor(
             pending_ttl_seconds=pending_ttl_seconds,
             long_poll_seconds=long_poll_seconds,
         )
+        sweep_queue_outbox(context.resources.amop_db, context.resources.queue, context.log)
         tick.settle_pending(load_cursor(context.cursor))
         tick.receive_all()
         out = tick.out

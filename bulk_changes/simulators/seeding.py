@@ -128,6 +128,64 @@ def seed_from_inventory_rows(
     jasper_username_field: str = "accountCustom1",
 ) -> dict[str, int]:
     """Seed devices, lines and services from inventory rows; returns counts per system."""
+    payloads = seed_payloads(rows, jasper_username_field=jasper_username_field)
+    return {
+        "jasper": sims.jasper.seed(payloads["jasper"]),
+        "telegence": sims.telegence.seed(payloads["telegence"]),
+        "revio": sims.revio.seed(payloads["revio"]),
+    }
+
+
+def seed_running_simulators(
+    rows: list[dict[str, Any]],
+    base_urls: dict[str, str],
+    *,
+    jasper_username_field: str = "accountCustom1",
+    timeout: float = 30.0,
+) -> dict[str, int]:
+    """Seed simulators running in another process, over ``POST /_sim/seed`` (the bodies
+    ``seed_from_inventory_rows`` gives the in-process ones). ``base_urls``: each system's
+    API address (``.../rws/api/v1``, ``...``, ``.../v1``); the admin paths sit at the
+    server's root. A system with nothing to seed is not called. -> counts per system."""
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    payloads = seed_payloads(rows, jasper_username_field=jasper_username_field)
+    counts: dict[str, int] = {}
+    for system, payload in payloads.items():
+        items = next(iter(payload.values()))
+        if not items:
+            counts[system] = 0
+            continue
+        parts = urlsplit(base_urls[system])
+        url = f"{parts.scheme}://{parts.netloc}/_sim/seed"
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(payload).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer = json.loads(response.read() or b"{}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(
+                f"the {system} simulator at {url} did not answer ({exc}); start them with "
+                "`bulk-changes simulate` (or the demo), or set BULK_CHANGES_"
+                f"{system.upper()}_URL"
+            ) from exc
+        counts[system] = (
+            int(answer.get("seeded", len(items))) if isinstance(answer, dict) else len(items)
+        )
+    return counts
+
+
+def seed_payloads(
+    rows: list[dict[str, Any]], *, jasper_username_field: str = "accountCustom1"
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The ``/_sim/seed`` body of each system for these inventory rows."""
     devices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
@@ -150,9 +208,9 @@ def seed_from_inventory_rows(
         except ValueError as exc:
             raise ValueError(f"inventory row {number}: {exc}") from exc
     return {
-        "jasper": sims.jasper.seed({"devices": devices}),
-        "telegence": sims.telegence.seed({"lines": lines}),
-        "revio": sims.revio.seed({"services": services}),
+        "jasper": {"devices": devices},
+        "telegence": {"lines": lines},
+        "revio": {"services": services},
     }
 
 

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from bulk_changes import cli
+from bulk_changes.db.engine import make_engine
+from bulk_changes.db.schema import upgrade
 from bulk_changes.resources.local_sqs import LocalSqsServer
 from bulk_changes.resources.queue import SqsQueue
 from bulk_changes_tests.helpers import iccid
@@ -91,6 +93,7 @@ def test_file_with_a_wrong_header_exits_2_naming_it(env, tmp_path, capsys):
     assert "colour" in capsys.readouterr().err
 
 
-def test_status_of_unknown_bulk_change_exits_1(env, capsys):
+def test_status_of_unknown_bulk_change_exits_1(env, tmp_path, capsys):
+    upgrade(make_engine(f"sqlite:///{tmp_path / 'amop.sqlite'}"))
     assert cli.main(["status", "999"]) == 1
     assert "no bulk change 999" in capsys.readouterr().err

@@ -307,6 +307,17 @@ def test_submit_messages_through_the_real_intake(queue: SqsQueue, tmp_path: Path
     from bulk_changes.resources.tenant_config import TenantConfig
 
     db = AmopDatabase(url=f"sqlite:///{tmp_path / 'amop.db'}")
+    # a request with no valid row is refused as a whole: the device must be known
+    db.repository().upsert_devices(
+        "acme",
+        [
+            {
+                "integration": "jasper",
+                "device_key": "89014103211118510720",
+                "iccid": "89014103211118510720",
+            }
+        ],
+    )
     instance = DagsterInstance.ephemeral()
     sensor_def = build_queue_sensor(stand_in_job)
 

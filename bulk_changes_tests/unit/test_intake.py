@@ -88,10 +88,12 @@ def test_unknown_tenant_refuses_the_whole_request(repo, settings):
 
 
 def test_rate_plan_without_billing_mapping_is_refused_per_row(repo, settings):
-    repo.upsert_devices("acme", inventory(1, "jasper"))
-    result = submit(
-        repo, settings, "carrier_rate_plan", "jasper", [{"iccid": iccid(0), "rate_plan": "MYSTERY"}]
-    )
+    repo.upsert_devices("acme", inventory(2, "jasper"))
+    rows = [
+        {"iccid": iccid(0), "rate_plan": "MYSTERY"},
+        {"iccid": iccid(1), "rate_plan": "IOT_5GB"},
+    ]
+    result = submit(repo, settings, "carrier_rate_plan", "jasper", rows)
     assert (
         result.rejected[0]["field"] == "rate_plan"
         and "billing mapping" in result.rejected[0]["reason"]
