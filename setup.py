@@ -24,6 +24,8 @@ setup(
         f"dagster-aws=={DAGSTER_LIBS}",
         f"dagster-postgres=={DAGSTER_LIBS}",
         "pandas>=2.2",
+        # .xlsx request files and exports, read and written through pandas
+        "openpyxl>=3.1",
         "SQLAlchemy>=2.0",
         "psycopg2-binary>=2.9",
         "requests>=2.31",
