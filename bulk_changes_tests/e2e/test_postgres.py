@@ -25,6 +25,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import text
 
 from bulk_changes.demo import demo_iccid, demo_msisdn
+from bulk_changes.domain.messages import BulkChangeRef, run_key_for
 from bulk_changes.intake import SubmitRequest, submit_bulk_change
 from bulk_changes.resources.amop_db import engine_for
 from bulk_changes_tests.e2e.stack import run_worker_pids, start_stack, stop_stack, tenants_yaml
@@ -304,7 +305,13 @@ def test_four_bulk_changes_of_500_on_shared_accounts_with_a_killed_worker_and_dr
     for name, bulk_id in ids.items():
         if name != "acme_jasper_ucc":
             [run] = instance.get_runs(
-                filters=RunsFilter(tags={"dagster/run_key": f"bulk_change_{bulk_id}"})
+                filters=RunsFilter(
+                    tags={
+                        "dagster/run_key": run_key_for(
+                            BulkChangeRef(bulk_id), stack.repo.database_id()
+                        )
+                    }
+                )
             )
             assert wait_run_ended(instance, run.run_id) == DagsterRunStatus.SUCCESS, name
     calls = {s: n - since[s] for s, n in call_marks(stack).items()}
@@ -429,7 +436,9 @@ def test_daemon_killed_mid_tick_and_mid_run_then_restarted(stack, instance):
     runs = initech_runs()
     per_bulk_change = Counter(run.tags["bulk_changes/bulk_change_id"] for run in runs)
     assert per_bulk_change == {str(i): 1 for i in ids}
-    assert {run.tags["dagster/run_key"] for run in runs} == {f"bulk_change_{i}" for i in ids}
+    assert {run.tags["dagster/run_key"] for run in runs} == {
+        run_key_for(BulkChangeRef(i), stack.repo.database_id()) for i in ids
+    }
     assert all(run.status == DagsterRunStatus.QUEUED for run in runs)
     assert in_queue() == 0
     [poison] = stack.queue.list_dead_letters(10)

@@ -125,6 +125,17 @@ def test_fixed_then_redriven_submit_is_the_same_request(queue, capsys, tmp_path,
     tenants_file = tmp_path / "tenants.yaml"
     tenants_file.write_text(yaml.safe_dump(tenants))
     amop_db = AmopDatabase(url=f"sqlite:///{tmp_path / 'amop.sqlite'}")
+    # a request with no valid row is refused as a whole: the device must be known
+    amop_db.repository().upsert_devices(
+        "initech",
+        [
+            {
+                "integration": "jasper",
+                "device_key": "89014103211118510720",
+                "iccid": "89014103211118510720",
+            }
+        ],
+    )
     instance = DagsterInstance.ephemeral()
     sensor_def = build_queue_sensor(stand_in_job)
 
