@@ -775,6 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--devices", type=int, default=1500, help="devices per tenant")
     demo.add_argument("--timeout", type=float, default=1800.0)
+    demo.add_argument(
+        "--no-samples",
+        action="store_true",
+        help="start the stack only (no sample devices or bulk changes) and keep it running",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,17 @@ from typing import Any
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.validation import luhn_check_digit
-from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
+from bulk_changes.intake import NoValidRows, SubmitRequest, inventory_rows, submit_bulk_change
 from bulk_changes.paths import default_instance_yaml, home, write_home_settings
 
 PORTS = {"jasper": 8101, "telegence": 8102, "revio": 8103, "sqs": 9324, "ui": 3000}
+
+
+def ports() -> dict[str, int]:
+    """The demo's ports, each moved by $BULK_CHANGES_DEMO_PORT_OFFSET (two demos, or a test
+    beside a running demo, on one machine)."""
+    offset = int(os.environ.get("BULK_CHANGES_DEMO_PORT_OFFSET") or 0)
+    return {name: port + offset for name, port in PORTS.items()}
 
 
 WORKSPACE_YAML = """\
@@ -201,6 +209,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = home() / "demo"
+        self.ports = ports()
         self.processes: list[subprocess.Popen[bytes]] = []
         self.sims: Any = None
         self.started = time.monotonic()
@@ -218,12 +227,12 @@ class Demo:
             "DAGSTER_HOME": str(self.root / "dagster_home"),
             "BULK_CHANGES_HOME": str(self.root),
             "BULK_CHANGES_DB_URL": f"sqlite:///{self.root / 'amop.sqlite'}",
-            "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{PORTS['sqs']}",
+            "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{self.ports['sqs']}",
             "BULK_CHANGES_SENSOR_INTERVAL": "3",
             "BULK_CHANGES_SENSOR_DEFAULT": "running",
-            "BULK_CHANGES_JASPER_URL": f"http://127.0.0.1:{PORTS['jasper']}/rws/api/v1",
-            "BULK_CHANGES_TELEGENCE_URL": f"http://127.0.0.1:{PORTS['telegence']}",
-            "BULK_CHANGES_REVIO_URL": f"http://127.0.0.1:{PORTS['revio']}/v1",
+            "BULK_CHANGES_JASPER_URL": f"http://127.0.0.1:{self.ports['jasper']}/rws/api/v1",
+            "BULK_CHANGES_TELEGENCE_URL": f"http://127.0.0.1:{self.ports['telegence']}",
+            "BULK_CHANGES_REVIO_URL": f"http://127.0.0.1:{self.ports['revio']}/v1",
         }
         # where the CLI looks (the home, not the demo's folder): `bulk-changes status 3`
         # run beside the demo reads the demo's database and sends to its queue
@@ -242,13 +251,13 @@ class Demo:
         from bulk_changes.simulators import start_simulators
 
         self.sims = start_simulators(
-            jasper_port=PORTS["jasper"],
-            telegence_port=PORTS["telegence"],
-            revio_port=PORTS["revio"],
+            jasper_port=self.ports["jasper"],
+            telegence_port=self.ports["telegence"],
+            revio_port=self.ports["revio"],
         )
         say(f"simulators: {self.sims.jasper_url}  {self.sims.telegence_url}  {self.sims.revio_url}")
-        self.processes.append(start_local_sqs_process(PORTS["sqs"], self.root / "sqs.log"))
-        say(f"local SQS-compatible server: http://127.0.0.1:{PORTS['sqs']}")
+        self.processes.append(start_local_sqs_process(self.ports["sqs"], self.root / "sqs.log"))
+        say(f"local SQS-compatible server: http://127.0.0.1:{self.ports['sqs']}")
         self.queue().ensure_queues()
 
     def queue(self) -> Any:
@@ -296,7 +305,16 @@ class Demo:
         if self.args.headless:
             command = ["dagster-daemon", "run", "-w", workspace]
         else:
-            command = ["dagster", "dev", "-w", workspace, "-p", str(PORTS["ui"]), "-h", "127.0.0.1"]
+            command = [
+                "dagster",
+                "dev",
+                "-w",
+                workspace,
+                "-p",
+                str(self.ports["ui"]),
+                "-h",
+                "127.0.0.1",
+            ]
         binary = Path(sys.executable).with_name(command[0])
         if binary.exists():
             command[0] = str(binary)
@@ -310,7 +328,9 @@ class Demo:
                 start_new_session=True,
             )
         )
-        what = "daemon" if self.args.headless else f"UI http://127.0.0.1:{PORTS['ui']} and daemon"
+        what = (
+            "daemon" if self.args.headless else f"UI http://127.0.0.1:{self.ports['ui']} and daemon"
+        )
         say(f"dagster {what} starting (log: {self.root / 'dagster.log'})")
 
     # ---- sending --------------------------------------------------------------------------
@@ -336,19 +356,29 @@ class Demo:
                     }
                 )
                 continue
-            result = submit_bulk_change(
-                repo,
-                settings,
-                SubmitRequest(
-                    tenant=scenario.tenant,
-                    change_type=scenario.change_type,
-                    integration=scenario.integration,
-                    rows=scenario.rows,
-                    idempotency_key=scenario.key,
-                    requested_by="demo",
-                    source="demo",
-                ),
-            )
+            try:
+                result = submit_bulk_change(
+                    repo,
+                    settings,
+                    SubmitRequest(
+                        tenant=scenario.tenant,
+                        change_type=scenario.change_type,
+                        integration=scenario.integration,
+                        rows=scenario.rows,
+                        idempotency_key=scenario.key,
+                        requested_by="demo",
+                        source="demo",
+                    ),
+                )
+            except NoValidRows as exc:
+                # equipment on Jasper: every row refused, so nothing is stored or sent
+                scenario.reported = True
+                reasons = {r["reason"] for r in exc.rejected}
+                say(
+                    f"{scenario.tenant} {scenario.change_type}/{scenario.integration} refused at "
+                    f"intake, nothing stored: {len(exc.rejected)} row(s): {'; '.join(reasons)}"
+                )
+                continue
             scenario.bulk_change_id = result.id
             if scenario.shape == "prior":
                 queue.send("", attributes={"BulkChangeId": str(result.id)})
@@ -447,15 +477,41 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         write_rows(handle, list(rows[0]), [list(r.values()) for r in rows])
 
 
+def serve_empty(demo: Demo) -> int:
+    """The stack without sample data: for one's own inventory and requests."""
+    demo.start_dagster()
+    say(
+        "ready: import your devices with `bulk-changes devices import FILE --tenant acme "
+        "--simulators`, then `bulk-changes submit`. Ctrl-C to stop."
+    )
+    try:
+        while all(p.poll() is None for p in demo.processes):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    say(f"a background process exited; see the logs in {demo.root}")
+    return 1
+
+
 def say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
+def _stop_on_sigterm(*_: object) -> None:
+    # SIGTERM stops the demo as Ctrl-C does: its services run in their own sessions and
+    # are stopped by ``Demo.stop``, which a plain exit would skip
+    raise KeyboardInterrupt
+
+
 def run_demo(args: argparse.Namespace) -> int:
     demo = Demo(args)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         demo.prepare()
         demo.start_services()
+        if getattr(args, "no_samples", False):
+            return serve_empty(demo)
         inventories = demo.import_inventory()
         plan = scenarios(inventories)
         demo.inject_faults(plan)
@@ -474,7 +530,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         if not args.headless and ok:
             say(
-                f"Dagster UI: http://127.0.0.1:{PORTS['ui']}  (Runs: one per bulk change, tagged by tenant;"
+                f"Dagster UI: http://127.0.0.1:{demo.ports['ui']}  (Runs: one per bulk change, tagged by tenant;"
                 " Sensors: bulk_change_queue_sensor). Ctrl-C to stop."
             )
             try:

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from bulk_changes.demo import demo_iccid, demo_imei, demo_msisdn, make_inventory
+from bulk_changes.intake import NoValidRows
 from bulk_changes_tests.e2e.stack import run_worker_pids, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -110,25 +111,27 @@ def test_all_change_types_on_both_integrations_agree_with_the_simulators(stack):
                 for i, d in enumerate(devices(stack, "globex", "telegence", 8, 4))
             ],
         ),
-        "equip_j": (
-            "acme",
-            "equipment",
-            "jasper",
-            [
-                {"iccid": d["iccid"], "new_imei": demo_imei(1), "reason_code": "R"}
-                for d in devices(stack, "acme", "jasper", 12, 2)
-            ],
-        ),
     }
+    # equipment on Jasper: every row is refused, so the request is refused as a whole
+    equip_j = (
+        "acme",
+        "equipment",
+        "jasper",
+        [
+            {"iccid": d["iccid"], "new_imei": demo_imei(1), "reason_code": "R"}
+            for d in devices(stack, "acme", "jasper", 12, 2)
+        ],
+    )
+    with pytest.raises(NoValidRows) as refused:
+        stack.submit(*equip_j)
+    assert all("not offered by Jasper" in r["reason"] for r in refused.value.rejected)
+
     ids = {name: stack.submit(*spec) for name, spec in plan.items()}
     stack.wait_final(list(ids.values()))
     reports = {name: stack.status_json(bulk_id) for name, bulk_id in ids.items()}
 
     for name, report in reports.items():
-        expected = "PROCESSED_WITH_ERRORS" if name == "equip_j" else "PROCESSED"
-        assert report["status"] == expected, (name, report)
-    assert {d["status"] for d in reports["equip_j"]["devices"]} == {"ERROR"}
-    assert all("not offered by Jasper" in d["reason"] for d in reports["equip_j"]["devices"])
+        assert report["status"] == "PROCESSED", (name, report)
 
     for row in plan["ucc_j"][3]:
         assert sims.jasper.state(row["iccid"])["accountCustom1"] == row["username"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, build_sensor_context
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
@@ -515,3 +515,112 @@ def test_duration_runs_from_creation_to_final(cli: Cli) -> None:
     report = cli.json("status", str(bulk_id), "--json")
     bulk = repo.get_bulk_change(bulk_id)
     assert report["duration_seconds"] == (bulk.finished_at - bulk.created_at).total_seconds()
+
+
+# ---- 7. the simulators with one's own inventory ----------------------------------------------
+
+
+def test_devices_import_loads_the_running_simulators(cli: Cli) -> None:
+    from bulk_changes.simulators import start_simulators
+
+    with start_simulators(jasper_port=0, telegence_port=0, revio_port=0) as sims:
+        cli.env.update(
+            BULK_CHANGES_JASPER_URL=sims.jasper_url,
+            BULK_CHANGES_TELEGENCE_URL=sims.telegence_url,
+            BULK_CHANGES_REVIO_URL=sims.revio_url,
+        )
+        inventory = write_inventory(cli.cwd / "inv.csv", 2)
+        done = cli.run("devices", "import", str(inventory), "--tenant", "acme", "--simulators")
+        assert done.returncode == 0, done.stderr
+        assert sims.jasper.state(iccid(1))["accountCustom1"] == "user-1"
+        assert sims.revio.state(701)["number"] == iccid(1)
+
+
+def test_devices_import_says_how_to_start_simulators_that_do_not_answer(cli: Cli) -> None:
+    cli.env["BULK_CHANGES_JASPER_URL"] = "http://127.0.0.1:9/rws/api/v1"
+    inventory = write_inventory(cli.cwd / "inv.csv", 1)
+    done = cli.run("devices", "import", str(inventory), "--tenant", "acme", "--simulators")
+    assert done.returncode == 2 and "bulk-changes simulate" in done.stderr
+
+
+def test_simulate_serves_the_inventory_it_is_given(cli: Cli) -> None:
+    import signal
+    import subprocess
+    import urllib.request
+
+    from bulk_changes.resources.local_sqs import free_port
+    from bulk_changes_tests.cli_helpers import cli_command
+
+    inventory = write_inventory(cli.cwd / "inv.csv", 2)
+    port = free_port()
+    ports = ["--jasper-port", str(port), "--telegence-port", "0", "--revio-port", "0"]
+    server = subprocess.Popen(
+        [*cli_command(), "simulate", "--inventory", str(inventory), *ports],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in server.stdout:
+            if line.startswith("revio"):
+                break
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/state/{iccid(0)}") as answer:
+            assert json.loads(answer.read())["accountCustom1"] == "user-0"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+# ---- list, status and export on PostgreSQL ---------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    engine = make_engine(pg_database)
+    with engine.begin() as conn:  # each test starts from an empty database
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return pg_database
+
+
+@pytest.fixture
+def pg_cli(cli: Cli, pg_url: str) -> Cli:
+    cli.env["BULK_CHANGES_DB_URL"] = pg_url
+    return cli
+
+
+def pg_stored(cli: Cli) -> int:
+    assert (
+        cli.run(
+            "devices", "import", str(write_inventory(cli.cwd / "inv.csv", 3)), "--tenant", "acme"
+        ).returncode
+        == 0
+    )
+    path = changes_csv(cli.cwd, [(0, "new-0"), (1, "new-1")])
+    return int(cli.json(*submit_args(path), "--no-send", "--json")["id"])
+
+
+def test_list_on_postgresql(pg_cli: Cli) -> None:
+    bulk_id = pg_stored(pg_cli)
+    [row] = pg_cli.json("list", "--tenant", "acme", "--json")
+    assert (row["id"], row["devices"], row["counts"]) == (bulk_id, 2, {"NEW": 2})
+
+
+def test_status_on_postgresql(pg_cli: Cli) -> None:
+    bulk_id = pg_stored(pg_cli)
+    report = pg_cli.json("status", str(bulk_id), "--json", "--devices")
+    assert [d["device"] for d in report["devices"]] == [iccid(0), iccid(1)]
+
+
+def test_export_on_postgresql(pg_cli: Cli, pg_url: str) -> None:
+    bulk_id = pg_stored(pg_cli)
+    finish_one_device(Repository(make_engine(pg_url)), bulk_id, "new-0")
+    assert pg_cli.run("export", str(bulk_id)).returncode == 0
+    frame = pd.read_csv(pg_cli.cwd / f"bulk-change-{bulk_id}.csv", dtype=str)
+    assert frame["previous_username"].tolist() == ["user-0", "user-1"]
+
+
+def test_a_missing_postgresql_database_is_refused_with_what_to_do(cli: Cli) -> None:
+    cli.env["BULK_CHANGES_DB_URL"] = "postgresql://postgres@127.0.0.1:5432/no_such_database_16"
+    done = cli.run("list")
+    assert done.returncode == 4 and "BULK_CHANGES_DB_URL" in done.stderr
