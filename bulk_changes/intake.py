@@ -149,19 +149,7 @@ def read_csv_rows(
     except csv.Error as exc:
         raise InputFileError(f"{name}: not readable as CSV: {exc}") from exc
     columns = [h.strip().lower() for h in header]
-    unknown = [c for c in columns if c not in allowed]
-    if unknown or not columns or any(not c for c in columns):
-        raise InputFileError(
-            # field_label: a header cell can be a megabyte of anything; shown cut short
-            f"{name}: wrong header: unknown column(s) "
-            f"{', '.join(_column_shown(c) for c in unknown[:10]) or '(empty)'}; "
-            f"expected columns among: {', '.join(allowed)}"
-        )
-    if len(set(columns)) != len(columns):
-        raise InputFileError(f"{name}: wrong header: a column appears twice")
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise InputFileError(f"{name}: wrong header: missing column(s) {', '.join(missing)}")
+    _check_header(name, columns, allowed, required)
     rows = CsvRows()
     try:
         end = reader.line_num
@@ -229,10 +217,13 @@ def read_xlsx_rows(
 def _check_header(
     name: str, columns: Sequence[str], allowed: Sequence[str], required: Sequence[str]
 ) -> None:
+    """The header's checks, shared by CSV and .xlsx."""
     unknown = [c for c in columns if c not in allowed]
     if unknown or not columns or any(not c for c in columns):
         raise InputFileError(
-            f"{name}: wrong header: unknown column(s) {', '.join(repr(c) for c in unknown) or '(empty)'}; "
+            # field_label: a header cell can be a megabyte of anything; shown cut short
+            f"{name}: wrong header: unknown column(s) "
+            f"{', '.join(_column_shown(c) for c in unknown[:10]) or '(empty)'}; "
             f"expected columns among: {', '.join(allowed)}"
         )
     if len(set(columns)) != len(columns):

@@ -624,3 +624,16 @@ def test_a_missing_postgresql_database_is_refused_with_what_to_do(cli: Cli) -> N
     cli.env["BULK_CHANGES_DB_URL"] = "postgresql://postgres@127.0.0.1:5432/no_such_database_16"
     done = cli.run("list")
     assert done.returncode == 4 and "BULK_CHANGES_DB_URL" in done.stderr
+
+
+def test_export_writes_a_formula_username_as_text(cli: Cli) -> None:
+    cli.run("devices", "import", str(write_inventory(cli.cwd / "inv.csv", 1)), "--tenant", "acme")
+    path = cli.cwd / "c.csv"
+    path.write_text(f'iccid,username\n{iccid(0)},"=HYPERLINK(""http://x"")"\n')
+    bulk_id = cli.json(*submit_args(path), "--no-send", "--json")["id"]
+    out = cli.cwd / "out.xlsx"
+    assert cli.run("export", str(bulk_id), "--format", "xlsx", "--output", str(out)).returncode == 0
+    import openpyxl
+
+    cell = openpyxl.load_workbook(out)["devices"]["G2"]
+    assert (cell.data_type, cell.value) == ("s", '\'=HYPERLINK("http://x")')

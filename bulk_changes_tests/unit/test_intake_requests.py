@@ -53,16 +53,18 @@ def test_a_device_of_a_tenant_on_another_carrier_account_may_be_imported(repo, t
 
 
 def test_a_rejected_row_after_a_quoted_newline_names_its_file_line(repo, settings):
-    from bulk_changes.intake import SubmitRequest, read_csv_rows, submit_bulk_change
+    from bulk_changes.intake import NoValidRows, SubmitRequest, read_csv_rows, submit_bulk_change
 
     repo.upsert_devices("acme", inventory(2, "jasper"))
     data = f'iccid,username\n{iccid(0)},"two\nlines"\n{iccid(1)},"a\x01b"\n'.encode()
     rows = read_csv_rows(data, "c.csv", ("iccid", "username"), ["iccid"])
-    result = submit_bulk_change(
-        repo, settings, SubmitRequest("acme", "username_cost_center", "jasper", rows)
-    )
+    # no row is valid: the request is refused as a whole, each row named with its line
+    with pytest.raises(NoValidRows) as refused:
+        submit_bulk_change(
+            repo, settings, SubmitRequest("acme", "username_cost_center", "jasper", rows)
+        )
     # row 1 spans lines 2-3 (its newline is refused too); row 2 starts on line 4
-    assert [(r["row"], r["line"]) for r in result.rejected] == [(1, 2), (2, 4)]
+    assert [(r["row"], r["line"]) for r in refused.value.rejected] == [(1, 2), (2, 4)]
 
 
 def test_a_huge_unknown_header_cell_is_named_cut_short():
