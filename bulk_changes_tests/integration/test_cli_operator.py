@@ -413,7 +413,8 @@ def test_request_with_no_valid_row_is_refused_with_every_reason(cli: Cli) -> Non
     path.write_text(f"iccid,username\n8901,a\n{iccid(99)},b\n")
     done = cli.run(*submit_args(path))
     assert done.returncode == 2
-    assert "row 1: iccid" in done.stderr and f"row 2: iccid: {iccid(99)} is not in" in done.stderr
+    assert "row 1 (line 2): iccid" in done.stderr
+    assert f"row 2 (line 3): iccid: {iccid(99)} is not in" in done.stderr
 
 
 def test_request_with_no_valid_row_stores_and_queues_nothing(cli: Cli) -> None:
