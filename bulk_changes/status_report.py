@@ -382,13 +382,7 @@ def _text(value: Any) -> str:
 
 
 def write_export(frame: pd.DataFrame, path: Path, file_format: str) -> None:
-    """CSV or .xlsx, every value as text (ICCIDs stay whole in a spreadsheet). Text that a
-    spreadsheet would take for a formula (a username "=HYPERLINK(...)") is written as text
-    (``domain.spreadsheet.safe_cell``): openpyxl stores a cell starting with "=" as one."""
-    from bulk_changes.domain.spreadsheet import safe_cell
+    """CSV or .xlsx; formula-looking text written as text (``domain.spreadsheet``)."""
+    from bulk_changes.domain.spreadsheet import write_frame
 
-    safe = frame.map(safe_cell)
-    if file_format == "csv":
-        safe.to_csv(path, index=False)
-    else:
-        safe.astype(str).to_excel(path, index=False, sheet_name="devices", engine="openpyxl")
+    write_frame(frame, path, file_format)

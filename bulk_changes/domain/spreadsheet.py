@@ -42,3 +42,17 @@ def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = io.StringIO()
     write_rows(out, headers, rows)
     return out.getvalue()
+
+
+def write_frame(frame: Any, path: Any, file_format: str) -> None:
+    """A pandas DataFrame as a CSV or .xlsx file (``bulk-changes export``), every cell
+    through :func:`safe_cell`: openpyxl stores a text starting with "=" as a formula.
+    ``.xlsx`` cells are written as text, so ICCIDs stay whole. pandas is the caller's: it
+    is not imported here."""
+    safe = frame.map(safe_cell)
+    if file_format == "csv":
+        safe.to_csv(path, index=False, lineterminator="\r\n")
+    elif file_format == "xlsx":
+        safe.astype(str).to_excel(path, index=False, sheet_name="devices", engine="openpyxl")
+    else:
+        raise ValueError(f"unknown export format {file_format!r}: csv or xlsx")
