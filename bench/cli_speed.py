@@ -22,9 +22,12 @@ from pathlib import Path
 
 from bulk_changes_tests.cli_helpers import CLEARED, cli_command
 
+SMALL = 100
+
 
 def build_database(url: str, devices: int, bulk: int) -> list[int]:
-    """-> ids of the bulk changes; the first half made final."""
+    """-> ids of the bulk changes: ``bulk`` sharing the devices (the first half made
+    final), then a final one of ``SMALL`` devices."""
     from bulk_changes.db.engine import make_engine
     from bulk_changes.db.repository import NewDeviceChange, Repository
     from bulk_changes.db.schema import upgrade
@@ -75,6 +78,29 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
         if final:
             repo.finalize(bulk_id)
         made.append(bulk_id)
+    # and a small one (the usual request), made final: the exports' second figure
+    small = [
+        NewDeviceChange(
+            row_number=n + 1,
+            device_key=rows[n]["device_key"],
+            device_id=ids_by_key[rows[n]["device_key"]]["id"],
+            request={"username": f"small-{n}", "cost_center_1": "CC"},
+            status=DeviceStatus.PROCESSED,
+        )
+        for n in range(SMALL)
+    ]
+    small_id, _ = repo.create_bulk_change(
+        tenant_id="acme",
+        change_type="username_cost_center",
+        integration="jasper",
+        notify=[],
+        idempotency_key=None,
+        requested_by="bench",
+        source="bench",
+        changes=small,
+    )
+    repo.finalize(small_id)
+    made.append(small_id)
     engine.dispose()
     return made
 
@@ -114,7 +140,7 @@ def main() -> None:
     ids = (
         build_database(f"sqlite:///{database}", args.devices, args.bulk)
         if not database.exists()
-        else list(range(1, args.bulk + 1))
+        else list(range(1, args.bulk + 2))
     )
     print(
         f"database: {args.devices:,} devices, {args.bulk} bulk changes of "
@@ -128,8 +154,10 @@ def main() -> None:
         BULK_CHANGES_DB_URL=f"sqlite:///{database}",
         BULK_CHANGES_SQS_ENDPOINT=endpoint,
     )
-    final, open_one = ids[0], ids[-1]
+    final, open_one, small = ids[0], ids[-2], ids[-1]
+    per = f"{args.devices // args.bulk:,} devices"
     cli = cli_command()
+    out = str(folder / "export")
     runs = [
         ("python -c pass (interpreter alone)", [sys.executable, "-c", "pass"]),
         ("list", [*cli, "list"]),
@@ -138,29 +166,40 @@ def main() -> None:
             "list --status PROCESSED --since 2000-01-01",
             [*cli, "list", "--status", "PROCESSED", "--since", "2000-01-01"],
         ),
-        (f"status {final} --json", [*cli, "status", str(final), "--json"]),
+        (f"status {final} --json ({per})", [*cli, "status", str(final), "--json"]),
         (f"wait {final} (final)", [*cli, "wait", str(final)]),
         (f"send {open_one}", [*cli, "send", str(open_one)]),
         (
-            f"export {final} --format csv",
-            [*cli, "export", str(final), "--format", "csv", "--output", str(folder / "e.csv")],
+            f"export {small} --format csv ({SMALL} devices)",
+            [*cli, "export", str(small), "--format", "csv", "--output", out + ".csv"],
         ),
         (
-            f"export {final} --format xlsx",
-            [*cli, "export", str(final), "--format", "xlsx", "--output", str(folder / "e.xlsx")],
+            f"export {small} --format xlsx ({SMALL} devices)",
+            [*cli, "export", str(small), "--format", "xlsx", "--output", out + ".xlsx"],
         ),
-        (f"status {final} --devices --json", [*cli, "status", str(final), "--devices", "--json"]),
+        (
+            f"export {final} --format csv ({per})",
+            [*cli, "export", str(final), "--format", "csv", "--output", out + ".csv"],
+        ),
+        (
+            f"export {final} --format xlsx ({per})",
+            [*cli, "export", str(final), "--format", "xlsx", "--output", out + ".xlsx"],
+        ),
+        (
+            f"status {final} --devices --json ({per})",
+            [*cli, "status", str(final), "--devices", "--json"],
+        ),
     ]
     try:
         timed([*cli, "send", str(open_one)], env, folder, 1)  # the queue exists before timing
         print(
-            f"{'command':<48} {'wall median':>11} {'wall best':>10} {'CPU median':>11}"
+            f"{'command':<52} {'wall median':>11} {'wall best':>10} {'CPU median':>11}"
             f"   (s, {args.repeat} runs each)"
         )
         for label, command in runs:
             walls, cpus = timed(command, env, folder, args.repeat)
             print(
-                f"{label:<48} {statistics.median(walls):11.3f} {min(walls):10.3f}"
+                f"{label:<52} {statistics.median(walls):11.3f} {min(walls):10.3f}"
                 f" {statistics.median(cpus):11.3f}"
             )
     finally:
