@@ -162,7 +162,7 @@ def _queue_sender() -> Any:
 
 
 def cmd_devices_import(args: argparse.Namespace) -> int:
-    from bulk_changes.intake import import_inventory, inventory_rows, read_inventory_file
+    from bulk_changes.intake import import_inventory, read_inventory_file
 
     res = _resources()
     settings = res["tenant_config"].settings()
@@ -174,8 +174,7 @@ def cmd_devices_import(args: argparse.Namespace) -> int:
     if args.simulators:
         from bulk_changes.simulators.seeding import seed_running_simulators
 
-        rows = read_inventory_file(args.file)
-        inventory_rows(rows, args.file.name)  # already checked by the import: same rows
+        rows = read_inventory_file(args.file)  # checked by the import above
         counts = seed_running_simulators(
             [{**r, "tenant": args.tenant} for r in rows], _simulator_urls()
         )
