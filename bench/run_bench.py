@@ -128,6 +128,7 @@ def configure(scenario: Scenario, scale: float):
             sim.configure(
                 latency_ms=BASE_LATENCY_MS[system] / scale,
                 latency_jitter_ms=BASE_LATENCY_MS[system] / scale / 3,
+                arrival_jitter_ms=scenario.arrival_jitter_ms / scale,
                 account_limits=per_account,
             )
 

@@ -35,6 +35,9 @@ class Scenario:
     sends: list[Send]
     constrained: bool = True
     shared_accounts: bool = True  # tenants share one account per system
+    # up to this many milliseconds (divided by the scale) between a call's arrival at the
+    # simulators and the moment it counts against the limits: the network's jitter
+    arrival_jitter_ms: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +57,13 @@ def scenarios(devices: int, memory_devices: int) -> dict[str, Scenario]:
                 f"{big} device_status on Jasper",
                 ["t1"],
                 [Send("t1", "device_status", "jasper", big)],
+            ),
+            Scenario(
+                "jasper_jitter",
+                f"{big} device_status on Jasper, 0-50 ms of network jitter before each call counts",
+                ["t1"],
+                [Send("t1", "device_status", "jasper", big)],
+                arrival_jitter_ms=50.0,
             ),
             Scenario(
                 "telegence_rate_plan",

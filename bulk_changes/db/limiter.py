@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -90,18 +90,74 @@ _CLOCK_PUSH = (
 
 
 MAX_RETAKES = 3
+# the departures of a chain of one process's calls kept to place the next turns by
+CHAIN_MEMORY = 64
 
 
 class Departure:
-    """What ``slot`` yields: the caller tells it when its request really left."""
+    """What ``slot`` yields: the caller tells it when its request really left, when a
+    successful answer came back, and whether the answer was a throttled one."""
 
-    __slots__ = ("at",)
+    __slots__ = ("at", "answered_at", "throttled_for")
 
     def __init__(self) -> None:
         self.at: float | None = None
+        self.answered_at: float | None = None
+        self.throttled_for: float | None = None
 
     def departed(self, at: float) -> None:
         self.at = at
+
+    def answered(self, at: float) -> None:
+        self.answered_at = at
+
+    def throttled(self, seconds: float) -> None:
+        self.throttled_for = seconds
+
+
+class AccountPace:
+    """How far apart one account's calls must leave, learnt in this process.
+
+    The vendor counts a call when it arrives, and the network delays each call by a
+    varying amount: two calls that left a spacing apart can arrive closer. The variation
+    of the round trips of recent successful calls bounds the variation of their way out
+    (the way back and the vendor's own time only add to it), so the spread of the round
+    trips (5th to 95th percentile) is kept free in every window, as long as the account has
+    answered enough calls to tell; before that, ``initial_jitter`` is. On top of that, a
+    throttled answer widens the account's spacing by ``widen`` seconds a window, and each
+    call answered without throttling narrows it back by ``widen / narrow_calls``."""
+
+    SAMPLES = 64
+    MIN_SAMPLES = 16
+
+    def __init__(
+        self,
+        initial_jitter: float,
+        max_jitter: float,
+        widen: float,
+        narrow_calls: int,
+        max_extra: float,
+    ) -> None:
+        self.initial_jitter = initial_jitter
+        self.max_jitter = max_jitter
+        self.widen_by = widen
+        self.narrow_by = widen / max(1, narrow_calls)
+        self.max_extra = max_extra
+        self._rtts: deque[float] = deque(maxlen=self.SAMPLES)
+        self.jitter = initial_jitter
+        self.extra = 0.0
+
+    def answered(self, rtt: float) -> None:
+        self._rtts.append(rtt)
+        if len(self._rtts) >= self.MIN_SAMPLES:
+            ordered = sorted(self._rtts)
+            low = ordered[int(0.05 * (len(ordered) - 1))]
+            high = ordered[int(round(0.95 * (len(ordered) - 1)))]
+            self.jitter = min(self.max_jitter, high - low)
+        self.extra = max(0.0, self.extra - self.narrow_by)
+
+    def throttled(self) -> None:
+        self.extra = min(self.max_extra, self.extra + self.widen_by)
 
 
 def _result_or_none(future: Future[float | None] | None) -> float | None:
@@ -126,6 +182,11 @@ class DbLimiter:
         waiter_lease_seconds: float = 2.0,
         max_handoffs: int = 50,
         reclaim_every: float = 1.0,
+        initial_jitter_seconds: float = 0.05,
+        max_jitter_seconds: float = 0.25,
+        widen_seconds: float = 0.05,
+        narrow_calls: int = 200,
+        max_extra_seconds: float = 0.5,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -145,6 +206,23 @@ class DbLimiter:
         self._reclaim_checked: dict[str, float] = {}
         self.reclaim_every = reclaim_every
         self.reclaimed = 0
+        self._pace_settings = (
+            initial_jitter_seconds,
+            max_jitter_seconds,
+            widen_seconds,
+            narrow_calls,
+            max_extra_seconds,
+        )
+        self._paces: dict[str, AccountPace] = {}
+        # account -> (when a throttled answer came, until when the account is penalized):
+        # a turn taken before it moves on by the penalty, wherever it is in the queue
+        self._penalties: dict[str, tuple[float, float]] = {}
+        # one-in-flight accounts: when each call of the current chain of this process's
+        # calls counted from (see _next_turn)
+        self._chains: dict[str, deque[float]] = {}
+        # the clock as this process left it when it last freed the account's slot
+        self._left_clock: dict[str, float] = {}
+        self.throttled = 0
         self._local_gates: dict[str, threading.BoundedSemaphore] = {}
         self._gates_lock = threading.Lock()
         self._known_accounts: set[tuple[str, int]] = set()
@@ -188,18 +266,29 @@ class DbLimiter:
                 handed = self._handed.pop(account_name, None)
             if handed is None:
                 self._ensure_rows(account_name, limit)
-                holder, slot, start_at = self._take_slot_and_turn(account_name, limit, lease)
+                holder, slot, start_at, found = self._take_slot_and_turn(account_name, limit, lease)
                 chain = 0
+                history: deque[float] | None = self._chains.get(account_name)
+                if history is None or self._left_clock.get(account_name) != found:
+                    # another process took a turn since this one's last call: the calls
+                    # before are not all known
+                    history = self._chains[account_name] = deque(maxlen=CHAIN_MEMORY)
             else:
                 holder, slot, start_at, chain = handed
+                history = self._chains[account_name]
+            one = limit.max_in_flight == 1
+            taken_at = self.clock()
             sent_at = start_at
-            not_before = start_at + self.spacing(limit)
+            not_before = start_at + self.spacing(limit, account_name)
             departure = Departure()
             reserving: Future[float | None] | None = None
             try:
                 for retake in range(MAX_RETAKES + 1):
-                    wait = start_at - self.clock()
-                    if wait > 0:
+                    while True:  # a throttled answer while waiting moves the turn on
+                        start_at, taken_at = self._past_penalty(account_name, start_at, taken_at)
+                        wait = start_at - self.clock()
+                        if wait <= 0:
+                            break
                         self.sleep(wait)
                     sent_at = self.clock()
                     # Several in flight: the turns after this one are handed out already, so
@@ -216,7 +305,12 @@ class DbLimiter:
                     self.retakes += 1
                 self.waited_seconds += sent_at - started
                 self.calls += 1
-                not_before = self._anchor(start_at, sent_at) + self.spacing(limit)
+                not_before = self._next_turn(
+                    history if one else None,
+                    self._anchor(start_at, sent_at),
+                    limit,
+                    self.spacing(limit, account_name),
+                )
                 # One call in flight and a thread of this process waiting for the next:
                 # the next turn is taken while this call is in flight (unless another run
                 # is waiting: it goes first), so no database round trip stands between
@@ -228,22 +322,47 @@ class DbLimiter:
                         slot,
                         holder,
                         not_before,
-                        self.spacing(limit),
+                        self.spacing(limit, account_name),
                         lease,
                     )
                 yield departure
             finally:
                 push = 0.0
+                pace = self.pace(account_name)
+                penalty_push = 0.0
+                if departure.throttled_for is not None:
+                    # Every turn of the account already taken moves on by the penalty (in
+                    # this process: _past_penalty; the turns not yet taken: the clock's
+                    # push), and the account's spacing widens.
+                    now = self.clock()
+                    until = now + departure.throttled_for
+                    with self._local:
+                        issued, before = self._penalties.get(account_name, (0.0, 0.0))
+                        self._penalties[account_name] = (now, max(until, before))
+                        self.throttled += 1
+                    pace.throttled()
+                    not_before = max(not_before, until)
+                    penalty_push = departure.throttled_for
+                elif departure.at is not None and departure.answered_at is not None:
+                    pace.answered(departure.answered_at - departure.at)
+                counted = self._anchor(start_at, sent_at)
                 if departure.at is not None:
                     late = departure.at - start_at
-                    if limit.max_in_flight == 1:
+                    if one:
+                        counted = self._anchor(start_at, departure.at)
                         not_before = max(
-                            not_before, self._anchor(start_at, departure.at) + self.spacing(limit)
+                            not_before,
+                            self._next_turn(
+                                history, counted, limit, self.spacing(limit, account_name)
+                            ),
                         )
                     elif late > self.margin_seconds / 2:
                         # the turns up to a window's worth on are handed out already: all
                         # later turns move on by the lateness, half the margin kept
                         push = late - self.margin_seconds / 2
+                push = max(push, penalty_push)
+                if one:
+                    history.append(counted)
                 reserved = _result_or_none(reserving)
                 hand_on = self._may_hand_on(account_name, limit, chain)
                 if reserved is not None and hand_on:
@@ -254,9 +373,13 @@ class DbLimiter:
                         account_name,
                         slot,
                         holder,
-                        not_before,
+                        # the next holder may be another process, pacing call by call:
+                        # the clock starts it where that pacing keeps every window
+                        max(not_before, self._horizon(history, limit, account_name))
+                        if one
+                        else not_before,
                         hand_on_lease=lease if hand_on and reserving is None else None,
-                        spacing=self.spacing(limit),
+                        spacing=self.spacing(limit, account_name),
                         push=push,
                     )
                 if next_start is not None:
@@ -273,6 +396,48 @@ class DbLimiter:
             # interpreter lock while this one goes on with its device (up to the switch
             # interval, measured 1.1 ms on average, on the account's critical path).
             time.sleep(0)
+
+    @staticmethod
+    def _per_window(limit: RateLimit) -> int:
+        return int(limit.calls_per_window + 1e-9)
+
+    def _next_turn(
+        self, history: deque[float] | None, counted: float, limit: RateLimit, spacing: float
+    ) -> float:
+        """The earliest turn of the call after one that counted from ``counted``.
+
+        The vendor counts calls in a sliding window: what must hold is that the call n
+        after any call leaves at least n spacings after it (n: the calls of a window).
+        One in flight, a call answered late leaves late, and pacing each call a spacing
+        after the one before would lose that lateness for good; placed by the call n
+        before it, the next call makes up for it (``history``: the departures of this
+        process's chain of calls, before this one). Until the chain holds n calls, the
+        calls before it are not known: a spacing after this one."""
+        n = self._per_window(limit)
+        if history is None or n < 2 or len(history) < n - 1:
+            return counted + spacing
+        return max(counted, history[-(n - 1)] + n * spacing)
+
+    def _horizon(self, history: deque[float], limit: RateLimit, account_name: str) -> float:
+        """Where a successor pacing call by call from the clock may start, so that each
+        of its first calls still leaves n spacings after the call n before it (the last
+        calls of this chain may have made up for a late one, closer than a spacing)."""
+        spacing = self.spacing(limit, account_name)
+        recent = list(history)[-self._per_window(limit) :]
+        return max((at + (len(recent) - i) * spacing for i, at in enumerate(recent)), default=0.0)
+
+    def _past_penalty(
+        self, account_name: str, start_at: float, taken_at: float
+    ) -> tuple[float, float]:
+        """A turn taken at ``taken_at`` for ``start_at``, moved on by the penalty of a
+        throttled answer that came after it was taken: -> (its start, since when it is
+        known). The turns taken before keep their order and spacing, all after the
+        penalty."""
+        penalty = self._penalties.get(account_name)
+        if penalty is None or penalty[0] <= taken_at:
+            return start_at, taken_at
+        issued, until = penalty
+        return max(until, start_at + (until - issued)), issued
 
     def _may_hand_on(self, account_name: str, limit: RateLimit, chain: int) -> bool:
         """One call in flight, a thread of this process queued for the account, and the
@@ -333,9 +498,26 @@ class DbLimiter:
         most, once); a later one counts from when it really left."""
         return turn if sent_at - turn <= self.margin_seconds / 4 else sent_at
 
-    def spacing(self, limit: RateLimit) -> float:
+    def pace(self, account_name: str) -> AccountPace:
+        pace = self._paces.get(account_name)
+        if pace is None:
+            with self._local:
+                pace = self._paces.setdefault(account_name, AccountPace(*self._pace_settings))
+        return pace
+
+    def margin(self, account_name: str | None) -> float:
+        """Seconds kept free in each of the account's windows: the arrival jitter seen on
+        the account and half the fixed margin (for what its estimate, a spread of
+        quantiles, leaves out), at least the fixed margin; and what throttled answers
+        added."""
+        if account_name is None:
+            return self.margin_seconds
+        pace = self.pace(account_name)
+        return max(self.margin_seconds, self.margin_seconds / 2 + pace.jitter) + pace.extra
+
+    def spacing(self, limit: RateLimit, account_name: str | None = None) -> float:
         """Seconds between two call starts on the account."""
-        return limit.interval + self.margin_seconds / max(1.0, limit.calls_per_window)
+        return limit.interval + self.margin(account_name) / max(1.0, limit.calls_per_window)
 
     def _retake_turn(
         self, account_name: str, limit: RateLimit, slot: int, holder: str, lease: float
@@ -344,7 +526,13 @@ class DbLimiter:
         with self.engine.begin() as conn:
             next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
             start_at, _ = self._turn_keeping_slot(
-                conn, account_name, slot, holder, float(next_free), self.spacing(limit), lease
+                conn,
+                account_name,
+                slot,
+                holder,
+                float(next_free),
+                self.spacing(limit, account_name),
+                lease,
             )
         return start_at
 
@@ -442,15 +630,15 @@ class DbLimiter:
 
     def _take_slot_and_turn(
         self, account_name: str, limit: RateLimit, lease_seconds: float
-    ) -> tuple[str, int, float]:
+    ) -> tuple[str, int, float, float]:
         """One transaction: a free in-flight slot (leased), then the next turn on the
-        account's clock. -> (holder, slot, when the call may start).
+        account's clock. -> (holder, slot, when the call may start, the clock it found).
 
         Free slots go first to callers that have waited longer (``rate_limit_waiters``),
         so every run sharing the account gets its turns; a caller that finds none for it
         waits in that table, its row kept alive while it polls."""
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
-        interval = self.spacing(limit)
+        interval = self.spacing(limit, account_name)
         poll = min(self.poll_seconds, limit.interval / 4)
         waiters = t.rate_limit_waiters.c
         waiting_since: float | None = None
@@ -500,7 +688,7 @@ class DbLimiter:
                                 waiters.account == account_name, waiters.holder == holder
                             )
                         )
-                    return holder, slot, start_at
+                    return holder, slot, start_at, float(next_free)
                 if waiting_since is None:
                     waiting_since, alive_until = now, now + self.waiter_lease_seconds
                     conn.execute(
@@ -570,6 +758,9 @@ class DbLimiter:
                 )
             conn.execute(
                 _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
+            )
+            self._left_clock[account_name] = float(
+                conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
             )
         return None
 

@@ -382,6 +382,7 @@ class HttpCaller:
         raw: requests.Response | None = None
         failure: requests.RequestException | None = None
         departed: float | None = None
+        penalized = False  # the limiter was told of a throttled answer inside the slot
         # The slot's lease outlives any call that can still be in flight (timeouts are per
         # read, so twice the timeout): a killed worker's slot comes back that soon.
         lease = 2 * self.timeout_seconds + 5
@@ -412,6 +413,8 @@ class HttpCaller:
                     # read the body inside the slot: the call is over only once it is read
                     _ = raw.content
                     self._connecting_ahead = True
+                    if departures is not None:
+                        penalized = self._tell(departures, raw)
                 except requests.RequestException as exc:
                     failure = exc
                 finally:
@@ -443,7 +446,7 @@ class HttpCaller:
                     error = self._scrubbed(exc)
         self._report(method, shown_url, request_text, raw.status_code, text, duration_ms, error)
         if error is not None:
-            if isinstance(error, errors.Throttled):
+            if isinstance(error, errors.Throttled) and not penalized:
                 delay = (
                     error.retry_after
                     if error.retry_after is not None
@@ -454,6 +457,36 @@ class HttpCaller:
         return response
 
     # -- internals --------------------------------------------------------------------
+
+    def _carries_throttle_code(self, text: str) -> bool:
+        """The system's own error code says throttled (read as ``_translate`` reads it)."""
+        if not any(code in text for code in self.throttle_codes):
+            return False
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return False
+        _, code = self.error_reader(body, text)
+        return code is not None and str(code) in self.throttle_codes
+
+    def _tell(self, departures: Departures, raw: requests.Response) -> bool:
+        """Tell the limiter how the call went while its slot is still held: a throttled
+        answer must move the account's next turns on before anyone takes them. -> whether
+        the limiter took the throttled answer (then it needs no ``penalize``)."""
+        status = raw.status_code
+        throttled = status == 429 or self._carries_throttle_code(raw.text)
+        if throttled:
+            note = getattr(departures, "throttled", None)
+            if note is None:
+                return False
+            delay = parse_retry_after(raw.headers.get("Retry-After"))
+            note(delay if delay is not None else self.default_throttle_delay)
+            return True
+        if 200 <= status < 300:
+            answered = getattr(departures, "answered", None)
+            if answered is not None:
+                answered(time.time())
+        return False
 
     def _audit_text(self, body: Any) -> str | None:
         text = to_text(body)

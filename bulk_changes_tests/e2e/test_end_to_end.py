@@ -258,6 +258,44 @@ def test_lost_answers_of_applied_writes_are_read_back_and_no_write_is_repeated(s
     assert repeated == {"jasper": 0, "telegence": 0, "revio": 0}
 
 
+def test_with_network_jitter_no_call_is_throttled_and_no_write_repeated(stack):
+    """0-50 ms of network jitter before each call counts at every simulator: the
+    limiter learns it from the round trips and keeps every window, with no throttled
+    answer, while the run goes on."""
+    before = {s.system: s.stats() for s in stack.sims.all()}
+    for sim in stack.sims.all():
+        sim.configure(arrival_jitter_ms=50, seed=23)
+    try:
+        bulk_id = stack.submit(
+            "globex",
+            "username_cost_center",
+            "jasper",
+            [
+                {"iccid": d["iccid"], "username": f"jit-{i}", "cost_center_2": "J"}
+                for i, d in enumerate(devices(stack, "globex", "jasper", 40, 60))
+            ],
+        )
+        stack.wait_final([bulk_id])
+    finally:
+        for sim in stack.sims.all():
+            sim.configure(arrival_jitter_ms=0)
+    assert stack.status_json(bulk_id)["counts"] == {"PROCESSED": 60}
+    after = {s.system: s.stats() for s in stack.sims.all()}
+    assert {s: after[s]["throttled"] - before[s]["throttled"] for s in after} == {
+        "jasper": 0,
+        "telegence": 0,
+        "revio": 0,
+    }
+    assert {s: after[s]["repeated_writes"] - before[s]["repeated_writes"] for s in after} == {
+        "jasper": 0,
+        "telegence": 0,
+        "revio": 0,
+    }
+    assert stack.violations() == {
+        s: {"rate": 0, "in_flight": 0} for s in ("jasper", "telegence", "revio")
+    }, stack.crowded_windows()
+
+
 def test_permanently_failing_device_ends_error_with_the_carriers_message(stack):
     rows = devices(stack, "acme", "jasper", 40, 3)
     stack.sims.jasper.configure(fail_keys={rows[0]["iccid"]: "Device is locked by the operator"})

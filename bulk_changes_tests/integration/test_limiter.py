@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -291,7 +292,7 @@ def _calls_with_a_late_wake(
     for _ in range(calls):
         with limiter.slot(account, limit):
             starts.append(now["t"])
-    return starts, limiter.spacing(limit), limiter
+    return starts, limiter.spacing(limit, account), limiter
 
 
 def test_a_call_that_wakes_a_little_after_its_turn_does_not_push_the_next_turns_back(any_engine):
@@ -361,7 +362,7 @@ def _calls_departing(
         with limiter.slot(account, limit) as departure:
             starts.append(now["t"])
             departure.departed(now["t"] + delay)
-    return starts, limiter.spacing(limit)
+    return starts, limiter.spacing(limit, account)
 
 
 def test_one_in_flight_the_next_turn_counts_from_a_late_departure(any_engine):
@@ -391,3 +392,76 @@ def test_several_in_flight_a_departure_within_half_the_margin_pushes_nothing(any
         any_engine, "departs-on-time-multi", [0.009, 0.0], max_in_flight=2
     )
     assert abs(starts[1] - (1000.0 + spacing)) < 1e-6
+
+
+def test_a_throttled_answer_pushes_back_a_turn_already_taken(any_engine):
+    """Two in flight: the second call's turn is handed out while the first is in flight;
+    the first is answered throttled (1 s): the second leaves after the penalty, not at the
+    turn it had."""
+    limiter = DbLimiter(any_engine)
+    limit = RateLimit(calls_per_second=5, max_in_flight=2)
+    first_in = threading.Event()
+    answered_at: list[float] = []
+    second_left: list[float] = []
+
+    def second() -> None:
+        assert first_in.wait(30)
+        with limiter.slot("throttled-acct", limit):
+            second_left.append(time.time())
+
+    other = threading.Thread(target=second)
+    other.start()
+    with limiter.slot("throttled-acct", limit) as departure:
+        first_in.set()
+        time.sleep(0.1)  # the second thread has taken its turn (0.2 s on) and waits for it
+        departure.departed(time.time() - 0.05)
+        departure.throttled(1.0)
+        answered_at.append(time.time())
+    other.join(30)
+    assert second_left[0] >= answered_at[0] + 1.0 - 0.01
+    assert limiter.throttled == 1
+
+
+def test_a_throttled_answer_widens_the_accounts_spacing(any_engine):
+    limiter = DbLimiter(any_engine)
+    limit = RateLimit(calls_per_second=50, max_in_flight=1)
+    before = limiter.spacing(limit, "widened-acct")
+    with limiter.slot("widened-acct", limit) as departure:
+        departure.departed(time.time())
+        departure.throttled(0.01)
+    assert limiter.spacing(limit, "widened-acct") > before
+
+
+def _chain_of_calls(engine, account: str, slow_call: int, calls: int = 16):
+    """One in flight, 10 a second, calls queued on three threads of one process (a chain
+    of hand-offs); call ``slow_call`` is answered 0.25 s late. -> (departures, spacing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limiter = DbLimiter(engine)
+    limit = RateLimit(calls_per_second=10, max_in_flight=1)
+    departures: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        with limiter.slot(account, limit) as departure:
+            with lock:
+                departures.append(time.time())
+                index = len(departures) - 1
+            departure.departed(departures[index])
+            time.sleep(0.25 if index == slow_call else 0.002)
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(one, range(calls)))
+    return departures, limiter.spacing(limit, account)
+
+
+def test_one_in_flight_calls_after_a_late_answer_make_up_for_it(any_engine):
+    departures, spacing = _chain_of_calls(any_engine, "made-up", slow_call=10)
+    gaps = [b - a for a, b in itertools.pairwise(departures[11:])]
+    assert min(gaps) < spacing / 2, gaps
+
+
+def test_one_in_flight_the_calls_made_up_keep_every_window(any_engine):
+    departures, spacing = _chain_of_calls(any_engine, "made-up-windows", slow_call=10)
+    spans = [departures[i + 10] - departures[i] for i in range(len(departures) - 10)]
+    assert min(spans) >= 10 * spacing - 0.005, spans

@@ -1,0 +1,57 @@
+"""How far apart one account's calls leave: learnt from round trips and throttled answers."""
+
+from __future__ import annotations
+
+from bulk_changes.db.limiter import AccountPace
+
+
+def pace() -> AccountPace:
+    return AccountPace(
+        initial_jitter=0.05, max_jitter=0.25, widen=0.05, narrow_calls=100, max_extra=0.5
+    )
+
+
+def test_before_enough_round_trips_the_initial_jitter_is_kept_free():
+    p = pace()
+    for _ in range(AccountPace.MIN_SAMPLES - 1):
+        p.answered(0.1)
+    assert p.jitter == 0.05
+
+
+def test_the_arrival_jitter_is_the_spread_of_recent_round_trips():
+    p = pace()
+    for i in range(64):
+        p.answered(0.150 + (i % 21) / 1000)  # 150 to 170 ms
+    assert abs(p.jitter - 0.020) < 0.0015
+
+
+def test_a_rare_slow_round_trip_does_not_widen_the_spacing():
+    p = pace()
+    for _ in range(63):
+        p.answered(0.150)
+    p.answered(2.0)
+    assert p.jitter == 0.0
+
+
+def test_the_arrival_jitter_kept_free_is_bounded():
+    p = pace()
+    for i in range(64):
+        p.answered(0.1 if i % 2 else 3.0)
+    assert p.jitter == 0.25
+
+
+def test_a_throttled_answer_widens_the_spacing():
+    p = pace()
+    p.throttled()
+    assert p.extra == 0.05
+
+
+def test_the_spacing_narrows_back_slowly_while_no_throttle_comes():
+    p = pace()
+    p.throttled()
+    for _ in range(50):
+        p.answered(0.1)
+    assert abs(p.extra - 0.025) < 1e-9
+    for _ in range(60):
+        p.answered(0.1)
+    assert p.extra == 0.0
