@@ -385,7 +385,8 @@ class Demo:
             else:
                 queue.send({"bulk_change_id": result.id})
         queue.send("this is not a bulk change")  # goes to the dead-letter queue, with its reason
-        say(f"sent {len(plan)} bulk changes to the queue (3 message shapes) and one poison message")
+        sent = sum(1 for s in plan if not s.reported)  # a refused one was reported already
+        say(f"sent {sent} bulk changes to the queue (3 message shapes) and one poison message")
 
     # ---- watching -------------------------------------------------------------------------
 
