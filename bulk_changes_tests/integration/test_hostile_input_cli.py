@@ -222,3 +222,21 @@ def test_the_same_key_under_another_tenant_is_refused_without_naming_it(cli):
         f"bulk-changes: idempotency key 'k4' was already used for bulk change {bulk_id} "
         "with a different request (another tenant); send it with a new key"
     )
+
+
+def test_a_csv_export_holds_formula_usernames_as_text(sqlite_cli, tmp_path):
+    import csv
+
+    formulas = ['=HYPERLINK("http://evil.example")', "+cmd|' /C calc'!A0", "@SUM(A1)"]
+    rows = "".join(
+        f'{iccid(i)},"{u.replace(chr(34), chr(34) * 2)}"\n' for i, u in enumerate(formulas)
+    )
+    path = sqlite_cli.file("f.csv", "iccid,username\n" + rows)
+    bulk_id = json.loads(sqlite_cli.submit(path).stdout)["id"]
+    out = tmp_path / "export.csv"
+    done = sqlite_cli("export", str(bulk_id), "--format", "csv", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    exported = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    cells = [c for row in exported for c in row.values() if c]
+    assert {"'" + f for f in formulas} <= set(cells)
+    assert not [c for c in cells if c[0] in "=+-@\t\r"]
