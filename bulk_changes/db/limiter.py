@@ -92,6 +92,9 @@ _CLOCK_PUSH = (
 MAX_RETAKES = 3
 # the departures of a chain of one process's calls kept to place the next turns by
 CHAIN_MEMORY = 64
+# seconds the account waits after a dead holder's slot was given back (see
+# release_dead_holders)
+DEAD_HOLDER_PAUSE = 1.0
 
 
 class Departure:
@@ -809,9 +812,18 @@ def release_dead_holders(engine: Engine, account_name: str | None = None) -> int
         if not verdicts[key]:
             continue
         with engine.begin() as conn:
-            freed += conn.execute(
+            gone = conn.execute(
                 _FREE_SLOT, {"b_account": account, "b_slot": slot, "b_holder": holder}
             ).rowcount
+            if gone:
+                # The dead process's last calls were placed by its own memory of them
+                # (made-up late answers can leave them closer than a spacing), which died
+                # with it: the next turn waits a second, a Jasper window, once.
+                conn.execute(
+                    _CLOCK_NOT_BEFORE,
+                    {"b_account": account, "b_not_before": time.time() + DEAD_HOLDER_PAUSE},
+                )
+            freed += gone
     return freed
 
 

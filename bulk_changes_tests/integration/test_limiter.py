@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
@@ -465,3 +465,24 @@ def test_one_in_flight_the_calls_made_up_keep_every_window(any_engine):
     departures, spacing = _chain_of_calls(any_engine, "made-up-windows", slow_call=10)
     spans = [departures[i + 10] - departures[i] for i in range(len(departures) - 10)]
     assert min(spans) >= 10 * spacing - 0.005, spans
+
+
+def test_after_a_dead_holders_slot_is_given_back_the_next_turn_waits_a_window(
+    any_db_url, any_engine
+):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_with_a_long_lease, args=(any_db_url, ready))
+    holder.start()
+    assert ready.wait(60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    freed_at = time.time()
+    assert release_dead_holders(any_engine) == 1
+    with any_engine.connect() as conn:
+        next_free = conn.execute(
+            select(t.rate_limit_clock.c.next_free_at).where(
+                t.rate_limit_clock.c.account == "dead-acct"
+            )
+        ).scalar_one()
+    assert next_free >= freed_at + 1.0
