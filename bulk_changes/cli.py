@@ -237,9 +237,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.no_send:
         # Sent even when the idempotency key found an existing bulk change: the run key
         # makes a repeated message start no second run, and a lost first send is repaired.
+        # The quick sender (two tries, 3 s to connect): a queue that is down is said in
+        # seconds, not after the resource's five tries with back-off (12 s measured).
         try:
-            send_one(repo.engine, result.id, res["queue"].send)
-        except BulkChangeError as exc:
+            send_one(repo.engine, result.id, _queue_sender())
+        except (BulkChangeError, CliError) as exc:
             sent_error = str(exc)
     if args.json:
         print(json.dumps({**result.as_json(), "queued": not args.no_send and sent_error is None}))

@@ -193,6 +193,15 @@ def test_run_key_sanitised_and_distinct() -> None:
     assert len({a, b, c}) == 3
 
 
+def test_run_keys_of_two_databases_differ() -> None:
+    assert run_key_for(BulkChangeRef(1), "aaa111") != run_key_for(BulkChangeRef(1), "bbb222")
+
+
+def test_a_retry_key_carries_the_database_id_too() -> None:
+    key = run_key_for(BulkChangeRef(1, True, "r_1"), "aaa111")
+    assert key == "bulk_change_1_db_aaa111_retry_r_1"
+
+
 # -- schema agreement -----------------------------------------------------------------------
 
 VALID_BODIES: list[Any] = [
