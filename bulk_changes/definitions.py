@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import DefaultSensorStatus, Definitions
 
+from bulk_changes.assets import audit_spec, no_failed_devices, results_spec
 from bulk_changes.environments import RESOURCES_BY_ENV, env_or
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.resources.step_outputs import StepOutputStore
@@ -41,6 +42,8 @@ dead_run_workers = build_dead_run_worker_sensor(
 )
 
 defs = Definitions(
+    assets=[results_spec, audit_spec],
+    asset_checks=[no_failed_devices],
     jobs=[process_bulk_change],
     sensors=[queue_sensor, notification_sweep, run_failure_alerts, dead_run_workers],
     resources={

@@ -75,7 +75,9 @@ def local_resources(resolve_now: bool = False) -> dict[str, object]:
         return os.environ[name] if resolve_now else EnvVar(name)
 
     return {
-        "amop_db": AmopDatabase(url=env_or("BULK_CHANGES_DB_URL", "")),
+        # empty: the resource reads BULK_CHANGES_DB_URL (or the SQLite file under the home)
+        # when a run uses it, so the URL (and any password in it) is never run config
+        "amop_db": AmopDatabase(),
         "tenant_config": TenantConfig(path=env_or("BULK_CHANGES_TENANTS", "")),
         "queue": SqsQueue(
             endpoint_url=env_or("BULK_CHANGES_SQS_ENDPOINT", LOCAL_SQS_ENDPOINT),

@@ -14,6 +14,7 @@ from bulk_changes.ops.process import (
     load_device_changes,
     partition_batches,
 )
+from bulk_changes.partitions import bulk_change_run_config
 from bulk_changes.threaded_executor import threaded_executor
 
 
@@ -48,7 +49,12 @@ def executor_from_env() -> ExecutorDefinition:
 # AMOP database skips every device step that succeeded, so nothing is called twice, while
 # Dagster's from-failure selection can leave out mapped steps that never started yet keep
 # their downstream steps (which then fail loading inputs that were never written).
+#
+# Partitioned by bulk change (bulk_changes.partitions): the Launchpad's partition picker and
+# the backfill dialog fill in the config, so no one types YAML; the config also keeps the
+# resources' settings out of the Launchpad's defaults.
 @job(
+    config=bulk_change_run_config,
     executor_def=executor_from_env(),
     tags={"bulk_changes/kind": "bulk_change", "dagster/retry_strategy": "ALL_STEPS"},
 )

@@ -56,15 +56,19 @@ from bulk_changes.domain.messages import (
     parse_message,
     run_key_for,
 )
+from bulk_changes.partitions import bulk_change_partitions, run_config_for
 from bulk_changes.resources.queue import QueueMessage, ReceiptHandleInvalid
+from bulk_changes.run_tags import (  # noqa: F401 - TAG_* are read from here too
+    TAG_BULK_CHANGE_ID,
+    TAG_CHANGE_TYPE,
+    TAG_INTEGRATION,
+    TAG_TENANT,
+    bulk_change_tags,
+)
 
 SENSOR_NAME = "bulk_change_queue_sensor"
 RUN_KEY_TAG = "dagster/run_key"
 FINAL_STATUSES = frozenset({"PROCESSED", "PROCESSED_WITH_ERRORS", "CANCELLED"})
-TAG_TENANT = "bulk_changes/tenant"
-TAG_BULK_CHANGE_ID = "bulk_changes/bulk_change_id"
-TAG_CHANGE_TYPE = "bulk_changes/change_type"
-TAG_INTEGRATION = "bulk_changes/integration"
 TAG_RETRY_REQUEST = "bulk_changes/retry_request_id"
 LOAD_OP = "load_device_changes"
 # runs that ended without finishing a bulk change, after which its messages wait (and go
@@ -423,29 +427,17 @@ class QueueTick:
 
 
 def run_request_for(ref: BulkChangeRef, bulk: Any, run_key: str) -> RunRequest:
-    def text(value: Any) -> str:
-        return str(getattr(value, "value", value))
-
-    tags = {
-        TAG_TENANT: text(bulk.tenant_id),
-        TAG_BULK_CHANGE_ID: str(ref.bulk_change_id),
-        TAG_CHANGE_TYPE: text(bulk.change_type),
-        TAG_INTEGRATION: text(bulk.integration),
-    }
+    tags = bulk_change_tags(bulk)
     if ref.retry_failed and ref.request_id:
         tags[TAG_RETRY_REQUEST] = ref.request_id[:200]
+    # The bulk change's partition: its key is added in the same tick (SensorResult), so the
+    # run shows under the bulk change in the UI and can be backfilled from there. Its config
+    # is the partition's: every run of a bulk change retries its API_FAILED devices (a new
+    # one has none), so re-executing any of its runs from the UI is "retry the failed".
     return RunRequest(
         run_key=run_key,
-        run_config={
-            "ops": {
-                LOAD_OP: {
-                    "config": {
-                        "bulk_change_id": ref.bulk_change_id,
-                        "retry_failed_only": ref.retry_failed,
-                    }
-                }
-            }
-        },
+        partition_key=str(ref.bulk_change_id),
+        run_config=run_config_for(ref.bulk_change_id),
         tags=tags,
     )
 
@@ -519,7 +511,12 @@ def build_queue_sensor(
         out = tick.out
         cursor = dump_cursor(out.pending)
         if out.run_requests:
-            return SensorResult(run_requests=out.run_requests, cursor=cursor)
+            keys = sorted({r.partition_key for r in out.run_requests if r.partition_key})
+            return SensorResult(
+                run_requests=out.run_requests,
+                cursor=cursor,
+                dynamic_partitions_requests=[bulk_change_partitions.build_add_request(keys)],
+            )
         summary = (
             f"no new runs: {out.received} message(s) received, {out.deleted} deleted, "
             f"{out.dead_lettered} dead-lettered, {out.left} left for later, "

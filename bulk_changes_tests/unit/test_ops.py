@@ -50,7 +50,9 @@ def test_load_lists_pending_device_changes_and_opens_the_bulk_change(repo, setti
         "jasper",
         [{"iccid": r["iccid"], "status": "DEACTIVATED"} for r in rows] + [{"iccid": "1"}],
     )
-    context = build_op_context(resources={"amop_db": AmopDatabase(url=db_url)})
+    context = build_op_context(
+        resources={"amop_db": AmopDatabase(url=db_url), "tenant_config": TenantConfig()}
+    )
     output = load_device_changes(context, config={"bulk_change_id": result.id})
     assert len(output.value["device_change_ids"]) == 3
     assert repo.get_bulk_change(result.id).status == "PROCESSING"

@@ -179,11 +179,13 @@ def test_new_message_gives_one_run_request(
         "bulk_changes/change_type": "username_cost_center",
         "bulk_changes/integration": "telegence",
     }
+    # the bulk change's partition; its config (every run of a bulk change also retries its
+    # API_FAILED devices: a new one has none)
+    assert request.partition_key == "8"
     assert request.run_config == {
-        "ops": {
-            "load_device_changes": {"config": {"bulk_change_id": 8, "retry_failed_only": False}}
-        }
+        "ops": {"load_device_changes": {"config": {"bulk_change_id": 8, "retry_failed_only": True}}}
     }
+    assert result.dynamic_partitions_requests[0].partition_keys == ["8"]
     # Not deleted in this tick: its receipt handle waits in the cursor for the run.
     [pending] = load_cursor(result.cursor)
     assert pending.run_key == "bulk_change_8" and pending.message_id == message_id
