@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -46,6 +47,10 @@ from bulk_changes.dagster_private import (
     trigger_hook,
 )
 
+from bulk_changes.processing import stopping
+
+STOP_GRACE_SECONDS = float(os.environ.get("BULK_CHANGES_STOP_GRACE", "20"))
+
 _DONE = object()  # a step's thread has finished its event stream
 _IDLE_WAIT_SECONDS = 1.0  # how often an idle loop looks for an interrupt
 
@@ -67,6 +72,24 @@ def _run_step(step_context: Any, events: queue.Queue[tuple[str, Any]]) -> None:
         events.put((key, exc))
     finally:
         events.put((key, _DONE))
+
+
+def _drain(
+    events: queue.Queue[tuple[str, Any]],
+    running: dict[str, tuple[Any, list[DagsterEvent]]],
+    grace_seconds: float,
+) -> Iterator[DagsterEvent]:
+    """The events of the running steps until each has ended or ``grace_seconds`` passed."""
+    deadline = time.monotonic() + grace_seconds
+    while running and time.monotonic() < deadline:
+        try:
+            key, item = events.get(timeout=max(0.05, deadline - time.monotonic()))
+        except queue.Empty:
+            return
+        if item is _DONE:
+            running.pop(key, None)
+        elif not isinstance(item, BaseException):
+            yield item
 
 
 def _threaded_iterator(
@@ -99,10 +122,14 @@ def _threaded_iterator(
         while not active.is_complete or running:
             if active.check_for_interrupts():
                 active.mark_interrupted()
-                # the steps' threads cannot be stopped; they die with the process, and the
-                # AMOP database keeps what they finished
+                # Threads cannot be killed: the steps are told to stop (no new external
+                # call), and given time to record where they stopped before the run ends.
+                in_flight = sorted(running)
+                stopping.RUN_STOPPING.set()
+                yield from _drain(events, running, STOP_GRACE_SECONDS)
                 raise DagsterExecutionInterruptedError(
-                    f"run interrupted with steps in flight: {sorted(running)}"
+                    f"run interrupted with steps in flight: {in_flight}"
+                    + (f"; still running: {sorted(running)}" if running else "")
                 )
             if not active.is_complete and len(running) < max_concurrent:
                 # (not at every event: each look walks the pending steps and their pools)

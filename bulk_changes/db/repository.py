@@ -673,19 +673,25 @@ class Repository:
                     started[r.device_change_id].add(r.step.removesuffix("#started"))
         return started
 
-    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> None:
+    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool:
         """Before a step's call, in one transaction: the device change is PROCESSING and
-        the step is marked started (so a crash after the call can be checked, not repeated)."""
+        the step is marked started (so a crash after the call can be checked, not repeated).
+        -> False, and nothing marked, if the device change is final (an operator stopped
+        the bulk change): the call must not be made."""
         marker = f"{step}#started"
         with self.engine.begin() as conn:
-            conn.execute(
+            open_ = conn.execute(
                 update(t.device_changes)
                 .where(
                     t.device_changes.c.id == device_change_id,
-                    t.device_changes.c.status == DeviceStatus.NEW.value,
+                    t.device_changes.c.status.in_(
+                        (DeviceStatus.NEW.value, DeviceStatus.PROCESSING.value)
+                    ),
                 )
                 .values(status=DeviceStatus.PROCESSING.value, updated_at=now())
-            )
+            ).rowcount
+            if not open_:
+                return False
             conn.execute(
                 self._insert_new(t.step_progress).values(
                     device_change_id=device_change_id,
@@ -694,6 +700,7 @@ class Repository:
                     updated_at=now(),
                 )
             )
+        return True
 
     def _insert_new(self, table: Table) -> Any:
         """INSERT that leaves an existing row (same primary key) as it is: one statement
@@ -981,3 +988,178 @@ class Repository:
             for system, outcome, n in rows:
                 summary.setdefault(system, {})[outcome] = int(n)
             return summary
+
+    # ---- what the UI shows of one bulk change ------------------------------------
+
+    def failed_devices(self, bulk_change_id: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The first ``limit`` device changes that did not end PROCESSED (row order), each
+        with its last failed call (system, HTTP status, answer), and how many there are."""
+        not_ok = (
+            DeviceStatus.API_FAILED.value,
+            DeviceStatus.ERROR.value,
+            DeviceStatus.CANCELLED.value,
+        )
+        where = (
+            t.device_changes.c.bulk_change_id == bulk_change_id,
+            t.device_changes.c.status.in_(not_ok),
+        )
+        with self.engine.connect() as conn:
+            total = int(
+                conn.execute(
+                    select(func.count()).select_from(t.device_changes).where(*where)
+                ).scalar_one()
+            )
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(
+                        t.device_changes.c.id,
+                        t.device_changes.c.row_number,
+                        t.device_changes.c.device_key,
+                        t.device_changes.c.status,
+                        t.device_changes.c.attempts,
+                        t.device_changes.c.last_error,
+                        t.device_changes.c.error_field,
+                    )
+                    .where(*where)
+                    .order_by(t.device_changes.c.row_number)
+                    .limit(limit)
+                )
+            ]
+            last_call: dict[int, Any] = {}
+            ids = [r["id"] for r in rows]
+            for start in range(0, len(ids), 500):
+                for a in conn.execute(
+                    select(
+                        t.audit_log.c.device_change_id,
+                        t.audit_log.c.system,
+                        t.audit_log.c.response_status,
+                        t.audit_log.c.response,
+                    )
+                    .where(
+                        t.audit_log.c.device_change_id.in_(ids[start : start + 500]),
+                        t.audit_log.c.outcome.in_(("error", "retry")),
+                        t.audit_log.c.response_status.is_not(None),
+                    )
+                    .order_by(t.audit_log.c.id)
+                ):
+                    last_call[a.device_change_id] = a  # the latest wins
+        for row in rows:
+            call = last_call.get(row["id"])
+            row["system"] = call.system if call else None
+            row["response_status"] = call.response_status if call else None
+            row["response"] = call.response if call else None
+        return rows, total
+
+    def device_results(self, bulk_change_id: int) -> Iterable[Any]:
+        """Every device change of the bulk change in row order, streamed (a results file of
+        100,000 devices is written without holding them all)."""
+        query = (
+            select(
+                t.device_changes.c.row_number,
+                t.device_changes.c.device_key,
+                t.device_changes.c.status,
+                t.device_changes.c.attempts,
+                t.device_changes.c.error_field,
+                t.device_changes.c.last_error,
+                t.device_changes.c.request,
+                t.device_changes.c.finished_at,
+            )
+            .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+            .order_by(t.device_changes.c.row_number)
+        )
+        with self.engine.connect() as conn:
+            yield from conn.execution_options(stream_results=True, yield_per=1000).execute(query)
+
+    # ---- stopping -------------------------------------------------------------------
+
+    def cancel_bulk_change(
+        self, bulk_change_id: int, reason: str, run_id: str | None = None
+    ) -> tuple[bool, dict[str, int]]:
+        """Stop a bulk change for good, in one transaction: every device change not final
+        becomes CANCELLED with ``reason`` (and, for one that was under way, the steps it
+        had completed), the bulk change CANCELLED, audited, its final event written.
+        -> (changed now, counts). A final bulk change is left as it is."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(t.bulk_changes)
+                .where(
+                    t.bulk_changes.c.id == bulk_change_id,
+                    t.bulk_changes.c.status.in_(
+                        (BulkStatus.NEW.value, BulkStatus.PROCESSING.value)
+                    ),
+                )
+                .values(status=BulkStatus.CANCELLED.value, finished_at=now())
+            ).rowcount
+            if moved:
+                open_rows = conn.execute(
+                    select(t.device_changes.c.id, t.device_changes.c.status).where(
+                        t.device_changes.c.bulk_change_id == bulk_change_id,
+                        t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+                    )
+                ).all()
+                under_way = [r.id for r in open_rows if r.status != DeviceStatus.NEW.value]
+                done: dict[int, list[str]] = {i: [] for i in under_way}
+                for start in range(0, len(under_way), 500):
+                    for r in conn.execute(
+                        select(t.completed_steps.c.device_change_id, t.completed_steps.c.step)
+                        .where(
+                            t.completed_steps.c.device_change_id.in_(under_way[start : start + 500])
+                        )
+                        .order_by(t.completed_steps.c.completed_at)
+                    ):
+                        done[r.device_change_id].append(r.step)
+                stamp = now()
+                conn.execute(
+                    update(t.device_changes)
+                    .where(
+                        t.device_changes.c.bulk_change_id == bulk_change_id,
+                        t.device_changes.c.status == DeviceStatus.NEW.value,
+                    )
+                    .values(
+                        status=DeviceStatus.CANCELLED.value,
+                        last_error=f"{reason} before it started",
+                        updated_at=stamp,
+                        finished_at=stamp,
+                    )
+                )
+                for device_change_id, steps in done.items():
+                    conn.execute(
+                        update(t.device_changes)
+                        .where(
+                            t.device_changes.c.id == device_change_id,
+                            t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+                        )
+                        .values(
+                            status=DeviceStatus.CANCELLED.value,
+                            last_error=f"{reason}; steps completed: "
+                            + (", ".join(steps) if steps else "none"),
+                            updated_at=stamp,
+                            finished_at=stamp,
+                        )
+                    )
+            counts = {
+                status: int(n)
+                for status, n in conn.execute(
+                    select(t.device_changes.c.status, func.count())
+                    .where(t.device_changes.c.bulk_change_id == bulk_change_id)
+                    .group_by(t.device_changes.c.status)
+                )
+            }
+            if moved:
+                conn.execute(
+                    insert(t.audit_log).values(
+                        bulk_change_id=bulk_change_id,
+                        system="amop",
+                        description="Bulk change stopped",
+                        outcome="cancelled",
+                        error=reason,
+                        run_id=run_id,
+                        response=json.dumps(
+                            {"status": BulkStatus.CANCELLED.value, "counts": counts}
+                        ),
+                        created_at=now(),
+                    )
+                )
+                outbox.write_final(conn, bulk_change_id, BulkStatus.CANCELLED.value, counts)
+        return bool(moved), counts

@@ -8,6 +8,7 @@ from typing import Any
 from dagster import (
     Backoff,
     Config,
+    DagsterExecutionInterruptedError,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -23,10 +24,14 @@ from dagster import (
 )
 
 from bulk_changes.db.repository import Repository
+from bulk_changes.domain.errors import ConfigurationError
 from bulk_changes.domain.retry import RetryPolicy as DeviceRetryPolicy
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER
+from bulk_changes.ops.reporting import ensure_partition, report_final, tag_run
+from bulk_changes.partitions import BULK_CHANGES_PARTITIONS
+from bulk_changes.processing import stopping
 from bulk_changes.processing.memory import give_back_free_memory
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.runner import StageReport, StageRunner
@@ -34,12 +39,52 @@ from bulk_changes.processing.service_directory import directory_for
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
 from bulk_changes.resources.tenant_config import TenantConfig
+from bulk_changes.run_tags import (
+    OUTCOME_RUNNING,
+    TAG_BULK_CHANGE_ID,
+    TAG_OUTCOME,
+    bulk_change_tags,
+    outcome_tags,
+)
 
 # Infrastructure failures (the AMOP database away, a worker restarted) retry the op; the
 # device outcomes already committed make the retry continue where it stopped.
 OP_RETRY = RetryPolicy(
     max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
+
+
+# Dagster's own run retries must not retry these either (they read the run's tags).
+NO_RUN_RETRY = {"dagster/max_retries": "0"}
+
+
+def permanent_failure(context: OpExecutionContext, description: str) -> Failure:
+    """A failure that retrying cannot fix: no op retry, no run retry, and a description
+    that says what to do."""
+    tag_run(context, NO_RUN_RETRY)
+    return Failure(description=description, allow_retries=False)
+
+
+def no_such_bulk_change(context: OpExecutionContext, bulk_change_id: int) -> Failure:
+    return permanent_failure(
+        context,
+        f"bulk change {bulk_change_id} does not exist in this AMOP database. Check the id "
+        "(`bulk-changes status ID`) and that this Dagster deployment uses the AMOP database "
+        "the bulk change was submitted to; then launch a run with the right id. Retrying "
+        "this run cannot help.",
+    )
+
+
+def tenant_of(context: OpExecutionContext, tenant_config: TenantConfig, bulk: Any) -> Tenant:
+    try:
+        return tenant_config.settings().tenant(bulk.tenant_id)
+    except ConfigurationError as exc:
+        raise permanent_failure(
+            context,
+            f"bulk change {bulk.id}: tenant {bulk.tenant_id!r} cannot be used: {exc}. Add the "
+            "tenant and its accounts to the tenants file (BULK_CHANGES_TENANTS), then "
+            "re-execute this run (nothing was sent to any system).",
+        ) from None
 
 
 SWITCH_INTERVAL = float(os.environ.get("BULK_CHANGES_SWITCH_INTERVAL", "0.001"))
@@ -90,8 +135,8 @@ def _device_runner(
     repo = amop_db.repository()
     bulk = repo.get_bulk_change(bulk_change_id)
     if bulk is None:
-        raise Failure(f"bulk change {bulk_change_id} does not exist")
-    tenant: Tenant = tenant_config.settings().tenant(bulk.tenant_id)
+        raise no_such_bulk_change(context, bulk_change_id)
+    tenant = tenant_of(context, tenant_config, bulk)
     limiter = amop_db.limiter()
     carrier_api = jasper if bulk.integration == "jasper" else telegence
 
@@ -124,13 +169,23 @@ def _device_runner(
 
 @op(out=Out(dict), retry_policy=OP_RETRY)
 def load_device_changes(
-    context: OpExecutionContext, config: LoadConfig, amop_db: AmopDatabase
+    context: OpExecutionContext,
+    config: LoadConfig,
+    amop_db: AmopDatabase,
+    tenant_config: TenantConfig,
 ) -> Output[dict]:
-    """Open the bulk change for this run and list the device changes still to do."""
+    """Tag the run with its bulk change, open the bulk change for this run and list the
+    device changes still to do. A bulk change that does not exist or whose tenant is not
+    configured fails the run at once (permanent: no retry)."""
     repo = amop_db.repository()
+    # first, so that even a failed run is found by its bulk change
+    tag_run(context, {TAG_BULK_CHANGE_ID: str(config.bulk_change_id)})
     bulk = repo.get_bulk_change(config.bulk_change_id)
     if bulk is None:
-        raise Failure(f"bulk change {config.bulk_change_id} does not exist")
+        raise no_such_bulk_change(context, config.bulk_change_id)
+    tag_run(context, {**bulk_change_tags(bulk), TAG_OUTCOME: OUTCOME_RUNNING})
+    ensure_partition(context, BULK_CHANGES_PARTITIONS, bulk.id)
+    tenant_of(context, tenant_config, bulk)
     reopened = repo.start_processing(bulk.id, context.run_id, config.retry_failed_only)
     pending = repo.pending_device_change_ids(bulk.id)
     counts = repo.counts(bulk.id)
@@ -199,8 +254,22 @@ def apply_device_changes(
         revio=revio,
         processing=processing,
     )
-    report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
     repo = amop_db.repository()
+    try:
+        report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
+    except DagsterExecutionInterruptedError:
+        # in-process and multiprocess executors: the interrupt reaches this thread
+        stopping.RUN_STOPPING.set()
+        runner.wait_for_devices(STOP_GRACE_SECONDS)
+        stop_bulk_change(context, repo, batch["bulk_change_id"])
+        raise
+    if stopping.requested():
+        # the threaded executor: it set the signal and waits for this step to return
+        stop_bulk_change(context, repo, batch["bulk_change_id"])
+        return Output(
+            {"bulk_change_id": batch["bulk_change_id"], "devices": 0, "statuses": {}},
+            metadata={**report.as_metadata(), "stopped_by_operator": True},
+        )
     # counts, not a status per device: finalize collects every batch's output at once,
     # and the AMOP database has the details
     statuses = dict(Counter(c.status for c in repo.device_changes(batch["device_change_ids"])))
@@ -219,6 +288,27 @@ def apply_device_changes(
             "devices_reported": reported,
             "statuses": MetadataValue.json(statuses),
         },
+    )
+
+
+# Device threads finish the call they are in (its timeout bounds it) before the stop is
+# recorded; a call that outlives this is recorded when it returns (audit, completed step).
+STOP_GRACE_SECONDS = float(os.environ.get("BULK_CHANGES_STOP_GRACE", "20"))
+
+
+def stop_bulk_change(context: OpExecutionContext, repo: Repository, bulk_change_id: int) -> None:
+    """The run was terminated: the bulk change is CANCELLED, each device not final with it
+    (reason: stopped by an operator, and the steps it had completed), never left
+    PROCESSING. Final, not resumable: a stop is an operator saying "not this" (a bulk
+    change sent by mistake); what was done stays in the audit, and the rest can be sent
+    again as a new bulk change."""
+    changed, counts = repo.cancel_bulk_change(
+        bulk_change_id, stopping.OPERATOR_STOP_REASON, context.run_id
+    )
+    tag_run(context, outcome_tags("CANCELLED", counts))
+    context.log.warning(
+        f"bulk change {bulk_change_id} stopped by an operator: {counts}"
+        + ("" if changed else " (it was already final)")
     )
 
 
@@ -270,6 +360,7 @@ def finalize_bulk_change(
     context.log.info(
         f"bulk change {bulk_id} is {status}: {counts}" + ("" if changed else " (already final)")
     )
+    report_final(context, repo, bulk_id, status, counts, duration)
     calls = repo.audit_summary(bulk_id)
     return Output(
         {"bulk_change_id": bulk_id, "status": status, "counts": counts},

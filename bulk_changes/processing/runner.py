@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +36,7 @@ from bulk_changes.domain.retry import GiveUp, Retry, RetryPolicy, decide
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
+from bulk_changes.processing import stopping
 from bulk_changes.processing.memory import freeze_startup_objects, limit_arenas
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
@@ -106,7 +106,7 @@ class StageRunner:
         policy: RetryPolicy,
         run_id: str | None,
         max_workers: int = 4,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = stopping.pause,
         rng: random.Random | None = None,
     ) -> None:
         self.repo = repo
@@ -141,12 +141,19 @@ class StageRunner:
             return report
         pool = device_pool(self.max_workers)
         futures = [pool.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
+        self._futures = futures
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             # Infrastructure failed (the AMOP database, a bug): fail the op so Dagster
             # retries it; what was committed stays committed.
             raise errors[0]  # type: ignore[misc]
         return report
+
+    def wait_for_devices(self, timeout: float) -> bool:
+        """After an interrupt of ``run``: wait until this batch's device threads are done
+        (stopping, they make no new call). -> True if they all are."""
+        _, not_done = wait(getattr(self, "_futures", []), timeout=timeout)
+        return not not_done
 
     # ---- one device ---------------------------------------------------------------------
 
@@ -158,6 +165,8 @@ class StageRunner:
         stages: Sequence[Stage],
         report: StageReport,
     ) -> None:
+        if stopping.requested():
+            return  # left as it is: the run's stop closes it
         if change.device_id is None or not device:
             self._finish(
                 change, DeviceStatus.ERROR, "the device is no longer in the inventory", None, report
@@ -167,6 +176,10 @@ class StageRunner:
         steps = [s for s in plan if s.stage in stages]
         pending: StepSuccess | None = None
         for index, step in enumerate(steps):
+            if stopping.requested():
+                if pending is not None:
+                    self._record(change, pending)  # its call was made: keep it known
+                return
             if step.name in done:
                 with self._lock:
                     report.steps_already_done += 1
@@ -201,11 +214,14 @@ class StageRunner:
             integration=self.integration.value,
             clients=self.clients,
             progress=self.repo,
-            sleep=self.sleep,
+            sleep=self._step_sleep,
         )
         failures = throttles = 0
         self.recorder.take()
-        verified = self._verified_after_crash(step, change, ctx, report)
+        try:
+            verified = self._verified_after_crash(step, change, ctx, report)
+        except stopping.Stopped:
+            return None  # closed by an operator's stop: no call
         if verified is not None:
             return verified
         verifier = VERIFIERS.get(step.name)
@@ -213,6 +229,8 @@ class StageRunner:
         # system is read before the write is sent again, never the write repeated blind.
         unknown = False
         while True:
+            if stopping.requested():
+                return None
             try:
                 if unknown and verifier is not None:
                     shown = verifier(ctx)
@@ -223,6 +241,11 @@ class StageRunner:
                     # Not there: the read stays in the recorder, audited with the write.
                     unknown = False
                 result = handler(ctx)
+            except stopping.Stopped:
+                # no call left (a poll, a retry inside the step): what was sent before is
+                # in the audit, and the step stays open, its start recorded
+                self.recorder.take()
+                return None
             except SQLAlchemyError:
                 raise
             except Exception as exc:  # classified below; never escapes for one device
@@ -281,6 +304,12 @@ class StageRunner:
         result = {**shown, "verified_after_unknown_outcome": True}
         return StepSuccess(step.name, result, audit, attempts=1)
 
+    def _step_sleep(self, seconds: float) -> None:
+        """A step's own waits (activation polls): a stop ends the step instead of its
+        next call."""
+        self.sleep(seconds)
+        stopping.check()
+
     def _record(self, change: DeviceChange, success: StepSuccess) -> None:
         self.repo.record_step_success(self.bulk.id, change.id, success, self.run_id)
 
@@ -293,7 +322,8 @@ class StageRunner:
         the step started (and the device change PROCESSING) before the call."""
         verifier = VERIFIERS.get(step.name)
         if step.name not in self._started.get(change.id, set()) or verifier is None:
-            self.repo.begin_step(change.id, step.name, self.run_id)
+            if not self.repo.begin_step(change.id, step.name, self.run_id):
+                raise stopping.Stopped("the device change was closed by an operator's stop")
             return None
         try:
             result = verifier(ctx)

@@ -48,6 +48,7 @@ from urllib3.exceptions import NewConnectionError
 from bulk_changes.domain import errors
 from bulk_changes.domain.audit import Exchange, to_text
 from bulk_changes.domain.settings import RateLimit
+from bulk_changes.processing import stopping
 from bulk_changes.resources.rate_limit import NoLimiter
 
 DEFAULT_THROTTLE_DELAY = 1.0
@@ -404,6 +405,8 @@ class HttpCaller:
             with self.limiter.slot(
                 self.account_name, self.rate_limit, lease_seconds=lease
             ) as departures:
+                # the turn may have come after the run was told to stop: no call then
+                stopping.check()
                 started = time.perf_counter()
                 forget_departure()
                 try:
