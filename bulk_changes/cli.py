@@ -501,6 +501,23 @@ def _delivery_json(d: Any) -> dict[str, Any]:
     }
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from bulk_changes.operator_actions import retry
+
+    res = _resources()
+    code, text = retry(res["amop_db"].repository(), res["queue"], args.id)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from bulk_changes.operator_actions import cancel
+
+    code, text = cancel(_resources()["amop_db"].repository(), args.id, args.wait)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
 def cmd_webhooks_failed(args: argparse.Namespace) -> int:
     from bulk_changes.db.outbox import Outbox
 
@@ -710,6 +727,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "xlsx"), default="csv")
     export.add_argument("--output", type=Path, help="default: bulk-change-ID.FORMAT here")
     export.set_defaults(func=cmd_export)
+
+    retry = sub.add_parser(
+        "retry", help="retry a final bulk change's API_FAILED devices (a run with its tags)"
+    )
+    retry.add_argument("id", type=int)
+    retry.set_defaults(func=cmd_retry)
+
+    cancel = sub.add_parser(
+        "cancel", help="stop a bulk change: terminate its runs, the rest of its devices CANCELLED"
+    )
+    cancel.add_argument("id", type=int)
+    cancel.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for its run to record the stop"
+    )
+    cancel.set_defaults(func=cmd_cancel)
 
     webhooks = sub.add_parser("webhooks", help="webhook deliveries")
     webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
