@@ -4,7 +4,6 @@ check that warns when devices failed."""
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from bulk_changes.domain.results import (
     summary_markdown,
     vendor_code,
 )
+from bulk_changes.domain.spreadsheet import write_rows
 from bulk_changes.paths import home
 from bulk_changes.run_tags import outcome_tags
 
@@ -91,12 +91,11 @@ def write_results_file(repo: Repository, bulk_change_id: int) -> Path:
     path = folder / f"bulk_change_{bulk_change_id}.csv"
     partial = path.with_suffix(".csv.part")
     with partial.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        writer.writerow(
-            ["row", "device", "status", "attempts", "field", "reason", "request", "finished_at"]
-        )
-        for r in repo.device_results(bulk_change_id):
-            writer.writerow(
+        # through domain.spreadsheet: a username like =HYPERLINK(...) stays text
+        write_rows(
+            out,
+            ["row", "device", "status", "attempts", "field", "reason", "request", "finished_at"],
+            (
                 [
                     r.row_number,
                     r.device_key or "",
@@ -107,7 +106,9 @@ def write_results_file(repo: Repository, bulk_change_id: int) -> Path:
                     r.request,
                     r.finished_at.isoformat() if r.finished_at else "",
                 ]
-            )
+                for r in repo.device_results(bulk_change_id)
+            ),
+        )
     partial.replace(path)
     return path
 
