@@ -51,6 +51,9 @@ setup(
             "trustme>=1.1",
             # property-based tests of intake: any text, bytes or JSON gives an error or a row
             "hypothesis>=6.100",
+            # the browser tests: an operator at the Dagster UI, driving the system's
+            # chromium (never `playwright install`: its browser download is not used)
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["bulk-changes=bulk_changes.cli:main"]},

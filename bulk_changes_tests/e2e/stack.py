@@ -134,6 +134,33 @@ class Stack:
         self.daemon = daemon
         return daemon
 
+    def start_dagster_dev(self, port: int, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+        """``dagster dev`` (webserver and daemon) on ``port``, as an operator runs it;
+        returns once the UI answers."""
+        import urllib.request
+
+        proc = self._start_process(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-h", "127.0.0.1",
+                "-p", str(port),
+                "-w", str(self.root / "workspace.yaml"),
+            ],
+            "dagster-dev.log",
+        )  # fmt: skip
+        self.daemon = proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dagster dev exited; see {self.root / 'dagster-dev.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    return proc
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("dagster dev did not answer")
+
     def _start_process(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
         """A process of the stack in a session of its own, its output in ``log_name``."""
         with (self.root / log_name).open("ab") as log:
@@ -285,6 +312,7 @@ def start_stack(
     dagster_yaml: str | None = None,
     backend: str = "sqlite",
     code_server: bool = False,
+    dagster_dev_port: int | None = None,
 ) -> Stack:
     """Start everything; ``tenants`` builds the tenant file from the simulators' URLs.
 
@@ -294,7 +322,10 @@ def start_stack(
 
     ``code_server``: the code location served by one long-lived ``dagster api grpc``
     process that the workspace points at (as in production), instead of the servers the
-    daemon starts itself and replaces every minute."""
+    daemon starts itself and replaces every minute.
+
+    ``dagster_dev_port``: ``dagster dev`` (the UI on that port, and its daemon) instead of
+    the daemon alone."""
     sims = start_simulators(credentials=credentials)
     if configure_sims is None:
         # The simulators enforce the documented limits; Telegence publishes none, so the
@@ -371,7 +402,10 @@ def start_stack(
         set_pool_limits(root / "dagster_home", storage_env)
     if code_server_port:
         stack.start_code_server(code_server_port)
-    stack.start_daemon()
+    if dagster_dev_port:
+        stack.start_dagster_dev(dagster_dev_port)
+    else:
+        stack.start_daemon()
     freeze_host_objects()  # this process hosts the simulators: see the function
     return stack
 
