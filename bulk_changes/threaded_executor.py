@@ -46,7 +46,6 @@ from bulk_changes.dagster_private import (
     get_retries_config,
     trigger_hook,
 )
-
 from bulk_changes.processing import stopping
 
 STOP_GRACE_SECONDS = float(os.environ.get("BULK_CHANGES_STOP_GRACE", "20"))
