@@ -504,8 +504,7 @@ def _delivery_json(d: Any) -> dict[str, Any]:
 def cmd_retry(args: argparse.Namespace) -> int:
     from bulk_changes.operator_actions import retry
 
-    res = _resources()
-    code, text = retry(res["amop_db"].repository(), res["queue"], args.id)
+    code, text = retry(_repository(), _queue_sender(), args.id)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 
@@ -513,7 +512,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from bulk_changes.operator_actions import cancel
 
-    code, text = cancel(_resources()["amop_db"].repository(), args.id, args.wait)
+    code, text = cancel(_repository(), args.id, args.wait)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ def dagster_home() -> Path | None:
     return None
 
 
-def retry(repo: Any, queue: Any, bulk_change_id: int) -> tuple[int, str]:
-    """-> (exit status, what to print)."""
+def retry(repo: Any, send: Callable[[dict[str, Any]], Any], bulk_change_id: int) -> tuple[int, str]:
+    """``send``: puts one message body on the bulk-change queue. -> (exit status, what to
+    print)."""
     bulk = repo.get_bulk_change(bulk_change_id)
     if bulk is None:
         return 1, f"no bulk change {bulk_change_id} in {repo.engine.url!r}"
@@ -60,7 +62,7 @@ def retry(repo: Any, queue: Any, bulk_change_id: int) -> tuple[int, str]:
             else ""
         )
     request_id = f"cli-{uuid.uuid4().hex[:12]}"
-    queue.send({"bulk_change_id": bulk_change_id, "retry_failed": True, "request_id": request_id})
+    send({"bulk_change_id": bulk_change_id, "retry_failed": True, "request_id": request_id})
     return 0, (
         f"retry of bulk change {bulk_change_id} sent ({api_failed} API_FAILED device(s), "
         f"request {request_id}); its run is tagged bulk_changes/bulk_change_id="

@@ -186,7 +186,8 @@ def test_failed_devices_shown_in_the_ui_are_capped_and_the_total_is_given(
     import bulk_changes.ops.reporting as reporting
 
     monkeypatch.setattr(reporting, "UI_FAILED_DEVICES", 2)
-    _, bulk = status_change(repo, settings, n=0, extra=[{"iccid": str(i)} for i in range(5)])
+    # one valid row: intake refuses a request with none
+    _, bulk = status_change(repo, settings, n=1, extra=[{"iccid": str(i)} for i in range(5)])
     run(instance, db_url, fake_key, bulk.id)
     metadata = materialization(instance, "bulk_change_results").metadata
     assert len(metadata["failed_devices"].value.records) == 2
