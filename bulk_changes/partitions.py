@@ -30,6 +30,16 @@ def run_config_for(bulk_change_id: int) -> dict[str, Any]:
     }
 
 
+def partition_tags(bulk_change_id: int) -> dict[str, str]:
+    """The tags Dagster gives a run of the bulk change's partition (the UI's partition
+    status and backfills read them)."""
+    return {
+        "dagster/partition": str(bulk_change_id),
+        "dagster/partition_set": "process_bulk_change_partition_set",
+        **_tags_for_partition(str(bulk_change_id)),
+    }
+
+
 def _tags_for_partition(partition_key: str) -> dict[str, str]:
     # The tenant, type and integration are the op's to add (from the AMOP database): this
     # runs in the code server, which may not reach it.

@@ -56,7 +56,7 @@ from bulk_changes.domain.messages import (
     parse_message,
     run_key_for,
 )
-from bulk_changes.partitions import bulk_change_partitions, run_config_for
+from bulk_changes.partitions import bulk_change_partitions, partition_tags, run_config_for
 from bulk_changes.resources.queue import QueueMessage, ReceiptHandleInvalid
 from bulk_changes.run_tags import (  # noqa: F401 - TAG_* are read from here too
     TAG_BULK_CHANGE_ID,
@@ -68,6 +68,7 @@ from bulk_changes.run_tags import (  # noqa: F401 - TAG_* are read from here too
 
 SENSOR_NAME = "bulk_change_queue_sensor"
 RUN_KEY_TAG = "dagster/run_key"
+PARTITION_TAG = "dagster/partition"
 FINAL_STATUSES = frozenset({"PROCESSED", "PROCESSED_WITH_ERRORS", "CANCELLED"})
 TAG_RETRY_REQUEST = "bulk_changes/retry_request_id"
 LOAD_OP = "load_device_changes"
@@ -434,11 +435,12 @@ def run_request_for(ref: BulkChangeRef, bulk: Any, run_key: str) -> RunRequest:
     # run shows under the bulk change in the UI and can be backfilled from there. Its config
     # is the partition's: every run of a bulk change retries its API_FAILED devices (a new
     # one has none), so re-executing any of its runs from the UI is "retry the failed".
+    # The partition is given by its tags (what the daemon derives from a partition_key), so
+    # that evaluating the sensor needs no repository definition.
     return RunRequest(
         run_key=run_key,
-        partition_key=str(ref.bulk_change_id),
         run_config=run_config_for(ref.bulk_change_id),
-        tags=tags,
+        tags={**tags, **partition_tags(ref.bulk_change_id)},
     )
 
 
@@ -511,7 +513,7 @@ def build_queue_sensor(
         out = tick.out
         cursor = dump_cursor(out.pending)
         if out.run_requests:
-            keys = sorted({r.partition_key for r in out.run_requests if r.partition_key})
+            keys = sorted({r.tags[PARTITION_TAG] for r in out.run_requests})
             return SensorResult(
                 run_requests=out.run_requests,
                 cursor=cursor,
