@@ -11,6 +11,7 @@ from bulk_changes.resources.step_outputs import StepOutputStore
 from bulk_changes.sensors.notifications import build_run_failure_sensor, build_sweep_sensor
 from bulk_changes.sensors.run_workers import build_dead_run_worker_sensor
 from bulk_changes.sensors.sqs_sensor import build_queue_sensor
+from bulk_changes.sensors.stopped_runs import build_stopped_run_sensor
 
 queue_sensor = build_queue_sensor(
     process_bulk_change,
@@ -41,11 +42,21 @@ dead_run_workers = build_dead_run_worker_sensor(
     minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "5"))
 )
 
+stopped_bulk_changes = build_stopped_run_sensor(
+    [process_bulk_change], _notify_interval, _notify_status
+)
+
 defs = Definitions(
     assets=[results_spec, audit_spec],
     asset_checks=[no_failed_devices],
     jobs=[process_bulk_change],
-    sensors=[queue_sensor, notification_sweep, run_failure_alerts, dead_run_workers],
+    sensors=[
+        queue_sensor,
+        notification_sweep,
+        run_failure_alerts,
+        stopped_bulk_changes,
+        dead_run_workers,
+    ],
     resources={
         **RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
         "io_manager": StepOutputStore(),
