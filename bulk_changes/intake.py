@@ -8,10 +8,10 @@ request is refused as a whole when it cannot be read as rows, or when no row is 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,11 +108,28 @@ class IntakeError(BulkChangeError):
 
 
 class CsvRows(list[dict[str, str]]):
-    """A CSV file's rows, with the line of the file each starts on (``lines``)."""
+    """A file's rows, with the line of the file each starts on (``lines``).
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[int] = []
+    For a CSV file the lines are worked out only when asked for (an error naming a row's
+    line): pandas, which reads the file, does not tell them, and finding them costs a pass
+    over the text that a request without refused rows never needs."""
+
+    def __init__(
+        self,
+        rows: Sequence[dict[str, str]] = (),
+        lines: list[int] | None = None,
+        locate: Callable[[], list[int]] | None = None,
+    ) -> None:
+        super().__init__(rows)
+        self._lines = lines
+        self._locate = locate
+
+    @property
+    def lines(self) -> list[int]:
+        if self._lines is None:
+            self._lines = self._locate() if self._locate is not None else []
+            self._locate = None  # the text it holds is no longer needed
+        return self._lines
 
 
 def _column_shown(column: str) -> str:
@@ -121,7 +138,7 @@ def _column_shown(column: str) -> str:
 
 
 def line_of(rows: Sequence[Any], index: int) -> int | None:
-    """The file line of ``rows[index]`` when the rows came from a CSV file."""
+    """The file line of ``rows[index]`` when the rows came from a CSV or .xlsx file."""
     lines = getattr(rows, "lines", None)
     return lines[index] if lines is not None and index < len(lines) else None
 
@@ -136,43 +153,155 @@ def _decode(data: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+@dataclass(frozen=True)
+class CsvShape:
+    """Where a CSV text's records start and how many fields each has, as pandas' reader
+    (and the ``csv`` module) split them: a quote opening a field keeps its commas and line
+    breaks in it (``""`` inside is a quote), any other quote is a character of its field,
+    and a line break elsewhere (CR, LF or CRLF) ends the record, a blank line being a
+    record of one empty field."""
+
+    starts: list[int]  # the file line each record starts on
+    fields: list[int]  # each record's number of fields
+    unclosed: int | None  # the line of a quoted field the text ends inside, if any
+
+
+_QUOTE_OR_COMMA = re.compile(r'[",]')
+
+
+def csv_shape(text: str) -> CsvShape:
+    starts: list[int] = []
+    fields: list[int] = []
+    quoted_at: int | None = None  # inside a quoted field opened on this line
+    count = 0
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
+        if quoted_at is None:
+            starts.append(number)
+            if '"' not in line:  # the usual line: its commas are its fields
+                fields.append(line.count(",") + 1)
+                continue
+            count, state = 1, _START
+        else:
+            state = _QUOTED  # the field goes on past the line break
+        # Only quotes and commas change the state; any other character at a field's start
+        # (or after a closing quote) makes the field unquoted: seen as a gap between them.
+        expected = 0  # where the next character makes a difference
+        for match in _QUOTE_OR_COMMA.finditer(line):
+            at, char = match.start(), match.group()
+            if at > expected and state in (_START, _CLOSED):
+                state = _PLAIN
+            if state == _QUOTED:
+                if char == '"':
+                    state = _CLOSED
+            elif char == ",":
+                count += 1
+                state = _START
+            elif state == _START:
+                state, quoted_at = _QUOTED, number
+            elif state == _CLOSED:
+                state = _QUOTED  # a doubled quote: a quote inside the quoted field
+            expected = at + 1
+        if state == _QUOTED:
+            continue  # the line break belongs to the field
+        fields.append(count)
+        quoted_at = None
+    return CsvShape(starts, fields, quoted_at)
+
+
+_START, _PLAIN, _QUOTED, _CLOSED = range(4)
+
+
 def read_csv_rows(
     data: bytes, name: str, allowed: Sequence[str], required: Sequence[str]
-) -> list[dict[str, str]]:
-    """Rows of a CSV as dicts, with the file-level checks: header, width, emptiness."""
+) -> CsvRows:
+    """Rows of a CSV as dicts of text, read with pandas, with the file-level checks:
+    header, width, emptiness. Blank records are skipped."""
+    import pandas as pd
+
     text = _decode(data, name)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    options: dict[str, Any] = {
+        "header": None,  # the header is checked here, duplicates and all
+        "dtype": str,  # every cell as text: leading zeros and 20-digit ICCIDs intact
+        "keep_default_na": False,  # "NA", "null", "nan" are text too
+        "na_filter": False,  # and an empty cell is "", as a missing one
+        "skip_blank_lines": False,  # one pandas record per CSV record: lines found later
+        "engine": "c",
+    }
     try:
-        header = next(reader)
-    except StopIteration:
-        raise InputFileError(f"{name}: the file is empty") from None
-    except csv.Error as exc:
-        raise InputFileError(f"{name}: not readable as CSV: {exc}") from exc
-    columns = [h.strip().lower() for h in header]
-    _check_header(name, columns, allowed, required)
-    rows = CsvRows()
-    try:
-        end = reader.line_num
-        for values in reader:
-            # A quoted newline makes one record span lines: errors name the line it starts on.
-            line, end = end + 1, reader.line_num
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) > len(columns):
-                raise InputFileError(
-                    f"{name}: line {line} has {len(values)} fields, the header has {len(columns)}"
-                )
-            rows.append(dict(zip(columns, values, strict=False)))
-            rows.lines.append(line)
-            if len(rows) > MAX_ROWS:
-                raise InputFileError(f"{name}: more than {MAX_ROWS} rows; split the file")
-    except csv.Error as exc:
-        raise InputFileError(
-            f"{name}: not readable as CSV near line {reader.line_num}: {exc}"
-        ) from exc
+        chunks = pd.read_csv(io.StringIO(text), chunksize=MAX_ROWS + 2, **options)
+        columns: list[str] | None = None
+        rows: list[dict[str, str]] = []
+        kept: list[int] = []  # each row's record number (the header is record 0)
+        record = 0
+        for chunk in chunks:
+            for values in chunk.to_numpy(dtype=object).tolist():
+                if columns is None:
+                    columns = [str(h).strip().lower() for h in values]
+                    _check_header(name, columns, allowed, required)
+                elif "".join(values).strip():  # a blank record is skipped
+                    rows.append(dict(zip(columns, values, strict=False)))
+                    kept.append(record)
+                    if len(rows) > MAX_ROWS:
+                        raise InputFileError(f"{name}: more than {MAX_ROWS} rows; split the file")
+                record += 1
+    except pd.errors.EmptyDataError:
+        if not text:
+            raise InputFileError(f"{name}: the file is empty") from None
+        _check_header(name, [], allowed, required)  # a blank first line: no header
+        raise
+    except pd.errors.ParserError as exc:
+        raise _unreadable(text, name, allowed, required, exc) from None
     if not rows:
         raise InputFileError(f"{name}: no rows after the header")
-    return rows
+
+    def locate() -> list[int]:
+        starts = csv_shape(text).starts
+        return [starts[r] for r in kept]
+
+    return CsvRows(rows, locate=locate)
+
+
+def _unreadable(
+    text: str, name: str, allowed: Sequence[str], required: Sequence[str], exc: Exception
+) -> InputFileError:
+    """The error for a CSV text pandas could not read: the header's own first (as a
+    reader going line by line finds it), then the record at fault, named by its line."""
+    import pandas as pd
+
+    shape = csv_shape(text)
+    try:
+        header = pd.read_csv(
+            io.StringIO(text),
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            nrows=1,
+            engine="c",
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        pass  # the header itself is at fault (an unclosed quote): said below
+    else:
+        columns = [str(h).strip().lower() for h in header.iloc[0].tolist()] if len(header) else []
+        _check_header(name, columns, allowed, required)
+    width = shape.fields[0] if shape.fields else 0
+    # (with a quoted field never closed, the last record has a start but no count)
+    for start, count in zip(shape.starts[1:], shape.fields[1:], strict=False):
+        if count > width:
+            return InputFileError(
+                f"{name}: line {start} has {count} fields, the header has {width}"
+            )
+    if shape.unclosed is not None:
+        return InputFileError(
+            f'{name}: line {shape.unclosed} opens a quoted field that no " closes; '
+            'close it (a quote inside a quoted field is written "")'
+        )
+    return InputFileError(f"{name}: not readable as CSV: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_xlsx_rows(
@@ -196,7 +325,7 @@ def read_xlsx_rows(
         header = header[:-1]  # a spreadsheet's trailing empty columns
     columns = [h.strip().lower() for h in header]
     _check_header(name, columns, allowed, required)
-    rows = CsvRows()
+    rows = CsvRows(lines=[])
     for number, values in enumerate(cells[1:], start=2):
         if all(not v.strip() for v in values):
             continue

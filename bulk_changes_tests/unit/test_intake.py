@@ -53,6 +53,48 @@ def test_utf8_bom_and_blank_lines_are_accepted():
     assert rows == [{"iccid": "1", "username": "Zoë"}]
 
 
+def test_cells_are_read_as_the_text_written():
+    rows = read(f"iccid,username,cost_center_1\n{iccid(0)},NA,0042\n".encode())
+    assert rows == [{"iccid": iccid(0), "username": "NA", "cost_center_1": "0042"}]
+
+
+def test_a_row_shorter_than_the_header_has_its_missing_cells_empty():
+    assert read(b"iccid,username,cost_center_1\n1,ann\n") == [
+        {"iccid": "1", "username": "ann", "cost_center_1": ""}
+    ]
+
+
+def test_a_header_naming_a_column_twice_is_refused():
+    with pytest.raises(InputFileError, match="a column appears twice"):
+        read(b"iccid,username,Username\n1,a,b\n")
+
+
+def test_a_blank_first_line_is_a_missing_header():
+    with pytest.raises(InputFileError, match=r"wrong header: unknown column\(s\) \(empty\)"):
+        read(b"\niccid,username\n1,a\n")
+
+
+def test_rows_of_blank_cells_are_skipped():
+    assert read(b"iccid,username\n , \n1,a\n,\n") == [{"iccid": "1", "username": "a"}]
+
+
+def test_a_row_too_wide_after_a_quoted_line_break_names_its_file_line():
+    with pytest.raises(InputFileError, match="line 4 has 3 fields, the header has 2"):
+        read(b'iccid,username\n1,"two\nlines"\n2,b,extra\n')
+
+
+def test_a_quoted_field_never_closed_names_the_line_it_opens_on():
+    with pytest.raises(InputFileError, match='line 3 opens a quoted field that no " closes'):
+        read(b'iccid,username\n1,a\n2,"b\n3,c\n')
+
+
+def test_the_lines_of_rows_after_blank_and_quoted_lines_are_their_file_lines():
+    from bulk_changes.intake import line_of
+
+    rows = read(b'iccid,username\n\n1,"a\r\nb"\n2,c\r3,d\n')
+    assert [line_of(rows, i) for i in range(3)] == [3, 5, 6]
+
+
 def test_json_file_of_devices(tmp_path):
     from bulk_changes.domain.change_types import ChangeType, Integration
 
