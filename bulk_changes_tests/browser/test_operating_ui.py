@@ -257,3 +257,18 @@ def test_cli_retry_runs_the_failed_devices_with_the_bulk_changes_tags(scenario):
     assert stack.repo.counts(bulk_id) == {"PROCESSED": 2}
     assert run["tags"]["bulk_changes/tenant"] == "acme"
     assert run["tags"]["bulk_changes/retry_request_id"].startswith("cli-")
+
+
+def test_cli_cancel_terminates_the_running_bulk_change(scenario):
+    stack = scenario.stack
+    devices = [r["iccid"] for r in scenario.jasper[150:250]]  # 20 s of work at 5 a second
+    bulk_id = stack.submit(
+        "acme", "device_status", "jasper", [{"iccid": i, "status": "DEACTIVATED"} for i in devices]
+    )
+    scenario.wait_for_run(bulk_id, count=1, status="STARTED")
+    done = stack.cli("cancel", str(bulk_id))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stack.repo.get_bulk_change(bulk_id).status == "CANCELLED"
+    run = scenario.wait_for_run(bulk_id, count=1, status="CANCELED", timeout=60)
+    assert run["tags"]["bulk_changes/outcome"] == "cancelled"
+    assert set(stack.repo.counts(bulk_id)) <= {"PROCESSED", "CANCELLED"}
