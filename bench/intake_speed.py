@@ -79,7 +79,7 @@ def main() -> None:
         read_inventory_file,
         read_request_file,
     )
-    from bulk_changes.resources.tenant_config import load_settings
+    from bulk_changes.tenant_file import load_settings
 
     folder = Path(tempfile.mkdtemp(prefix="intake-speed-"))
     request_path, inventory_path = write_files(folder, args.rows)

@@ -45,6 +45,20 @@ def _resources() -> dict[str, Any]:
     return resources_for_cli()
 
 
+def _tenant_settings() -> Any:
+    """The tenants and accounts, from the file the resources read (without importing
+    dagster, which the resources need: a second of start-up for `submit`)."""
+    from bulk_changes.tenant_file import load_settings
+
+    path = os.environ.get("BULK_CHANGES_TENANTS") or None
+    if path is None and os.environ.get("BULK_CHANGES_ENV", "local") == "production":
+        raise CliError(
+            "BULK_CHANGES_TENANTS is not set: in production it names the tenants-and-accounts "
+            "file; set it (see docs/production.md)"
+        )
+    return load_settings(path)
+
+
 # ---- the AMOP database --------------------------------------------------------------------
 
 _ENGINES: dict[str, Any] = {}
@@ -110,9 +124,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _queue_sender() -> Any:
     """A function sending one message body to the bulk-change queue, set up as the
-    resources set up ``SqsQueue`` but with boto3 alone (dagster costs a second to import).
-    A local queue that does not exist yet is created through ``SqsQueue``."""
-    import boto3
+    resources set up ``SqsQueue`` but with botocore alone: dagster costs a second to import,
+    and boto3 adds a tenth of one for nothing a client needs. A local queue that does not
+    exist yet is created through ``SqsQueue``."""
+    import botocore.session
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     production = os.environ.get("BULK_CHANGES_ENV", "local") == "production"
@@ -122,21 +138,26 @@ def _queue_sender() -> Any:
         else os.environ.get("BULK_CHANGES_SQS_ENDPOINT") or "http://127.0.0.1:9324"
     )
     name = os.environ.get("BULK_CHANGES_QUEUE") or "bulk-changes"
-    session_args: dict[str, Any] = {
+    client_args: dict[str, Any] = {
         "region_name": os.environ.get("AWS_REGION" if production else "AWS_DEFAULT_REGION")
         or "us-east-1"
     }
     if not production:
         # the local server accepts any credentials; these are not secrets
-        session_args.update(aws_access_key_id="testing", aws_secret_access_key="testing")
-    from botocore.config import Config
-
-    client = boto3.session.Session(**session_args).client(
+        client_args.update(aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = botocore.session.get_session().create_client(
         "sqs",
         endpoint_url=endpoint,
-        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3),
+        # Two tries in all (botocore's "max_attempts" counts the retries: it made three,
+        # with 2.5 s of back-off), 1 s to connect: a queue that is down is said in about a
+        # second. The message is not lost meanwhile: the outbox row waits for the sensor.
+        config=Config(
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            connect_timeout=1,
+        ),
+        **client_args,
     )
-    where = endpoint or f"Amazon SQS ({session_args['region_name']})"
+    where = endpoint or f"Amazon SQS ({client_args['region_name']})"
     urls: dict[str, str] = {}
 
     def send(body: dict[str, Any]) -> str:
@@ -164,8 +185,7 @@ def _queue_sender() -> Any:
 def cmd_devices_import(args: argparse.Namespace) -> int:
     from bulk_changes.intake import import_inventory, read_inventory_file
 
-    res = _resources()
-    settings = res["tenant_config"].settings()
+    settings = _tenant_settings()
     settings.tenant(args.tenant)
     inserted, updated = import_inventory(_repository(create=True), args.tenant, args.file, settings)
     print(
@@ -208,7 +228,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     change_type = parse_change_type(args.type)
     integration = parse_integration(args.integration)
     rows = read_request_file(args.file, change_type, integration)
-    res = _resources()
+    settings = _tenant_settings()
     request = SubmitRequest(
         tenant=args.tenant,
         change_type=change_type.value,
@@ -221,14 +241,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         # reads the database if there is one; creates nothing
-        return _dry_run(
-            plan_bulk_change(_dry_run_repository(), res["tenant_config"].settings(), request), args
-        )
+        return _dry_run(plan_bulk_change(_dry_run_repository(), settings, request), args)
     repo = _repository(create=True)
     try:
-        result = submit_bulk_change(
-            repo, res["tenant_config"].settings(), request, enqueue=not args.no_send
-        )
+        result = submit_bulk_change(repo, settings, request, enqueue=not args.no_send)
     except NoValidRows as exc:
         if args.json:
             print(json.dumps({"id": None, "accepted": 0, "rejected": exc.rejected}))
