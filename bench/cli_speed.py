@@ -5,7 +5,9 @@
 Builds a SQLite AMOP database (``--devices`` devices of one tenant, ``--bulk`` bulk changes
 sharing them, half of them final) and a local SQS server, then runs each command as a user
 does (a new process: start-up and imports included) ``--repeat`` times and prints the
-median and best wall-clock time. Prints figures only; it never fails on time.
+median and best wall-clock time and the median CPU time. Then the commands that write:
+``submit`` of 10 devices (queue up, then down: how soon it says so) and ``devices
+import`` of 100. Prints figures only; it never fails on time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bulk_changes_tests.cli_helpers import CLEARED, cli_command
 
@@ -106,7 +109,7 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
 
 
 def timed(
-    command: list[str], env: dict[str, str], cwd: Path, repeat: int
+    command: list[str], env: dict[str, str], cwd: Path, repeat: int, ok: tuple[int, ...] = (0, 3)
 ) -> tuple[list[float], list[float]]:
     """-> (wall-clock seconds, CPU seconds of the process) of each run. On a busy machine
     the CPU time is the closer estimate of the wall-clock time on an idle one."""
@@ -118,7 +121,7 @@ def timed(
         walls.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        if done.returncode not in (0, 3):
+        if done.returncode not in ok:
             raise SystemExit(f"{' '.join(command)} failed: {done.stderr}")
     return walls, cpus
 
@@ -155,11 +158,24 @@ def main() -> None:
         BULK_CHANGES_SQS_ENDPOINT=endpoint,
     )
     final, open_one, small = ids[0], ids[-2], ids[-1]
+    # a usual request (10 devices) and inventory (100): the commands that write
+    from bulk_changes_tests.helpers import iccid
+
+    request = folder / "request.csv"
+    request.write_text("iccid,username\n" + "".join(f"{iccid(n)},bench-{n}\n" for n in range(10)))
+    inventory = folder / "inventory.csv"
+    inventory.write_text(
+        "iccid,integration\n" + "".join(f"{iccid(n)},jasper\n" for n in range(100))
+    )
+    submit = [*cli_command(), "submit", str(request), "--tenant", "acme"]
+    submit += ["--type", "username_cost_center", "--integration", "jasper"]
+    # nothing listens on port 9 (discard): connection refused, as for a stopped queue
+    queue_down = {"BULK_CHANGES_SQS_ENDPOINT": "http://127.0.0.1:9"}
     per = f"{args.devices // args.bulk:,} devices"
     cli = cli_command()
     out = str(folder / "export")
-    runs = [
-        ("python -c pass (interpreter alone)", [sys.executable, "-c", "pass"]),
+    runs: list[tuple[Any, ...]] = [
+        ("python -c pass (interpreter alone)", [sys.executable, "-c", "pass"], {}),
         ("list", [*cli, "list"]),
         ("list --json", [*cli, "list", "--json"]),
         (
@@ -189,6 +205,12 @@ def main() -> None:
             f"status {final} --devices --json ({per})",
             [*cli, "status", str(final), "--devices", "--json"],
         ),
+        ("submit (10 devices)", submit),
+        ("submit (10 devices), the queue down: exit 3", submit, queue_down),
+        (
+            "devices import (100 devices)",
+            [*cli, "devices", "import", str(inventory), "--tenant", "acme"],
+        ),
     ]
     try:
         timed([*cli, "send", str(open_one)], env, folder, 1)  # the queue exists before timing
@@ -196,8 +218,10 @@ def main() -> None:
             f"{'command':<52} {'wall median':>11} {'wall best':>10} {'CPU median':>11}"
             f"   (s, {args.repeat} runs each)"
         )
-        for label, command in runs:
-            walls, cpus = timed(command, env, folder, args.repeat)
+        for label, command, *extra in runs:
+            walls, cpus = timed(
+                command, {**env, **(extra[0] if extra else {})}, folder, args.repeat
+            )
             print(
                 f"{label:<52} {statistics.median(walls):11.3f} {min(walls):10.3f}"
                 f" {statistics.median(cpus):11.3f}"
