@@ -54,19 +54,19 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
     ]
     repo.upsert_devices("acme", rows)
     ids_by_key = repo.devices_by_key("acme", "jasper", [r["device_key"] for r in rows])
-    per_bulk = devices // bulk
-    made = []
-    for b in range(bulk):
-        final = b < bulk // 2
+
+    def store(keys: list[str], username: str, final: bool) -> int:
+        """One bulk change of the devices ``keys``, made final if asked."""
+        status = DeviceStatus.PROCESSED if final else DeviceStatus.NEW
         changes = [
             NewDeviceChange(
                 row_number=n + 1,
-                device_key=rows[b * per_bulk + n]["device_key"],
-                device_id=ids_by_key[rows[b * per_bulk + n]["device_key"]]["id"],
-                request={"username": f"new-{b}-{n}", "cost_center_1": "CC"},
-                status=DeviceStatus.PROCESSED if final else DeviceStatus.NEW,
+                device_key=key,
+                device_id=ids_by_key[key]["id"],
+                request={"username": f"{username}-{n}", "cost_center_1": "CC"},
+                status=status,
             )
-            for n in range(per_bulk)
+            for n, key in enumerate(keys)
         ]
         bulk_id, _ = repo.create_bulk_change(
             tenant_id="acme",
@@ -80,30 +80,16 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
         )
         if final:
             repo.finalize(bulk_id)
-        made.append(bulk_id)
-    # and a small one (the usual request), made final: the exports' second figure
-    small = [
-        NewDeviceChange(
-            row_number=n + 1,
-            device_key=rows[n]["device_key"],
-            device_id=ids_by_key[rows[n]["device_key"]]["id"],
-            request={"username": f"small-{n}", "cost_center_1": "CC"},
-            status=DeviceStatus.PROCESSED,
-        )
-        for n in range(SMALL)
+        return bulk_id
+
+    keys = [r["device_key"] for r in rows]
+    per_bulk = devices // bulk
+    made = [
+        store(keys[b * per_bulk : (b + 1) * per_bulk], f"new-{b}", final=b < bulk // 2)
+        for b in range(bulk)
     ]
-    small_id, _ = repo.create_bulk_change(
-        tenant_id="acme",
-        change_type="username_cost_center",
-        integration="jasper",
-        notify=[],
-        idempotency_key=None,
-        requested_by="bench",
-        source="bench",
-        changes=small,
-    )
-    repo.finalize(small_id)
-    made.append(small_id)
+    # and a small one (the usual request), made final: the exports' second figure
+    made.append(store(keys[:SMALL], "small", final=True))
     engine.dispose()
     return made
 
