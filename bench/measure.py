@@ -7,6 +7,9 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,7 @@ class TreeSampler:
         self.role_by_pid: dict[int, str] = {}
         self.peak_rss = 0
         self.peak_rss_by_role: dict[str, int] = defaultdict(int)
+        self.peak_rss_by_pid: dict[int, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -125,11 +129,80 @@ class TreeSampler:
                 rss += mem
                 role = self.role_by_pid[pid]
                 self.peak_rss_by_role[role] = max(self.peak_rss_by_role[role], mem)
+                self.peak_rss_by_pid[pid] = max(self.peak_rss_by_pid[pid], mem)
             self.peak_rss = max(self.peak_rss, rss)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+
+    def peak_rss_of(self, role: str) -> list[int]:
+        """The peak resident memory (bytes) of each process of this kind seen, largest
+        first (one entry per run worker, for instance)."""
+        with self._lock:
+            return sorted(
+                (peak for pid, peak in self.peak_rss_by_pid.items()
+                 if self.role_by_pid.get(pid) == role),
+                reverse=True,
+            )  # fmt: skip
+
+
+MB = 2**20
+
+
+@dataclass
+class PeakMemory:
+    """Peak resident memory of a process tree, filled in when the measuring ends (MB).
+
+    ``total_mb``: the peak of the sum over every process alive at one sample; ``by_kind_mb``:
+    the largest single process of each kind (run worker, daemon, code server...);
+    ``run_workers_mb``: each run worker's own peak, largest first."""
+
+    total_mb: float = 0.0
+    by_kind_mb: dict[str, float] = field(default_factory=dict)
+    run_workers_mb: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        workers = self.run_workers_mb
+        per_worker = (
+            f"run workers: {len(workers)}, largest {workers[0]:.0f} MB,"
+            f" median {workers[len(workers) // 2]:.0f} MB"
+            if workers
+            else "no run worker"
+        )
+        return f"peak memory {self.total_mb:.0f} MB in all; {per_worker}"
+
+
+def peak_memory_of(sampler: TreeSampler) -> PeakMemory:
+    """What ``sampler`` saw so far, as a ``PeakMemory``."""
+    return PeakMemory(
+        total_mb=round(sampler.peak_rss / MB, 1),
+        by_kind_mb={
+            role: round(peak / MB, 1) for role, peak in sorted(sampler.peak_rss_by_role.items())
+        },
+        run_workers_mb=[round(p / MB, 1) for p in sampler.peak_rss_of("run worker")],
+    )
+
+
+@contextmanager
+def process_tree_peak_rss(roots: list[int], interval: float = 0.25) -> Iterator[PeakMemory]:
+    """Peak resident memory of the processes below ``roots`` (and of every process they
+    start meanwhile: run workers are children of the code server or the daemon) while the
+    block runs; the yielded ``PeakMemory`` is filled in when the block ends.
+
+        with process_tree_peak_rss([p.pid for p in stack.processes[1:]]) as memory:
+            ...  # send the messages, wait for the bulk changes
+        print(memory.summary(), memory.run_workers_mb)
+    """
+    sampler = TreeSampler(roots, interval).start()
+    memory = PeakMemory()
+    try:
+        yield memory
+    finally:
+        sampler.stop()
+        found = peak_memory_of(sampler)
+        memory.total_mb, memory.by_kind_mb = found.total_mb, found.by_kind_mb
+        memory.run_workers_mb = found.run_workers_mb
 
 
 def account_figures(

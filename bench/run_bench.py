@@ -25,7 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.measure import HostPauses, TreeSampler, account_figures, per_second_series, plot
+from bench.measure import (
+    HostPauses,
+    TreeSampler,
+    account_figures,
+    peak_memory_of,
+    per_second_series,
+    plot,
+)
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
 from bulk_changes.simulators import freeze_host_objects
@@ -258,13 +265,16 @@ def run_scenario(
     window_cpu = sum(by_role.values())
     result["cpu_seconds_total"] = round(window_cpu, 1)
     result["cpu_seconds_by_process"] = by_role
+    result["cpu_seconds_per_1000_devices_by_process"] = {
+        role: round(seconds / devices * 1000, 2) for role, seconds in by_role.items()
+    }
     result["cpu_seconds_per_1000_devices"] = round(window_cpu / devices * 1000, 2)
     result["cpu_seconds_with_startup"] = round(sampler.cpu_seconds, 1)
     result["peak_memory_mb"] = round(sampler.peak_rss / 2**20, 1)
     result["simulator_host_full_collections"] = host_pauses.figures()
-    result["peak_memory_mb_by_process"] = {
-        role: round(peak / 2**20, 1) for role, peak in sorted(sampler.peak_rss_by_role.items())
-    }
+    memory = peak_memory_of(sampler)
+    result["peak_memory_mb_by_process"] = memory.by_kind_mb
+    result["peak_memory_mb_per_run_worker"] = memory.run_workers_mb
     png = out_dir / f"{scenario.name}.png"
     plot(png, f"{scenario.name} (scale {scale:g})", result.pop("_series"))
     result["plot"] = str(png)
@@ -438,7 +448,12 @@ def print_table(result: dict[str, Any]) -> None:
                 f" late answer -> next call start: p50 {h['p50']} ms, p90 {h['p90']} ms"
             )
     print(f"   CPU seconds by process (message -> final): {result['cpu_seconds_by_process']}")
+    print(
+        "   CPU seconds per 1,000 devices by process:"
+        f" {result.get('cpu_seconds_per_1000_devices_by_process')}"
+    )
     print(f"   peak memory MB of one process, by kind: {result['peak_memory_mb_by_process']}")
+    print(f"   peak memory MB of each run worker: {result.get('peak_memory_mb_per_run_worker')}")
     print(f"   calls per device: {result['calls_per_device']}")
     if "simulator_host_full_collections" in result:
         print(
