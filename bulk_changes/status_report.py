@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
@@ -13,9 +14,6 @@ from bulk_changes.db import queue_outbox
 from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.db.repository import Repository, aware
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def status_of(repo: Repository, bulk_change_id: int, with_devices: bool) -> dict[str, Any] | None:
@@ -45,7 +43,7 @@ def status_of(repo: Repository, bulk_change_id: int, with_devices: bool) -> dict
         "calls": repo.audit_summary(bulk.id),
         "notifications": notifications_of(repo, bulk.id),
         "runs": runs_of(repo.engine, bulk.id),
-        "queue": queue_outbox.state_of(repo.engine, bulk.id),
+        "queue": queue_outbox.state_of(repo.engine.raw_connection, bulk.id),
     }
     if with_devices:
         history = history_of(repo.engine, bulk.id)
@@ -289,14 +287,21 @@ def format_list(rows: list[dict[str, Any]]) -> str:
 # ---- bulk-changes export ----------------------------------------------------------------
 
 
-def export_frame(engine: Engine, bulk_change_id: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Export:
+    """What ``bulk-changes export`` writes: a header row and one row per device change."""
+
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+def export_table(engine: Engine, bulk_change_id: int) -> Export:
     """One row per device change, in row order: its result (status, attempts, reason,
     earlier runs' reasons) and, per changed field, the previous and the new value.
 
     The previous value is the one the AMOP update replaced (its audit row keeps it); for
-    a device not updated (yet), the inventory's current value."""
-    import pandas as pd
-
+    a device not updated (yet), the inventory's current value. Built without pandas (a
+    quarter of a second of the command's start-up)."""
     from bulk_changes.domain.change_types import parse_change_type
     from bulk_changes.domain.outcomes import inventory_changes
 
@@ -307,7 +312,7 @@ def export_frame(engine: Engine, bulk_change_id: int) -> pd.DataFrame:
                 select(t.bulk_changes.c.change_type).where(t.bulk_changes.c.id == bulk_change_id)
             ).scalar_one()
         )
-        frame = pd.read_sql(
+        changes = conn.execute(
             select(
                 d.c.id,
                 d.c.row_number,
@@ -319,9 +324,8 @@ def export_frame(engine: Engine, bulk_change_id: int) -> pd.DataFrame:
                 d.c.request,
             )
             .where(d.c.bulk_change_id == bulk_change_id)
-            .order_by(d.c.row_number),
-            conn,
-        )
+            .order_by(d.c.row_number)
+        ).all()
         a = t.audit_log
         replaced = {
             int(i): json.loads(resp).get("previous", {})
@@ -335,7 +339,7 @@ def export_frame(engine: Engine, bulk_change_id: int) -> pd.DataFrame:
             )
         }
         dv = t.devices
-        device_ids = [int(x) for x in frame["device_id"].dropna().unique()]
+        device_ids = sorted({int(c.device_id) for c in changes if c.device_id is not None})
         current: dict[int, dict[str, Any]] = {}
         for start in range(0, len(device_ids), 5000):
             for row in conn.execute(
@@ -344,45 +348,48 @@ def export_frame(engine: Engine, bulk_change_id: int) -> pd.DataFrame:
                 current[row.id] = dict(row._mapping)
     history = history_of(engine, bulk_change_id)
 
-    new_values = [inventory_changes(change_type, json.loads(r)) for r in frame["request"]]
+    new_values = [inventory_changes(change_type, json.loads(c.request)) for c in changes]
     columns = list(dict.fromkeys(c for values in new_values for c in values))
-    out = pd.DataFrame(
-        {
-            "row": frame["row_number"],
-            "device": frame["device_key"].fillna(""),
-            "status": frame["status"],
-            "attempts": frame["attempts"],
-            "reason": frame["last_error"].fillna(""),
-        }
-    )
+    headers = ["row", "device", "status", "attempts", "reason"]
     for column in columns:
-        previous = []
-        for change_id, device_id in zip(frame["id"], frame["device_id"], strict=True):
-            before = replaced.get(int(change_id))
-            if before is not None and column in before:
-                previous.append(_text(before[column]))
-            elif device_id == device_id and device_id is not None:  # not NaN
-                previous.append(_text(current.get(int(device_id), {}).get(column)))
-            else:
-                previous.append("")
-        out[f"previous_{column}"] = previous
-        out[f"new_{column}"] = [_text(v.get(column)) for v in new_values]
-    out["earlier_runs"] = [
-        " | ".join(
-            f"{e['status']} after {e['attempts']} attempt(s): {e['reason'] or '-'}"
-            for e in history.get(int(i), [])
+        headers += [f"previous_{column}", f"new_{column}"]
+    headers.append("earlier_runs")
+
+    def previous(change: Any, column: str) -> str:
+        before = replaced.get(int(change.id))
+        if before is not None and column in before:
+            return _text(before[column])
+        if change.device_id is not None:
+            return _text(current.get(int(change.device_id), {}).get(column))
+        return ""
+
+    rows: list[list[Any]] = []
+    for change, new in zip(changes, new_values, strict=True):
+        row: list[Any] = [
+            change.row_number,
+            change.device_key or "",
+            change.status,
+            change.attempts,
+            change.last_error or "",
+        ]
+        for column in columns:
+            row += [previous(change, column), _text(new.get(column))]
+        row.append(
+            " | ".join(
+                f"{e['status']} after {e['attempts']} attempt(s): {e['reason'] or '-'}"
+                for e in history.get(int(change.id), [])
+            )
         )
-        for i in frame["id"]
-    ]
-    return out
+        rows.append(row)
+    return Export(headers, rows)
 
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write_export(frame: pd.DataFrame, path: Path, file_format: str) -> None:
+def write_export(table: Export, path: Path, file_format: str) -> None:
     """CSV or .xlsx; formula-looking text written as text (``domain.spreadsheet``)."""
-    from bulk_changes.domain.spreadsheet import write_frame
+    from bulk_changes.domain.spreadsheet import write_table
 
-    write_frame(frame, path, file_format)
+    write_table(table.headers, table.rows, path, file_format)

@@ -4,6 +4,9 @@
 if the queue is down the row stays unsent and the queue sensor sends it on a later tick
 (``send_unsent``). ``bulk-changes send ID`` sends one again whatever its state. A message
 sent twice is harmless: the run key keeps a bulk change to one run.
+
+It speaks to the database through the driver (``db.dbapi``): ``bulk-changes send`` then
+starts without SQLAlchemy. A holder of an Engine passes ``engine.raw_connection``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
-
-from bulk_changes.db import schema as t
+from bulk_changes.db.dbapi import Connect, execute, fetch, opened, read_timestamp, timestamp
 
 MAX_ERROR_CHARS = 500
 
@@ -29,61 +30,59 @@ class SweepResult:
     failed: dict[int, str]
 
 
-def unsent(engine: Engine, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
-    query = (
-        select(t.queue_outbox.c.bulk_change_id, t.queue_outbox.c.body)
-        .where(t.queue_outbox.c.sent_at.is_(None))
-        .order_by(t.queue_outbox.c.bulk_change_id)
-        .limit(limit)
-    )
-    with engine.connect() as conn:
-        return [(int(i), json.loads(body)) for i, body in conn.execute(query)]
+def unsent(connect: Connect, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+    with opened(connect) as conn:
+        rows = fetch(
+            conn,
+            "SELECT bulk_change_id, body FROM queue_outbox WHERE sent_at IS NULL"
+            " ORDER BY bulk_change_id LIMIT :limit",
+            {"limit": limit},
+        )
+    return [(int(i), json.loads(body)) for i, body in rows]
 
 
-def state_of(engine: Engine, bulk_change_id: int) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(t.queue_outbox).where(t.queue_outbox.c.bulk_change_id == bulk_change_id)
-        ).first()
-    if row is None:
+def state_of(connect: Connect, bulk_change_id: int) -> dict[str, Any] | None:
+    with opened(connect) as conn:
+        rows = fetch(
+            conn,
+            "SELECT sent_at, message_id, attempts, last_error FROM queue_outbox"
+            " WHERE bulk_change_id = :id",
+            {"id": bulk_change_id},
+        )
+    if not rows:
         return None
+    sent_at, message_id, attempts, last_error = rows[0]
+    sent = read_timestamp(sent_at)
     return {
-        "sent_at": row.sent_at.isoformat() if row.sent_at else None,
-        "message_id": row.message_id,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
+        "sent_at": sent.isoformat() if sent else None,
+        "message_id": message_id,
+        "attempts": attempts,
+        "last_error": last_error,
     }
 
 
-def send_one(engine: Engine, bulk_change_id: int, send: Send) -> str:
+def send_one(connect: Connect, bulk_change_id: int, send: Send) -> str:
     """Send the bulk change's message now (an outbox row is made if it had none) and mark
     it sent. -> the message id. The queue's error is recorded on the row, then raised."""
     body = {"bulk_change_id": bulk_change_id}
-    with engine.begin() as conn:
-        exists = conn.execute(
-            select(t.queue_outbox.c.bulk_change_id).where(
-                t.queue_outbox.c.bulk_change_id == bulk_change_id
-            )
-        ).first()
-        if not exists:
-            conn.execute(
-                insert(t.queue_outbox).values(
-                    bulk_change_id=bulk_change_id,
-                    body=json.dumps(body),
-                    created_at=datetime.now(UTC),
-                    attempts=0,
-                )
-            )
-    return _send(engine, bulk_change_id, body, send)
+    with opened(connect) as conn:
+        # one statement: two senders at once make one row
+        execute(
+            conn,
+            "INSERT INTO queue_outbox (bulk_change_id, body, created_at, attempts)"
+            " VALUES (:id, :body, :now, 0) ON CONFLICT (bulk_change_id) DO NOTHING",
+            {"id": bulk_change_id, "body": json.dumps(body), "now": timestamp(conn, _now())},
+        )
+    return _send(connect, bulk_change_id, body, send)
 
 
-def send_unsent(engine: Engine, send: Send, limit: int = 100) -> SweepResult:
+def send_unsent(connect: Connect, send: Send, limit: int = 100) -> SweepResult:
     """Send every unsent row (oldest first); one failure stops the sweep (the queue is
     likely down: the rest wait for the next)."""
     result = SweepResult([], {})
-    for bulk_change_id, body in unsent(engine, limit):
+    for bulk_change_id, body in unsent(connect, limit):
         try:
-            _send(engine, bulk_change_id, body, send)
+            _send(connect, bulk_change_id, body, send)
         except Exception as exc:
             result.failed[bulk_change_id] = str(exc)[:MAX_ERROR_CHARS]
             break
@@ -91,27 +90,27 @@ def send_unsent(engine: Engine, send: Send, limit: int = 100) -> SweepResult:
     return result
 
 
-def _send(engine: Engine, bulk_change_id: int, body: dict[str, Any], send: Send) -> str:
-    row = t.queue_outbox.c
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _send(connect: Connect, bulk_change_id: int, body: dict[str, Any], send: Send) -> str:
     try:
         message_id = send(body)
     except Exception as exc:
-        with engine.begin() as conn:
-            conn.execute(
-                update(t.queue_outbox)
-                .where(row.bulk_change_id == bulk_change_id)
-                .values(attempts=row.attempts + 1, last_error=str(exc)[:MAX_ERROR_CHARS])
+        with opened(connect) as conn:
+            execute(
+                conn,
+                "UPDATE queue_outbox SET attempts = attempts + 1, last_error = :error"
+                " WHERE bulk_change_id = :id",
+                {"id": bulk_change_id, "error": str(exc)[:MAX_ERROR_CHARS]},
             )
         raise
-    with engine.begin() as conn:
-        conn.execute(
-            update(t.queue_outbox)
-            .where(row.bulk_change_id == bulk_change_id)
-            .values(
-                attempts=row.attempts + 1,
-                sent_at=datetime.now(UTC),
-                message_id=message_id,
-                last_error=None,
-            )
+    with opened(connect) as conn:
+        execute(
+            conn,
+            "UPDATE queue_outbox SET attempts = attempts + 1, sent_at = :now,"
+            " message_id = :message_id, last_error = NULL WHERE bulk_change_id = :id",
+            {"id": bulk_change_id, "now": timestamp(conn, _now()), "message_id": message_id},
         )
     return message_id

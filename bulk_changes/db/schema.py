@@ -356,7 +356,8 @@ UPGRADES: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _v6_identity_outbox_history),
 ]
 
-LATEST = UPGRADES[-1][0]
+# the last of these, kept apart for the CLI, which reads it without SQLAlchemy
+from bulk_changes.db.schema_version import LATEST as LATEST  # noqa: E402
 
 
 def current_version(conn: Connection) -> int:

@@ -44,15 +44,23 @@ def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return out.getvalue()
 
 
-def write_frame(frame: Any, path: Any, file_format: str) -> None:
-    """A pandas DataFrame as a CSV or .xlsx file (``bulk-changes export``), every cell
-    through :func:`safe_cell`: openpyxl stores a text starting with "=" as a formula.
-    ``.xlsx`` cells are written as text, so ICCIDs stay whole. pandas is the caller's: it
-    is not imported here."""
-    safe = frame.map(safe_cell)
+def write_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], path: Any, file_format: str
+) -> None:
+    """A table as a CSV or .xlsx file (``bulk-changes export``), every cell through
+    :func:`safe_cell`: openpyxl stores a text starting with "=" as a formula. ``.xlsx``
+    cells are written as text, so ICCIDs stay whole. openpyxl is imported only for .xlsx."""
     if file_format == "csv":
-        safe.to_csv(path, index=False, lineterminator="\r\n")
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            write_rows(out, headers, rows)
     elif file_format == "xlsx":
-        safe.astype(str).to_excel(path, index=False, sheet_name="devices", engine="openpyxl")
+        from openpyxl import Workbook
+
+        book = Workbook(write_only=True)
+        sheet = book.create_sheet("devices")
+        sheet.append([str(safe_cell(h)) for h in headers])
+        for row in rows:
+            sheet.append([str(safe_cell(c)) for c in row])
+        book.save(path)
     else:
         raise ValueError(f"unknown export format {file_format!r}: csv or xlsx")

@@ -456,7 +456,7 @@ def sweep_queue_outbox(amop_db: Any, queue: Any, log: Any) -> None:
     from bulk_changes.db.queue_outbox import send_unsent
 
     try:
-        result = send_unsent(engine_of(), queue.send)
+        result = send_unsent(engine_of().raw_connection, queue.send)
     except Exception as exc:
         log.warning(f"queue outbox: {exc!r}; tried again next tick")
         return

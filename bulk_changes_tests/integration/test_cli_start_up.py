@@ -1,6 +1,6 @@
 """What the commands import: the reading commands, ``submit`` and ``devices import`` leave
-dagster out (a second of start-up), ``send`` leaves boto3 out; run as a user runs them, in
-a new process against the real local queue and SQLite. (Their times are measured by
+dagster out (a second of start-up), ``send`` leaves boto3 and SQLAlchemy out, a CSV export
+pandas; run as a user runs them, in a new process against the real local queue and SQLite. (Their times are measured by
 ``bench.cli_speed``, never asserted.)"""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PROBE = """
 import json, sys
 from bulk_changes.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "imported": [m for m in ("dagster", "boto3", "pandas")
+print(json.dumps({"code": code, "imported": [m for m in ("dagster", "boto3", "pandas", "sqlalchemy")
                                              if m in sys.modules]}))
 """
 
@@ -65,24 +65,25 @@ def imported(cli: Cli, *args: str) -> list[str]:
     [["list"], ["list", "--json"], ["status", "1", "--json"], ["wait", "1", "--timeout", "0"]],
 )
 def test_the_reading_commands_import_neither_dagster_nor_pandas_nor_boto3(cli, args):
-    assert imported(cli, *args) == []
+    assert imported(cli, *args) == ["sqlalchemy"]
 
 
-def test_send_imports_botocore_but_not_boto3_nor_dagster(cli):
+def test_send_imports_botocore_but_not_boto3_nor_dagster_nor_sqlalchemy(cli):
     assert imported(cli, "send", "1") == []
 
 
-def test_export_imports_pandas_but_not_dagster(cli, tmp_path):
+def test_a_csv_export_imports_neither_pandas_nor_dagster(cli, tmp_path):
     found = imported(cli, "export", "1", "--output", str(tmp_path / "out.csv"))
-    assert found == ["pandas"]
+    assert found == ["sqlalchemy"]
 
 
 def test_submit_reads_the_tenants_without_importing_dagster(cli, tmp_path):
     request = tmp_path / "again.csv"
     request.write_text(f"iccid,username\n{iccid(2)},cid\n")
-    assert imported(cli, *submit_args(request)) == ["pandas"]
+    assert imported(cli, *submit_args(request)) == ["pandas", "sqlalchemy"]
 
 
 def test_devices_import_reads_the_tenants_without_importing_dagster(cli, tmp_path):
     path = write_inventory(tmp_path / "more.csv", 5)
-    assert imported(cli, "devices", "import", str(path), "--tenant", "acme") == ["pandas"]
+    found = imported(cli, "devices", "import", str(path), "--tenant", "acme")
+    assert found == ["pandas", "sqlalchemy"]
