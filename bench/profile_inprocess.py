@@ -64,9 +64,12 @@ def main() -> None:
             [{"iccid": r["iccid"], **change[args.change_type]} for r in rows],
         ),
     )
-    from bulk_changes.environments import local_resources
+    from dagster import EnvVar
 
-    resources = {**local_resources(), "amop_db": db, "tenant_config": TenantConfig()}
+    from bulk_changes.environments import instance, local_leaves, wire
+
+    leaves = {**local_leaves(instance, EnvVar), "amop_db": db, "tenant_config": TenantConfig()}
+    resources = wire(leaves)
     run_config = {"ops": {"load_device_changes": {"config": {"bulk_change_id": result.id}}}}
     profiler = cProfile.Profile()
     started, cpu = time.perf_counter(), time.process_time()

@@ -525,16 +525,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _dispatcher(res: dict[str, Any]) -> Any:
     import os
 
-    from bulk_changes.notify.dispatcher import build_dispatcher
-
-    return build_dispatcher(
-        amop_db=res["amop_db"],
-        tenant_config=res["tenant_config"],
-        mail=res["mail"],
-        webhooks=res["webhooks"],
-        notifications=res["notifications"],
-        holder=f"cli:{os.getpid()}",
-    )
+    return res["notifier"].dispatcher(holder=f"cli:{os.getpid()}")
 
 
 def _delivery_json(d: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import DefaultSensorStatus, Definitions
 
 from bulk_changes.assets import audit_spec, no_failed_devices, results_spec
-from bulk_changes.environments import RESOURCES_BY_ENV, env_or
+from bulk_changes.environments import dagster_resources, env_or
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.resources.step_outputs import StepOutputStore
 from bulk_changes.sensors.notifications import build_run_failure_sensor, build_sweep_sensor
@@ -58,7 +58,7 @@ defs = Definitions(
         dead_run_workers,
     ],
     resources={
-        **RESOURCES_BY_ENV[env_or("BULK_CHANGES_ENV", "local")](),
+        **dagster_resources(),
         "io_manager": StepOutputStore(),
     },
 )

@@ -268,30 +268,3 @@ class Dispatcher:
     def where(self, delivery: Delivery) -> str:
         return self.where_url(delivery.target) if delivery.channel == n.WEBHOOK else delivery.target
 
-
-def build_dispatcher(
-    *,
-    amop_db: Any,
-    tenant_config: Any,
-    mail: Any,
-    webhooks: Any,
-    notifications: Any,
-    holder: str,
-    log: Any = None,
-) -> Dispatcher:
-    """A dispatcher from the Dagster resources (AmopDatabase, TenantConfig, Mailer,
-    WebhookSender, NotificationSettings)."""
-    engine = amop_db.engine()
-    return Dispatcher(
-        outbox=Outbox(engine),
-        repo=Repository(engine),
-        settings=tenant_config.settings(),
-        mailer=mail,
-        webhooks=webhooks,
-        policy=notifications.policy(),
-        holder=holder,
-        lease_seconds=notifications.lease_seconds,
-        operator_emails=notifications.operator_emails,
-        ui_base_url=notifications.ui_base_url,
-        log=log,
-    )

@@ -2,22 +2,14 @@
 
 from dagster import MetadataValue, OpExecutionContext, Output, op
 
-from bulk_changes.notify.dispatcher import build_dispatcher
-from bulk_changes.resources.amop_db import AmopDatabase
-from bulk_changes.resources.mail import Mailer
-from bulk_changes.resources.tenant_config import TenantConfig
-from bulk_changes.resources.webhooks import NotificationSettings, WebhookSender
+from bulk_changes.resources.notifier import Notifier
 
 
 @op
 def deliver_notifications(
     context: OpExecutionContext,
     final: dict,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    mail: Mailer,
-    webhooks: WebhookSender,
-    notifications: NotificationSettings,
+    notifier: Notifier,
 ) -> Output[dict]:
     """Send what is due of this bulk change's outbox, within a short time budget.
 
@@ -25,17 +17,9 @@ def deliver_notifications(
     fails the run for a receiver: what is not delivered stays in the outbox for the
     sweep sensor, with its retry schedule.
     """
-    dispatcher = build_dispatcher(
-        amop_db=amop_db,
-        tenant_config=tenant_config,
-        mail=mail,
-        webhooks=webhooks,
-        notifications=notifications,
-        holder=f"run:{context.run_id}",
-        log=context.log,
-    )
+    dispatcher = notifier.dispatcher(holder=f"run:{context.run_id}", log=context.log)
     report = dispatcher.deliver(
-        final["bulk_change_id"], budget_seconds=notifications.op_budget_seconds
+        final["bulk_change_id"], budget_seconds=notifier.notifications.op_budget_seconds
     )
     context.log.info(f"notifications of bulk change {final['bulk_change_id']}: {report.summary()}")
     return Output(

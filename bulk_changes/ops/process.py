@@ -25,7 +25,6 @@ from dagster import (
 
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain.errors import ConfigurationError
-from bulk_changes.domain.retry import RetryPolicy as DeviceRetryPolicy
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER
@@ -33,11 +32,9 @@ from bulk_changes.ops.reporting import ensure_partition, report_final, tag_run
 from bulk_changes.partitions import BULK_CHANGES_PARTITIONS
 from bulk_changes.processing import stopping
 from bulk_changes.processing.memory import give_back_free_memory
-from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.runner import StageReport, StageRunner
-from bulk_changes.processing.service_directory import directory_for
 from bulk_changes.resources.amop_db import AmopDatabase
-from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
+from bulk_changes.resources.device_work import DeviceWork
 from bulk_changes.resources.tenant_config import TenantConfig
 from bulk_changes.run_tags import (
     OUTCOME_RUNNING,
@@ -99,72 +96,14 @@ class PartitionConfig(Config):
     batch_size: int = int(os.environ.get("BULK_CHANGES_BATCH_SIZE", "100"))
 
 
-class AccountClients:
-    """The carrier and billing clients of one bulk change, built on first use."""
-
-    def __init__(self, carrier: Any, billing: Any, services: Any) -> None:
-        self._carrier_factory, self._billing_factory = carrier, billing
-        self._services = services
-        self._carrier: Any = None
-        self._billing: Any = None
-
-    def carrier(self) -> Any:
-        if self._carrier is None:
-            self._carrier = self._carrier_factory()
-        return self._carrier
-
-    def billing(self) -> Any:
-        if self._billing is None:
-            self._billing = self._billing_factory()
-        return self._billing
-
-    def services(self) -> Any:
-        return self._services
-
-
 def _device_runner(
-    context: OpExecutionContext,
-    bulk_change_id: int,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    jasper: JasperApi,
-    telegence: TelegenceApi,
-    revio: RevioApi,
-    processing: ProcessingSettings,
+    context: OpExecutionContext, bulk_change_id: int, devices: DeviceWork
 ) -> StageRunner:
-    repo = amop_db.repository()
-    bulk = repo.get_bulk_change(bulk_change_id)
+    bulk = devices.repository().get_bulk_change(bulk_change_id)
     if bulk is None:
         raise no_such_bulk_change(context, bulk_change_id)
-    tenant = tenant_of(context, tenant_config, bulk)
-    limiter = amop_db.limiter()
-    carrier_api = jasper if bulk.integration == "jasper" else telegence
-
-    def clients(recorder: ExchangeRecorder) -> AccountClients:
-        return AccountClients(
-            lambda: carrier_api.client(tenant.carrier_account(bulk.integration), limiter, recorder),
-            lambda: revio.client(tenant.billing_account(), limiter, recorder),
-            directory_for(tenant.billing_account().name, context.run_id),
-        )
-
-    # Enough threads to keep every account of the pipeline busy: more than its calls in
-    # flight, so a device backing off (or waiting on the other system) never idles it.
-    in_flight = tenant.carrier_account(bulk.integration).rate_limit.max_in_flight
-    if tenant.revio is not None:
-        in_flight += tenant.revio.rate_limit.max_in_flight
-    return StageRunner(
-        repo=repo,
-        bulk=bulk,
-        tenant=tenant,
-        clients_factory=clients,
-        policy=DeviceRetryPolicy(
-            max_attempts=processing.max_attempts,
-            base_delay=processing.base_delay_seconds,
-            max_delay=processing.max_delay_seconds,
-        ),
-        run_id=context.run_id,
-        max_workers=min(processing.max_workers, in_flight * processing.workers_per_slot),
-    )
+    tenant = tenant_of(context, devices.tenant_config, bulk)
+    return devices.runner(bulk, tenant, context.run_id)
 
 
 @op(out=Out(dict), retry_policy=OP_RETRY)
@@ -226,12 +165,7 @@ def partition_batches(context: OpExecutionContext, config: PartitionConfig, load
 def apply_device_changes(
     context: OpExecutionContext,
     batch: dict,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    jasper: JasperApi,
-    telegence: TelegenceApi,
-    revio: RevioApi,
-    processing: ProcessingSettings,
+    devices: DeviceWork,
 ) -> Output[dict]:
     """Carrier update, Rev.io update, then the AMOP inventory and audit, device by device.
 
@@ -244,17 +178,8 @@ def apply_device_changes(
     # interval (5 ms by default) while other device threads run: on a one-in-flight
     # account that wait is on the critical path of every call.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    runner = _device_runner(
-        context,
-        batch["bulk_change_id"],
-        amop_db=amop_db,
-        tenant_config=tenant_config,
-        jasper=jasper,
-        telegence=telegence,
-        revio=revio,
-        processing=processing,
-    )
-    repo = amop_db.repository()
+    runner = _device_runner(context, batch["bulk_change_id"], devices)
+    repo = devices.repository()
     try:
         report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
     except DagsterExecutionInterruptedError:
@@ -319,12 +244,7 @@ def stop_bulk_change(context: OpExecutionContext, repo: Repository, bulk_change_
 def finalize_bulk_change(
     context: OpExecutionContext,
     loaded: dict,
-    amop_db: AmopDatabase,
-    tenant_config: TenantConfig,
-    jasper: JasperApi,
-    telegence: TelegenceApi,
-    revio: RevioApi,
-    processing: ProcessingSettings,
+    devices: DeviceWork,
 ) -> Output[dict]:
     """Make the bulk change final, once.
 
@@ -333,21 +253,13 @@ def finalize_bulk_change(
     are carried out here before the bulk change is made final.
     """
     bulk_id = loaded["bulk_change_id"]
-    repo: Repository = amop_db.repository()
+    repo: Repository = devices.repository()
     leftover = repo.pending_device_change_ids(bulk_id)
     if leftover:
         context.log.warning(
             f"{len(leftover)} device changes were not finished by their batch: finishing them now"
         )
-        resources = dict(
-            amop_db=amop_db,
-            tenant_config=tenant_config,
-            jasper=jasper,
-            telegence=telegence,
-            revio=revio,
-            processing=processing,
-        )
-        _device_runner(context, bulk_id, **resources).run(leftover, STAGE_ORDER)
+        _device_runner(context, bulk_id, devices).run(leftover, STAGE_ORDER)
     status, counts, changed = repo.finalize(bulk_id)
     bulk = repo.get_bulk_change(bulk_id)
     if BulkStatus(status) not in FINAL_BULK:

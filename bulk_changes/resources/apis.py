@@ -4,7 +4,8 @@ Accounts (URLs, credentials, limits) live in the tenant configuration; these res
 hold what is common to every account of a system and build the clients.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Dagster tells a nested resource by its field's
+# type, which must be a class when the resource class is made, not a string.
 
 from collections.abc import Callable
 from typing import Any
@@ -50,3 +51,14 @@ class ProcessingSettings(ConfigurableResource):
     # than the account allows in flight, so one device backing off never idles the account.
     workers_per_slot: int = 3
     max_workers: int = 16
+
+
+class VendorApis(ConfigurableResource):
+    """The systems a device change calls: its carrier's platform and Rev.io billing."""
+
+    jasper: JasperApi
+    telegence: TelegenceApi
+    revio: RevioApi
+
+    def carrier(self, integration: str) -> JasperApi | TelegenceApi:
+        return self.jasper if integration == "jasper" else self.telegence

@@ -23,13 +23,9 @@ from dagster import (
     sensor,
 )
 
-from bulk_changes.db.outbox import Outbox
 from bulk_changes.domain.notifications import ALERT_RUN_FAILURE, redact_urls
-from bulk_changes.notify.dispatcher import Dispatcher, build_dispatcher
-from bulk_changes.resources.amop_db import AmopDatabase
-from bulk_changes.resources.mail import Mailer
-from bulk_changes.resources.tenant_config import TenantConfig
-from bulk_changes.resources.webhooks import NotificationSettings, WebhookSender
+from bulk_changes.notify.dispatcher import Dispatcher
+from bulk_changes.resources.notifier import Notifier
 
 SWEEP_SENSOR = "notifications_sweep_sensor"
 RUN_FAILURE_SENSOR = "run_failure_alert_sensor"
@@ -49,23 +45,13 @@ def build_sweep_sensor(
         ),
     )
     def notifications_sweep_sensor(
-        context: SensorEvaluationContext,
-        amop_db: AmopDatabase,
-        tenant_config: TenantConfig,
-        mail: Mailer,
-        webhooks: WebhookSender,
-        notifications: NotificationSettings,
+        context: SensorEvaluationContext, notifier: Notifier
     ) -> SkipReason:
-        dispatcher = build_dispatcher(
-            amop_db=amop_db,
-            tenant_config=tenant_config,
-            mail=mail,
-            webhooks=webhooks,
-            notifications=notifications,
-            holder=f"sensor:{SWEEP_SENSOR}:{uuid.uuid4().hex[:12]}",
-            log=context.log,
+        dispatcher = notifier.dispatcher(
+            holder=f"sensor:{SWEEP_SENSOR}:{uuid.uuid4().hex[:12]}", log=context.log
         )
-        report = dispatcher.deliver(None, budget_seconds=notifications.sensor_budget_seconds)
+        budget = notifier.notifications.sensor_budget_seconds
+        report = dispatcher.deliver(None, budget_seconds=budget)
         return SkipReason(f"notifications: {report.summary()}")
 
     return notifications_sweep_sensor
@@ -105,32 +91,20 @@ def build_run_failure_sensor(
         default_status=default_status,
         description="Mails the operators when a run fails, with a link to the run.",
     )
-    def run_failure_alert_sensor(
-        context: RunFailureSensorContext,
-        amop_db: AmopDatabase,
-        tenant_config: TenantConfig,
-        mail: Mailer,
-        webhooks: WebhookSender,
-        notifications: NotificationSettings,
-    ) -> None:
-        dispatcher = build_dispatcher(
-            amop_db=amop_db,
-            tenant_config=tenant_config,
-            mail=mail,
-            webhooks=webhooks,
-            notifications=notifications,
-            holder=f"sensor:{RUN_FAILURE_SENSOR}:{uuid.uuid4().hex[:12]}",
-            log=context.log,
+    def run_failure_alert_sensor(context: RunFailureSensorContext, notifier: Notifier) -> None:
+        dispatcher = notifier.dispatcher(
+            holder=f"sensor:{RUN_FAILURE_SENSOR}:{uuid.uuid4().hex[:12]}", log=context.log
         )
         data = run_failure_data(context, dispatcher)
         # once per run, however often the sensor sees the failure
-        written = Outbox(amop_db.engine()).add_alert(
+        written = dispatcher.outbox.add_alert(
             ALERT_RUN_FAILURE, data, dedupe_key=f"run_failure:{data['run_id']}"
         )
         context.log.info(
             f"run {data['run_id']} failed: alert " + ("written" if written else "already written")
         )
-        dispatcher.deliver(None, budget_seconds=min(10.0, notifications.sensor_budget_seconds))
+        budget = min(10.0, notifier.notifications.sensor_budget_seconds)
+        dispatcher.deliver(None, budget_seconds=budget)
 
     return run_failure_alert_sensor
 

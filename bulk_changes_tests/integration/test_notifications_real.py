@@ -21,6 +21,7 @@ from bulk_changes.domain import notifications as n
 from bulk_changes.domain.errors import AuthenticationFailed, ConnectionFailed, Rejected
 from bulk_changes.domain.errors import ServerError as ApiServerError
 from bulk_changes.domain.webhook_signing import signed_headers
+from bulk_changes.environments import wire
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import ProcessingSettings
@@ -90,25 +91,27 @@ def test_a_bulk_change_with_successes_and_failures_over_real_smtp_and_webhooks(
                 "partition_batches": {"config": {"batch_size": 2}},
             }
         },
-        resources={
-            "amop_db": AmopDatabase(url=db_url),
-            "tenant_config": TenantConfig(path=str(tenants)),
-            "jasper": FakeJasperApi(key=fake_key),
-            "telegence": FakeTelegenceApi(key=fake_key),
-            "revio": FakeRevioApi(key=fake_key),
-            "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
-            "mail": SmtpMailer(
-                host=smtp.host,
-                port=smtp.port,
-                security="starttls",
-                username="bulk",
-                password=EnvVar("TEST_SMTP_PASSWORD"),
-                ca_file=smtp.ca_file,
-                from_address="bulk-changes@platform.example",
-            ),
-            "webhooks": WebhookSender(),
-            "notifications": NotificationSettings(),
-        },
+        resources=wire(
+            {
+                "amop_db": AmopDatabase(url=db_url),
+                "tenant_config": TenantConfig(path=str(tenants)),
+                "jasper": FakeJasperApi(key=fake_key),
+                "telegence": FakeTelegenceApi(key=fake_key),
+                "revio": FakeRevioApi(key=fake_key),
+                "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+                "mail": SmtpMailer(
+                    host=smtp.host,
+                    port=smtp.port,
+                    security="starttls",
+                    username="bulk",
+                    password=EnvVar("TEST_SMTP_PASSWORD"),
+                    ca_file=smtp.ca_file,
+                    from_address="bulk-changes@platform.example",
+                ),
+                "webhooks": WebhookSender(),
+                "notifications": NotificationSettings(),
+            }
+        ),
         instance=instance,
     )
     assert outcome.success

@@ -17,10 +17,10 @@ from bulk_changes.domain.retry import RetryPolicy
 from bulk_changes.domain.settings import parse_settings
 from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
-from bulk_changes.ops.process import AccountClients
 from bulk_changes.processing.runner import StageRunner
 from bulk_changes.processing.service_directory import directory_for
 from bulk_changes.resources.amop_db import limiter_for
+from bulk_changes.resources.device_work import AccountClients
 from bulk_changes.resources.jasper import JasperClient
 from bulk_changes.resources.revio import RevioClient
 from bulk_changes.resources.telegence import TelegenceClient

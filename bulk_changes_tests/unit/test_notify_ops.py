@@ -22,6 +22,7 @@ from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.domain import notifications as n
 from bulk_changes.domain.errors import ServerError
+from bulk_changes.environments import wire
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import ProcessingSettings
@@ -38,19 +39,21 @@ HOOK = "https://hooks.acme.example/bulk?token=t0ken"
 
 
 def resources(db_url, fake_key, tenants_path, operators=()):
-    return {
-        "amop_db": AmopDatabase(url=db_url),
-        "tenant_config": TenantConfig(path=str(tenants_path)),
-        "jasper": FakeJasperApi(key=fake_key),
-        "telegence": FakeTelegenceApi(key=fake_key),
-        "revio": FakeRevioApi(key=fake_key),
-        "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
-        "mail": FakeMailer(key=fake_key),
-        "webhooks": FakeWebhookSender(key=fake_key),
-        "notifications": NotificationSettings(
-            operator_emails=list(operators), ui_base_url="https://dagster.example"
-        ),
-    }
+    return wire(
+        {
+            "amop_db": AmopDatabase(url=db_url),
+            "tenant_config": TenantConfig(path=str(tenants_path)),
+            "jasper": FakeJasperApi(key=fake_key),
+            "telegence": FakeTelegenceApi(key=fake_key),
+            "revio": FakeRevioApi(key=fake_key),
+            "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+            "mail": FakeMailer(key=fake_key),
+            "webhooks": FakeWebhookSender(key=fake_key),
+            "notifications": NotificationSettings(
+                operator_emails=list(operators), ui_base_url="https://dagster.example"
+            ),
+        }
+    )
 
 
 def run_config(bulk_id, batch_size=3):
@@ -196,11 +199,7 @@ def test_a_failing_receiver_does_not_fail_the_run_and_the_sweep_delivers_later(
     with repo.engine.begin() as conn:
         conn.execute(t.outbox_deliveries.update().values(next_attempt_at=pending[0].created_at))
     sweep = build_sweep_sensor()
-    with build_sensor_context(
-        resources={
-            k: res[k] for k in ("amop_db", "tenant_config", "mail", "webhooks", "notifications")
-        }
-    ) as context:
+    with build_sensor_context(resources={"notifier": res["notifier"]}) as context:
         result = sweep(context)
     assert "9 delivered" in result.skip_message
     assert Outbox(repo.engine).pending(bulk_id) == []
@@ -232,18 +231,17 @@ def test_run_failure_sensor_alerts_the_operators_once_with_a_link(
     )
     assert not failed.success
     sensor = build_run_failure_sensor([process_bulk_change])
-    sensor_resources = {
-        k: res[k] for k in ("amop_db", "tenant_config", "mail", "webhooks", "notifications")
-    }
+    sensor_resources = {"notifier": res["notifier"]}
     for _ in range(2):  # the sensor seeing the same failure again sends nothing new
-        context = build_run_status_sensor_context(
+        # a resource nesting others is set up in a context manager
+        with build_run_status_sensor_context(
             sensor_name=sensor.name,
             dagster_event=failed.get_run_failure_event(),
             dagster_instance=instance,
             dagster_run=failed.dagster_run,
             resources=sensor_resources,
-        ).for_run_failure()
-        sensor(context)
+        ).for_run_failure() as context:
+            sensor(context)
     box = sent(fake_key)
     assert len(box.mails) == 1
     mail = box.mails[0]

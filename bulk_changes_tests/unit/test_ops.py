@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import build_op_context
 
+from bulk_changes.environments import wire
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.ops.process import load_device_changes, partition_batches
 from bulk_changes.resources.amop_db import AmopDatabase
@@ -16,17 +17,19 @@ from bulk_changes_tests.notify_fakes import FakeMailer, FakeWebhookSender
 
 
 def resources(db_url, fake_key):
-    return {
-        "amop_db": AmopDatabase(url=db_url),
-        "tenant_config": TenantConfig(),
-        "jasper": FakeJasperApi(key=fake_key),
-        "telegence": FakeTelegenceApi(key=fake_key),
-        "revio": FakeRevioApi(key=fake_key),
-        "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
-        "mail": FakeMailer(key=fake_key),
-        "webhooks": FakeWebhookSender(key=fake_key),
-        "notifications": NotificationSettings(),
-    }
+    return wire(
+        {
+            "amop_db": AmopDatabase(url=db_url),
+            "tenant_config": TenantConfig(),
+            "jasper": FakeJasperApi(key=fake_key),
+            "telegence": FakeTelegenceApi(key=fake_key),
+            "revio": FakeRevioApi(key=fake_key),
+            "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+            "mail": FakeMailer(key=fake_key),
+            "webhooks": FakeWebhookSender(key=fake_key),
+            "notifications": NotificationSettings(),
+        }
+    )
 
 
 def run_config(bulk_id, batch_size=100, retry_failed_only=False):
