@@ -32,8 +32,9 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
     """-> ids of the bulk changes: ``bulk`` sharing the devices (the first half made
     final), then a final one of ``SMALL`` devices."""
     from bulk_changes.db.engine import make_engine
-    from bulk_changes.db.repository import NewDeviceChange, Repository
+    from bulk_changes.db.repository import Repository
     from bulk_changes.db.schema import upgrade
+    from bulk_changes.domain.model import NewDeviceChange
     from bulk_changes.domain.state_machine import DeviceStatus
     from bulk_changes_tests.helpers import iccid
 

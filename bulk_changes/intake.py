@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bulk_changes.db.repository import BulkChange, NewDeviceChange, Repository
+from bulk_changes.db.repository import Repository
 from bulk_changes.domain.change_types import (
     DEVICE_KEY_FIELD,
     ChangeType,
@@ -38,6 +38,7 @@ from bulk_changes.domain.errors import (
     ValidationError,
 )
 from bulk_changes.domain.idempotency import request_digest
+from bulk_changes.domain.model import BulkChange, NewDeviceChange
 from bulk_changes.domain.settings import Settings
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.validation import (

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bulk_changes.domain.errors import NotFound
+from bulk_changes.domain.ports import BillingClient, CarrierClient, ServiceCache
 from bulk_changes.processing.service_directory import ServiceDirectory
 from bulk_changes.resources.apis import JasperApi, RevioApi, TelegenceApi
 
@@ -81,7 +82,13 @@ class FakeTelegenceClient:
     def __init__(self, system: FakeSystem) -> None:
         self.system = system
 
-    def change_status(self, number: str, action: str, reason_code: str, effective_date: str):
+    def get_line(self, number: str) -> dict[str, Any]:
+        self.system.call("get_line", number)
+        return {"subscriberNumber": number, **self.system.devices.get(number, {})}
+
+    def change_status(
+        self, number: str, action: str, reason_code: str, effective_date: str | None
+    ) -> dict[str, Any]:
         return self.system.call("change_status", number, action)
 
     def change_rate_plan(self, number: str, soc: str, effective_date=None):
@@ -90,7 +97,7 @@ class FakeTelegenceClient:
     def change_equipment(self, number: str, reason_code: str, new_sim=None, new_imei=None):
         return self.system.call("change_equipment", number, {"sim": new_sim, "imei": new_imei})
 
-    def request_activation(self, lines: list[dict[str, Any]]) -> str:
+    def request_activation(self, lines: Sequence[Mapping[str, Any]]) -> str:
         number = lines[0]["subscriberNumber"]
         self.system.call("request_activation", number, lines)
         return f"req-{number}-{next(self.system.activation_ids)}"
@@ -198,11 +205,11 @@ class FakeClients:
         self._billing = FakeRevioClient(systems["revio"])
         self._services = ServiceDirectory()
 
-    def carrier(self) -> Any:
+    def carrier(self) -> CarrierClient:
         return self._carrier
 
-    def billing(self) -> Any:
+    def billing(self) -> BillingClient:
         return self._billing
 
-    def services(self) -> Any:
+    def services(self) -> ServiceCache:
         return self._services

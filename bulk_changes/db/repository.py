@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import DateTime, Engine, String, Table, and_, func, insert, literal, select, update
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import outbox
 from bulk_changes.db import schema as t
-from bulk_changes.domain.audit import Exchange, to_text
+from bulk_changes.db.store_errors import store_errors, store_errors_and_values
+from bulk_changes.domain.audit import to_text
 from bulk_changes.domain.errors import DevicesHeldElsewhere
+from bulk_changes.domain.model import (
+    FINAL_DEVICE_VALUES,
+    AuditEntry,
+    BulkChange,
+    DeviceChange,
+    NewDeviceChange,
+    StepSuccess,
+)
 from bulk_changes.domain.state_machine import (
     FINAL_DEVICE,
     BulkStatus,
@@ -40,71 +47,12 @@ INVENTORY_FIELDS = (
     "revio_service_id",
 )
 
-FINAL_DEVICE_VALUES = tuple(s.value for s in FINAL_DEVICE)
-
 # engine -> its database's id: read once per process (it never changes)
 _DATABASE_IDS: dict[int, str] = {}
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class BulkChange:
-    id: int
-    tenant_id: str
-    change_type: str
-    integration: str
-    status: str
-    idempotency_key: str | None
-    notify: list[str]
-    requested_by: str | None
-    source: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    last_run_id: str | None = None
-    # the digest of the request's devices; None for bulk changes stored before it existed
-    request_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class DeviceChange:
-    id: int
-    bulk_change_id: int
-    row_number: int
-    device_key: str | None
-    device_id: int | None
-    request: dict[str, str]
-    status: str
-    attempts: int
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class NewDeviceChange:
-    row_number: int
-    device_key: str | None
-    device_id: int | None
-    request: Mapping[str, Any]
-    status: DeviceStatus = DeviceStatus.NEW
-    error: str | None = None
-    error_field: str | None = None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audit row: an external exchange, or an event of our own (system 'amop')."""
-
-    system: str
-    outcome: str
-    description: str
-    exchange: Exchange | None = None
-    error: str | None = None
-    attempt: int | None = None
-    request: Any = None
-    response: Any = None
 
 
 def aware(moment: datetime | None) -> datetime | None:
@@ -147,47 +95,10 @@ def _device_change(row: Any) -> DeviceChange:
     )
 
 
-@dataclass(frozen=True)
-class StepSuccess:
-    """An external step's success, to be recorded (``record_step_success``, or with the
-    device change's end in ``finish_device_change``)."""
-
-    step: str
-    result: Any
-    audit: Sequence[AuditEntry]
-    attempts: int = 1
-
-
-def refused_values(exc: Exception) -> bool:
-    """The database refused a statement for the values it carried (a string PostgreSQL
-    cannot store, a value too long, a broken constraint): the same values will be refused
-    again, and other rows are not concerned. False for a database away or busy."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    # A value the driver would not even send (psycopg2: "A string literal cannot contain
-    # NUL (0x00) characters.") comes as the driver's ValueError, as it is or wrapped.
-    if isinstance(exc, ValueError | TypeError):
-        return True
-    return not isinstance(exc, DBAPIError) and isinstance(
-        getattr(exc, "orig", None), ValueError | TypeError
-    )
-
-
 def storable(text: str | None) -> str | None:
     """Text the project writes itself (errors, audit), storable in any database: what an
     external system echoes may hold a NUL character, which PostgreSQL refuses in text."""
     return text.replace("\x00", "\ufffd") if text else text
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def describe_refusal(exc: Exception) -> str:
-    """The database's own reason, one line, without the statement or its values (they may
-    hold what could not be stored, and secrets of other columns)."""
-    orig = getattr(exc, "orig", None) or exc
-    first = (str(orig).strip().splitlines() or [""])[0]
-    return _CONTROL.sub("?", f"{type(orig).__name__}: {first}")[:300]
 
 
 class Repository:
@@ -289,6 +200,7 @@ class Repository:
                     found[r.device_key] = dict(r._mapping)
         return found
 
+    @store_errors
     def devices_by_id(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = list(ids)
         with self.engine.connect() as conn:
@@ -590,6 +502,7 @@ class Repository:
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
+    @store_errors
     def device_changes(self, ids: Iterable[int]) -> list[DeviceChange]:
         ids = list(ids)
         result: list[DeviceChange] = []
@@ -643,6 +556,7 @@ class Repository:
 
     # ---- device change progress -----------------------------------------------
 
+    @store_errors
     def completed_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
         ids = list(device_change_ids)
         done: dict[int, set[str]] = {i: set() for i in ids}
@@ -656,6 +570,7 @@ class Repository:
                     done[r.device_change_id].add(r.step)
         return done
 
+    @store_errors
     def started_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
         """Steps begun (their call may have been made) by any run, per device change."""
         ids = list(device_change_ids)
@@ -671,6 +586,7 @@ class Repository:
                     started[r.device_change_id].add(r.step.removesuffix("#started"))
         return started
 
+    @store_errors
     def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool:
         """Before a step's call, in one transaction: the device change is PROCESSING and
         the step is marked started (so a crash after the call can be checked, not repeated).
@@ -747,6 +663,7 @@ class Repository:
             )
         return rows
 
+    @store_errors
     def record_step_success(
         self, bulk_change_id: int, device_change_id: int, success: StepSuccess, run_id: str | None
     ) -> None:
@@ -786,6 +703,7 @@ class Repository:
             .values(attempts=t.device_changes.c.attempts + attempts, updated_at=now())
         )
 
+    @store_errors
     def record_attempt_failure(
         self,
         *,
@@ -814,6 +732,7 @@ class Repository:
                     self._audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
                 )
 
+    @store_errors_and_values
     def finish_device_change(
         self,
         *,
@@ -887,6 +806,7 @@ class Repository:
                 )
         return bool(moved)
 
+    @store_errors
     def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -897,6 +817,7 @@ class Repository:
             ).first()
         return json.loads(row[0]) if row else None
 
+    @store_errors
     def save_step_progress(self, device_change_id: int, step: str, data: Mapping[str, Any]) -> None:
         with self.engine.begin() as conn:
             exists = conn.execute(

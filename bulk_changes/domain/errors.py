@@ -146,3 +146,24 @@ class DevicesHeldElsewhere(BulkChangeError):
     def __init__(self, devices: list[tuple[str, str]]) -> None:
         super().__init__(f"{len(devices)} device(s) are held by another tenant")
         self.devices = devices
+
+
+class StoreError(BulkChangeError):
+    """The AMOP database failed a read or a write (the adapter's translation of its
+    driver's error, kept as ``__cause__``). Never one device's failure: the op fails and
+    Dagster retries it, unless the values themselves were refused (:class:`StoreRefused`)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is away or busy: the same statement may pass later."""
+
+
+class StoreRefused(StoreError):
+    """The database refused a statement for the values it carried (a string it cannot
+    store, a value too long, a broken constraint): the same values will be refused again,
+    other rows are not concerned. ``reason`` is the database's own one-line reason,
+    without the statement or its values."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

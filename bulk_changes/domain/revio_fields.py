@@ -19,6 +19,18 @@ PatchOp = dict[str, Any]
 
 USERNAME_MAPPINGS = ("field", "description", "both")
 
+# statuses a failed JSON Patch "test" may come back with (RFC 5789 suggests 409/422)
+GUARD_FAILURE_STATUSES = (400, 409, 412, 422)
+
+
+def guard_failed(exc: Rejected, ops: Sequence[Mapping[str, Any]]) -> bool:
+    """The patch was refused because a guard ``test`` op failed (the fields moved)."""
+    return (
+        any(op.get("op") == "test" for op in ops)
+        and (exc.status in GUARD_FAILURE_STATUSES)
+        and "test" in exc.message.lower()
+    )
+
 
 def normalize_label(label: object) -> str:
     """A label for comparison: case and every white space character ignored."""

@@ -16,22 +16,18 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from bulk_changes.db.repository import (
+from bulk_changes.domain.audit import Exchange
+from bulk_changes.domain.change_types import ChangeType, Integration
+from bulk_changes.domain.errors import StoreError, StoreRefused, Throttled
+from bulk_changes.domain.model import (
     FINAL_DEVICE_VALUES,
     AuditEntry,
     BulkChange,
     DeviceChange,
-    Repository,
     StepSuccess,
-    describe_refusal,
-    refused_values,
 )
-from bulk_changes.domain.audit import Exchange
-from bulk_changes.domain.change_types import ChangeType, Integration
-from bulk_changes.domain.errors import Throttled
 from bulk_changes.domain.outcomes import inventory_changes, previous_values
+from bulk_changes.domain.ports import Clients, DeviceChangeStore
 from bulk_changes.domain.retry import GiveUp, Retry, RetryPolicy, decide
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
@@ -39,7 +35,7 @@ from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
 from bulk_changes.processing import stopping
 from bulk_changes.processing.memory import freeze_startup_objects, limit_arenas
 from bulk_changes.processing.recorder import ExchangeRecorder
-from bulk_changes.processing.steps import HANDLERS, VERIFIERS, Clients, StepContext
+from bulk_changes.processing.steps import HANDLERS, VERIFIERS, StepContext
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -99,7 +95,7 @@ class StageRunner:
     def __init__(
         self,
         *,
-        repo: Repository,
+        repo: DeviceChangeStore,
         bulk: BulkChange,
         tenant: Tenant,
         clients_factory: ClientsFactory,
@@ -246,8 +242,8 @@ class StageRunner:
                 # in the audit, and the step stays open, its start recorded
                 self.recorder.take()
                 return None
-            except SQLAlchemyError:
-                raise
+            except StoreError:
+                raise  # the AMOP database failed, not the device: the op fails
             except Exception as exc:  # classified below; never escapes for one device
                 if isinstance(exc, Throttled):
                     throttles += 1
@@ -327,7 +323,7 @@ class StageRunner:
             return None
         try:
             result = verifier(ctx)
-        except SQLAlchemyError:
+        except StoreError:
             raise
         except Exception:  # an unreadable state is no proof: make the call as usual
             self.recorder.take()
@@ -396,14 +392,14 @@ class StageRunner:
                 self._record(change, pending)  # rolled back with the update: the call happened
             self._finish(change, DeviceStatus.ERROR, str(exc), UPDATE_AMOP.name, report)
             return
-        except (SQLAlchemyError, ValueError, TypeError) as exc:
+        except StoreError as exc:
             # Rolled back with the update, the external call happened all the same: kept
             # on its own, so no retry of this device calls the vendor again. If even that
             # fails, the database itself is away: the op fails and Dagster retries it
             # (the call is then read back at the vendor, see _verified_after_crash).
             if pending is not None:
                 self._record(change, pending)
-            if not refused_values(exc):
+            if not isinstance(exc, StoreRefused):
                 raise  # the database is away or busy: the op's retry continues here
             # This device's values are refused (a NUL character on PostgreSQL, a value too
             # long, a duplicate key): one bad device must not fail the op, and with it
@@ -412,7 +408,7 @@ class StageRunner:
                 change,
                 DeviceStatus.API_FAILED,
                 "the AMOP database refused the inventory update after the external "
-                f"systems were changed ({describe_refusal(exc)}); retrying the failed "
+                f"systems were changed ({exc.reason}); retrying the failed "
                 "devices repeats only this update",
                 UPDATE_AMOP.name,
                 report,

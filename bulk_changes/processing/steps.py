@@ -9,35 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, cast
 
-from bulk_changes.db.repository import DeviceChange
 from bulk_changes.domain import revio_fields
 from bulk_changes.domain.errors import NotFound, Rejected, RetryableError
 from bulk_changes.domain.json_patch import already_applied
+from bulk_changes.domain.model import DeviceChange
 from bulk_changes.domain.outcomes import telegence_status_action
+from bulk_changes.domain.ports import Clients, JasperCarrier, ProgressStore, TelegenceCarrier
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.step_plans import Step
-
-
-class Clients(Protocol):
-    """The clients of one bulk change's accounts (real, or fakes in unit tests)."""
-
-    def carrier(self) -> Any: ...
-
-    def billing(self) -> Any: ...
-
-    def services(self) -> Any:
-        """The run's ServiceDirectory of the billing account."""
-        ...
-
-
-class ProgressStore(Protocol):
-    def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None: ...
-
-    def save_step_progress(
-        self, device_change_id: int, step: str, data: Mapping[str, Any]
-    ) -> None: ...
+from bulk_changes.domain.telegence_fields import characteristics
 
 
 @dataclass
@@ -59,19 +41,29 @@ class StepContext:
 Handler = Callable[[StepContext], dict[str, Any] | None]
 
 
+# The bulk change's integration chose its carrier, and its plan holds only that carrier's
+# steps (domain.step_plans): a jasper.* handler always gets a Jasper client.
+def _jasper(ctx: StepContext) -> JasperCarrier:
+    return cast(JasperCarrier, ctx.clients.carrier())
+
+
+def _telegence(ctx: StepContext) -> TelegenceCarrier:
+    return cast(TelegenceCarrier, ctx.clients.carrier())
+
+
 # ---- Jasper ----------------------------------------------------------------------------
 
 
 def jasper_set_username(ctx: StepContext) -> dict[str, Any] | None:
-    return ctx.clients.carrier().set_username(ctx.device["iccid"], ctx.request["username"])
+    return _jasper(ctx).set_username(ctx.device["iccid"], ctx.request["username"])
 
 
 def jasper_set_status(ctx: StepContext) -> dict[str, Any] | None:
-    return ctx.clients.carrier().set_status(ctx.device["iccid"], ctx.request["status"])
+    return _jasper(ctx).set_status(ctx.device["iccid"], ctx.request["status"])
 
 
 def jasper_set_rate_plan(ctx: StepContext) -> dict[str, Any] | None:
-    return ctx.clients.carrier().set_rate_plan(
+    return _jasper(ctx).set_rate_plan(
         ctx.device["iccid"],
         ctx.request["rate_plan"],
         communication_plan=ctx.request.get("communication_plan"),
@@ -92,7 +84,7 @@ def telegence_change_status(ctx: StepContext) -> dict[str, Any] | None:
         return {"unchanged": True, "status": target}
     if action == "activate":
         return _telegence_activate(ctx, number)
-    client = ctx.clients.carrier()
+    client = _telegence(ctx)
     client.change_status(
         number,
         action,
@@ -103,7 +95,7 @@ def telegence_change_status(ctx: StepContext) -> dict[str, Any] | None:
 
 
 def _telegence_activate(ctx: StepContext, number: str) -> dict[str, Any]:
-    client = ctx.clients.carrier()
+    client = _telegence(ctx)
     account = ctx.tenant.carrier_account("telegence")
     saved = ctx.progress.step_progress(ctx.change.id, ctx.step.name)
     if saved and saved.get("request_id"):
@@ -143,14 +135,14 @@ def _telegence_activate(ctx: StepContext, number: str) -> dict[str, Any]:
 
 
 def telegence_set_rate_plan(ctx: StepContext) -> dict[str, Any] | None:
-    ctx.clients.carrier().change_rate_plan(
+    _telegence(ctx).change_rate_plan(
         ctx.device["msisdn"], ctx.request["rate_plan"], ctx.request.get("effective_date")
     )
     return {"singleUserCode": ctx.request["rate_plan"]}
 
 
 def telegence_change_equipment(ctx: StepContext) -> dict[str, Any] | None:
-    ctx.clients.carrier().change_equipment(
+    _telegence(ctx).change_equipment(
         ctx.device["msisdn"],
         ctx.request["reason_code"],
         new_sim=ctx.request.get("new_iccid"),
@@ -248,8 +240,6 @@ REVIO_BUILDERS: Mapping[str, Callable[[StepContext], OpsBuilder]] = {
 
 def revio_patch(ctx: StepContext) -> dict[str, Any] | None:
     """Patch the service from what it holds now; nothing to spend when it already agrees."""
-    from bulk_changes.resources.revio import guard_failed
-
     build = REVIO_BUILDERS[ctx.step.name](ctx)
     service_id = _service_id(ctx)
     billing = ctx.clients.billing()
@@ -261,7 +251,7 @@ def revio_patch(ctx: StepContext) -> dict[str, Any] | None:
     try:
         updated = billing.patch_service(service_id, ops)
     except Rejected as exc:
-        if not guard_failed(exc, ops):
+        if not revio_fields.guard_failed(exc, ops):
             raise
         # The fields moved since the page was read: read this service afresh and retry.
         directory.forget([service_id])
@@ -277,7 +267,7 @@ def revio_patch(ctx: StepContext) -> dict[str, Any] | None:
 
 
 def _jasper_shows(ctx: StepContext, wanted: Mapping[str, Any]) -> dict[str, Any] | None:
-    device = ctx.clients.carrier().get_device(ctx.device["iccid"])
+    device = _jasper(ctx).get_device(ctx.device["iccid"])
     if all(str(device.get(k)) == str(v) for k, v in wanted.items()):
         return {"verified": dict(wanted)}
     return None
@@ -299,9 +289,7 @@ def verify_jasper(ctx: StepContext) -> dict[str, Any] | None:
 
 
 def verify_telegence(ctx: StepContext) -> dict[str, Any] | None:
-    from bulk_changes.resources.telegence import characteristics
-
-    line = ctx.clients.carrier().get_line(ctx.device["msisdn"])
+    line = _telegence(ctx).get_line(ctx.device["msisdn"])
     traits = characteristics(line)
     if ctx.step.name == "telegence.change_status":
         return (

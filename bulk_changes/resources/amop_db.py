@@ -11,7 +11,9 @@ from bulk_changes.db.engine import make_engine
 from bulk_changes.db.limiter import DbLimiter
 from bulk_changes.db.repository import Repository
 from bulk_changes.db.schema import upgrade
+from bulk_changes.db.store_errors import TranslatedLimiter
 from bulk_changes.paths import default_database_url
+from bulk_changes.run_worker_record import register_run_worker
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -28,17 +30,17 @@ def engine_for(url: str) -> Engine:
         return engine
 
 
-_limiters: dict[int, DbLimiter] = {}
+_limiters: dict[int, TranslatedLimiter] = {}
 
 
-def limiter_for(engine: Engine) -> DbLimiter:
+def limiter_for(engine: Engine) -> TranslatedLimiter:
     """One limiter per engine per process: the steps running at once in a run worker
     (threaded executor) queue on its in-process gates and hand its slots on, instead of
     contending for the account through the database."""
     with _lock:
         limiter = _limiters.get(id(engine))
         if limiter is None:
-            limiter = _limiters[id(engine)] = DbLimiter(engine)
+            limiter = _limiters[id(engine)] = TranslatedLimiter(DbLimiter(engine))
         return limiter
 
 
@@ -51,8 +53,6 @@ class AmopDatabase(ConfigurableResource):
     url: str = ""
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        from bulk_changes.sensors.run_workers import register_run_worker
-
         register_run_worker(context.instance, context.dagster_run, context.log)
 
     def resolved_url(self) -> str:
@@ -64,5 +64,5 @@ class AmopDatabase(ConfigurableResource):
     def repository(self) -> Repository:
         return Repository(self.engine())
 
-    def limiter(self) -> DbLimiter:
+    def limiter(self) -> TranslatedLimiter:
         return limiter_for(self.engine())

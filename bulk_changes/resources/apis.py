@@ -13,13 +13,16 @@ from typing import Any
 from dagster import ConfigurableResource
 
 from bulk_changes.domain.audit import Exchange
+from bulk_changes.domain.ports import BillingClient, JasperCarrier, TelegenceCarrier
 from bulk_changes.domain.settings import JasperAccount, RevioAccount, TelegenceAccount
 
 OnExchange = Callable[[Exchange], None] | None
 
 
 class JasperApi(ConfigurableResource):
-    def client(self, account: JasperAccount, limiter: Any, on_exchange: OnExchange = None) -> Any:
+    def client(
+        self, account: JasperAccount, limiter: Any, on_exchange: OnExchange = None
+    ) -> JasperCarrier:
         from bulk_changes.resources.jasper import JasperClient
 
         return JasperClient(account, limiter=limiter, on_exchange=on_exchange)
@@ -28,14 +31,16 @@ class JasperApi(ConfigurableResource):
 class TelegenceApi(ConfigurableResource):
     def client(
         self, account: TelegenceAccount, limiter: Any, on_exchange: OnExchange = None
-    ) -> Any:
+    ) -> TelegenceCarrier:
         from bulk_changes.resources.telegence import TelegenceClient
 
         return TelegenceClient(account, limiter=limiter, on_exchange=on_exchange)
 
 
 class RevioApi(ConfigurableResource):
-    def client(self, account: RevioAccount, limiter: Any, on_exchange: OnExchange = None) -> Any:
+    def client(
+        self, account: RevioAccount, limiter: Any, on_exchange: OnExchange = None
+    ) -> BillingClient:
         from bulk_changes.resources.revio import RevioClient
 
         return RevioClient(account, limiter=limiter, on_exchange=on_exchange)

@@ -4,11 +4,13 @@ database, the tenants file, the vendors' APIs and the processing settings."""
 # No `from __future__ import annotations`: Dagster tells a nested resource by its field's
 # type, which must be a class when the resource class is made, not a string.
 
-from typing import Any
+from collections.abc import Callable
 
 from dagster import ConfigurableResource
 
-from bulk_changes.db.repository import BulkChange, Repository
+from bulk_changes.db.repository import Repository
+from bulk_changes.domain.model import BulkChange
+from bulk_changes.domain.ports import BillingClient, CarrierClient, ServiceCache
 from bulk_changes.domain.retry import RetryPolicy
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.processing.recorder import ExchangeRecorder
@@ -22,23 +24,28 @@ from bulk_changes.resources.tenant_config import TenantConfig
 class AccountClients:
     """The carrier and billing clients of one bulk change, built on first use."""
 
-    def __init__(self, carrier: Any, billing: Any, services: Any) -> None:
+    def __init__(
+        self,
+        carrier: Callable[[], CarrierClient],
+        billing: Callable[[], BillingClient],
+        services: ServiceCache,
+    ) -> None:
         self._carrier_factory, self._billing_factory = carrier, billing
         self._services = services
-        self._carrier: Any = None
-        self._billing: Any = None
+        self._carrier: CarrierClient | None = None
+        self._billing: BillingClient | None = None
 
-    def carrier(self) -> Any:
+    def carrier(self) -> CarrierClient:
         if self._carrier is None:
             self._carrier = self._carrier_factory()
         return self._carrier
 
-    def billing(self) -> Any:
+    def billing(self) -> BillingClient:
         if self._billing is None:
             self._billing = self._billing_factory()
         return self._billing
 
-    def services(self) -> Any:
+    def services(self) -> ServiceCache:
         return self._services
 
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import requests
 
 from bulk_changes.domain import errors
+from bulk_changes.domain.revio_fields import guard_failed
 from bulk_changes.domain.settings import RevioAccount
 from bulk_changes.resources.http import (
     ApiResponse,
@@ -29,8 +30,6 @@ from bulk_changes.resources.http import (
 SYSTEM = "revio"
 PAGE_SIZE = 500
 JSON_PATCH = "application/json-patch+json"
-# statuses a failed JSON Patch "test" may come back with (RFC 5789 suggests 409/422)
-GUARD_FAILURE_STATUSES = (400, 409, 412, 422)
 
 BuildOps = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
 
@@ -57,15 +56,6 @@ def _envelope(response: ApiResponse) -> None:
 
 def _record(body: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(body).items() if k != "ok"}
-
-
-def guard_failed(exc: errors.Rejected, ops: list[dict[str, Any]]) -> bool:
-    """The patch was refused because a guard ``test`` op failed (the fields moved)."""
-    return (
-        any(op.get("op") == "test" for op in ops)
-        and (exc.status in GUARD_FAILURE_STATUSES)
-        and "test" in exc.message.lower()
-    )
 
 
 class RevioClient:

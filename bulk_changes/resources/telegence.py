@@ -18,6 +18,7 @@ import requests
 
 from bulk_changes.domain import errors
 from bulk_changes.domain.settings import TelegenceAccount
+from bulk_changes.domain.telegence_fields import characteristics
 from bulk_changes.resources.http import (
     ApiResponse,
     HttpCaller,
@@ -49,15 +50,6 @@ def status_change_body(action: str, reason_code: str, effective_date: str | None
             "effectiveDate": effective_date,
         }
     }
-
-
-def characteristics(line: Mapping[str, Any]) -> dict[str, Any]:
-    """``serviceCharacteristic: [{"name", "value"}]`` of a line as ``{name: value}``."""
-    out: dict[str, Any] = {}
-    for item in line.get("serviceCharacteristic") or []:
-        if isinstance(item, Mapping) and item.get("name") is not None:
-            out[str(item["name"])] = item.get("value")
-    return out
 
 
 def _line_path(subscriber_number: str) -> str:

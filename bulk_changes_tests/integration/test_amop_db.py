@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from bulk_changes.db import schema as t
-from bulk_changes.db.repository import AuditEntry, NewDeviceChange, Repository, StepSuccess
+from bulk_changes.db.repository import Repository
 from bulk_changes.db.schema import LATEST, UPGRADES, upgrade
+from bulk_changes.domain.model import AuditEntry, NewDeviceChange, StepSuccess
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.intake import inventory_rows
 from bulk_changes_tests.helpers import iccid

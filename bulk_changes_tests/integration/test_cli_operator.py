@@ -326,7 +326,7 @@ def test_send_puts_the_stored_bulk_change_on_the_queue(cli: Cli) -> None:
 
 def finish_one_device(repo: Repository, bulk_id: int, username: str) -> None:
     """The AMOP update the processing makes for the first device (previous kept in audit)."""
-    from bulk_changes.db.repository import AuditEntry
+    from bulk_changes.domain.model import AuditEntry
 
     change = repo.device_changes_of(bulk_id)[0]
     device = repo.device(change.device_id)

@@ -20,9 +20,10 @@ from bulk_changes.domain.settings import (
     Secret,
     TelegenceAccount,
 )
+from bulk_changes.domain.telegence_fields import characteristics
 from bulk_changes.resources.jasper import JasperClient
 from bulk_changes.resources.revio import RevioClient
-from bulk_changes.resources.telegence import TelegenceClient, characteristics
+from bulk_changes.resources.telegence import TelegenceClient
 from bulk_changes.simulators import SimulatorSet, start_simulators
 
 JASPER_KEY = "sim-jasper-key"

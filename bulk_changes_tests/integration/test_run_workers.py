@@ -28,13 +28,8 @@ from bulk_changes.db.limiter import holder_prefix, release_slots_of_process
 from bulk_changes.db.schema import upgrade
 from bulk_changes.processes import ProcessIdentity
 from bulk_changes.resources.amop_db import AmopDatabase
-from bulk_changes.sensors.run_workers import (
-    RUN_WORKER_TAG,
-    WorkerProcess,
-    build_dead_run_worker_sensor,
-    find_dead_runs,
-    register_run_worker,
-)
+from bulk_changes.run_worker_record import RUN_WORKER_TAG, WorkerProcess, register_run_worker
+from bulk_changes.sensors.run_workers import build_dead_run_worker_sensor, find_dead_runs
 
 
 @op
