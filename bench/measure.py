@@ -36,6 +36,11 @@ def _role(pid: int) -> str:
     except OSError:
         return "other"
     for marker, role in (
+        # multiprocessing's helpers in the code server (not run workers): the resource
+        # tracker, and the fork server whose children are the run workers
+        ("resource_tracker", "code server"),
+        ("bulk_changes.code_server", "code server"),
+        ("forkserver", "fork server"),
         ("execute_run", "run worker"),
         ("execute_step", "step process"),
         ("grpc", "code server"),
@@ -121,7 +126,9 @@ class TreeSampler:
                     # children of the code server; the multiprocess executor's step
                     # processes are children of a run worker
                     parent = self.role_by_pid.get(stats[pid][0])
-                    if role in ("step process", "other") and parent == "code server":
+                    if parent == "fork server":
+                        role = "run worker"  # bulk_changes.code_server's run workers
+                    elif role in ("step process", "other") and parent == "code server":
                         role = "run worker"
                     elif role == "other" and parent == "run worker":
                         role = "step process"

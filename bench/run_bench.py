@@ -204,13 +204,13 @@ def run_scenario(
     )
     sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
     profiler = None
-    if py_spy:
-        from bench.pyspy import RunWorkerProfiler
-
-        profiler = RunWorkerProfiler(sampler, out_dir / f"py-spy-{scenario.name}").start()
-    wait_for_sensor(stack)
     host_pauses = HostPauses()
     try:
+        if py_spy:
+            from bench.pyspy import RunWorkerProfiler
+
+            profiler = RunWorkerProfiler(sampler, out_dir / f"py-spy-{scenario.name}").start()
+        wait_for_sensor(stack)
         offsets: dict[tuple[str, str], int] = {}
         planned = []
         for send in scenario.sends:

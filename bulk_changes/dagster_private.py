@@ -14,6 +14,7 @@ the executor, then update ``SIGNATURES``.
 
 from __future__ import annotations
 
+from dagster._cli import cli as dagster_cli
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
 from dagster._core.execution.api import ExecuteRunWithPlanIterable
@@ -31,9 +32,11 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
+from dagster._grpc.server import DagsterApiServer
 
 __all__ = [
     "ActiveExecution",
+    "DagsterApiServer",
     "DagsterEvent",
     "DagsterExecutionInterruptedError",
     "EngineEventData",
@@ -48,6 +51,7 @@ __all__ = [
     "RetryMode",
     "RunFailureReason",
     "create_compute_log_file_key",
+    "dagster_cli",
     "dagster_event_sequence_for_step",
     "get_retries_config",
     "trigger_hook",
@@ -121,4 +125,7 @@ ATTRIBUTES: list[str] = [
     "PlanOrchestrationContext.instance",
     "PlanOrchestrationContext.raise_on_error",
     "PlanOrchestrationContext.output_capture",
+    # bulk_changes.code_server: the code server starts each run worker with
+    # ``self._mp_ctx`` (set in __init__; test_dagster_private reads StartRun for it)
+    "DagsterApiServer.StartRun",
 ]

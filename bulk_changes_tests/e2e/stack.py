@@ -177,12 +177,14 @@ class Stack:
         return proc
 
     def start_code_server(self, port: int, timeout: float = 120.0) -> None:
-        """``dagster api grpc`` serving bulk_changes.definitions; returns once it listens."""
+        """``bulk_changes.code_server`` (``dagster api grpc`` with run workers forked from
+        a process that has imported the code) serving bulk_changes.definitions; returns
+        once it listens."""
         import socket
 
         server = self._start_process(
             [
-                sys.executable, "-m", "dagster", "api", "grpc",
+                sys.executable, "-m", "bulk_changes.code_server",
                 "-m", "bulk_changes.definitions", "-h", "127.0.0.1", "-p", str(port),
             ],
             "code-server.log",

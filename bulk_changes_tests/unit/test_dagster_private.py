@@ -41,9 +41,19 @@ def test_private_attribute_still_exists(name: str) -> None:
 
 def test_every_private_name_exported_is_checked() -> None:
     checked = {n.split(".")[0] for n in [*dagster_private.SIGNATURES, *dagster_private.ATTRIBUTES]}
-    exceptions = {"DagsterExecutionInterruptedError", "Executor", "ExecutionPlan"}
+    # dagster_cli: the `dagster` command itself (bulk_changes.code_server runs `api grpc`)
+    exceptions = {"DagsterExecutionInterruptedError", "Executor", "ExecutionPlan", "dagster_cli"}
     unchecked = set(dagster_private.__all__) - checked - exceptions
     assert not unchecked, f"private names used but not checked: {sorted(unchecked)}"
+
+
+def test_code_server_starts_run_workers_from_its_multiprocessing_context() -> None:
+    # bulk_changes.code_server replaces ``_mp_ctx`` to fork run workers from a preloaded
+    # process: an upgrade that starts them some other way would silently undo that
+    start_run = inspect.getsource(dagster_private.DagsterApiServer.StartRun)
+    assert "self._mp_ctx.Process(" in start_run
+    init = inspect.getsource(dagster_private.DagsterApiServer.__init__)
+    assert "self._mp_ctx = " in init
 
 
 def _private_imports(path: Path) -> list[str]:

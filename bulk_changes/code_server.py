@@ -1,0 +1,75 @@
+"""The code server, with run workers forked from a process that has imported the code.
+
+    python -m bulk_changes.code_server -m bulk_changes.definitions -h 127.0.0.1 -p 4266
+
+takes the arguments of ``dagster api grpc`` and serves the same code location. The one
+difference: Dagster's code server starts each run worker with ``multiprocessing``'s
+*spawn*, a new interpreter that imports Dagster and the definitions again before the run
+can start (1.5-3 CPU-seconds and as many seconds of wall time on this 2-core host, the
+largest part of a message's way to its first vendor call). Here run workers come from a
+*forkserver* that imported Dagster and ``bulk_changes.definitions`` once, when the code
+server started: a run worker is a fork of it, its imports done (docs/benchmarks.md,
+"From a message to the first vendor call").
+
+The fork server is a single-threaded process started by the code server (a fork of the
+multi-threaded gRPC server itself would not be safe). It reads the environment once, at
+start: restart the code server to load new code or settings, as a deployment does anyway.
+``BULK_CHANGES_RUN_WORKER_START=spawn`` keeps Dagster's own way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# What every run worker imports before its run starts (Dagster's run machinery is
+# imported with the definitions).
+PRELOAD = ("dagster", "bulk_changes.definitions")
+START_METHOD_ENV = "BULK_CHANGES_RUN_WORKER_START"
+
+
+def run_worker_context(preload: Sequence[str] = PRELOAD) -> Any:
+    """The multiprocessing context run workers are started with: a forkserver whose
+    process has imported ``preload`` (started now, not at the first run)."""
+    if os.environ.get(START_METHOD_ENV, "forkserver") == "spawn":
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def use_forked_run_workers(context: Any) -> None:
+    """Make Dagster's code server start its run workers with ``context``."""
+    from bulk_changes.dagster_private import DagsterApiServer
+
+    original = DagsterApiServer.__init__
+    if getattr(original, "_bulk_changes_context", None) is not None:
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        # read by StartRun for every run's Process, Queue and Event
+        self._mp_ctx = context
+
+    __init__._bulk_changes_context = context  # type: ignore[attr-defined]
+    DagsterApiServer.__init__ = __init__  # type: ignore[method-assign]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bulk_changes.dagster_private import dagster_cli
+
+    use_forked_run_workers(run_worker_context())
+    args = list(sys.argv[1:] if argv is None else argv)
+    result = dagster_cli.main(
+        args=["api", "grpc", *args], prog_name="dagster", standalone_mode=False
+    )
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

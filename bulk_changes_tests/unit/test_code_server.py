@@ -1,0 +1,46 @@
+"""bulk_changes.code_server: Dagster's code server, its run workers forked from a process
+that has imported the code."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+
+import pytest
+
+from bulk_changes import code_server
+from bulk_changes.dagster_private import DagsterApiServer
+
+
+@pytest.fixture
+def restored_server_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the patch is process-wide: undone after each test
+    monkeypatch.setattr(DagsterApiServer, "__init__", DagsterApiServer.__init__)
+
+
+def _server() -> DagsterApiServer:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return DagsterApiServer(
+        server_termination_event=threading.Event(),
+        logger=logging.getLogger("test"),
+        server_threadpool_executor=ThreadPoolExecutor(1),  # type: ignore[arg-type]
+    )
+
+
+def test_a_patched_code_server_starts_runs_with_the_given_context(
+    restored_server_init: None,
+) -> None:
+    context = multiprocessing.get_context("forkserver")
+    code_server.use_forked_run_workers(context)
+    assert _server()._mp_ctx is context
+
+
+def test_an_unpatched_code_server_spawns_its_run_workers(restored_server_init: None) -> None:
+    assert _server()._mp_ctx.get_start_method() == "spawn"
+
+
+def test_spawn_setting_keeps_dagsters_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(code_server.START_METHOD_ENV, "spawn")
+    assert code_server.run_worker_context().get_start_method() == "spawn"
