@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 "jasper",
                 [{"iccid": device["iccid"], "status": "DEACTIVATED"}],
             )
-            # a random moment of the sensor's interval
-            time.sleep(rng.uniform(0, float(overrides["BULK_CHANGES_SENSOR_INTERVAL"])))
+            # a random moment of the queue sensor's cycle (a tick listens for most of four
+            # of the daemon's 5-second sensor loops)
+            time.sleep(rng.uniform(0, 20.0))
             sent_at = time.time()
             stack.queue.send({"bulk_change_id": bulk_id})
             stack.wait_final([bulk_id], timeout=120)

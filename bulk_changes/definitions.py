@@ -16,9 +16,10 @@ from bulk_changes.sensors.stopped_runs import build_stopped_run_sensor
 queue_sensor = build_queue_sensor(
     process_bulk_change,
     minimum_interval_seconds=int(env_or("BULK_CHANGES_SENSOR_INTERVAL", "5")),
-    # each tick listens on the queue for most of the interval: a message starts its run
-    # within a second, not after half an interval on average
-    long_poll_seconds=int(env_or("BULK_CHANGES_SENSOR_LONG_POLL", "4")),
+    # each tick listens on the queue for most of four of the daemon's 5-second sensor loops
+    # (it is evaluated again at the loop after it ends): a message starts its run at once,
+    # and the daemon and code server evaluate it 3 times a minute, not 12
+    long_poll_seconds=float(env_or("BULK_CHANGES_SENSOR_LONG_POLL", "18.5")),
     default_status=(
         DefaultSensorStatus.RUNNING
         if env_or("BULK_CHANGES_SENSOR_DEFAULT", "running") == "running"
@@ -31,7 +32,10 @@ _notify_status = (
     if env_or("BULK_CHANGES_NOTIFY_SENSORS", "running") == "running"
     else DefaultSensorStatus.STOPPED
 )
-_notify_interval = int(env_or("BULK_CHANGES_NOTIFY_INTERVAL", "10"))
+# Every tick of a sensor costs the daemon and the code server tens of milliseconds of CPU
+# (Dagster builds an instance and the resources, and records the tick) whether or not there
+# is anything to do: the sensors that only look after ended runs look every 30 seconds.
+_notify_interval = int(env_or("BULK_CHANGES_NOTIFY_INTERVAL", "30"))
 notification_sweep = build_sweep_sensor(_notify_interval, _notify_status)
 run_failure_alerts = build_run_failure_sensor(
     [process_bulk_change], _notify_interval, _notify_status
@@ -39,7 +43,7 @@ run_failure_alerts = build_run_failure_sensor(
 
 # Default run launcher: a run whose worker process died is marked failed (docs/production.md).
 dead_run_workers = build_dead_run_worker_sensor(
-    minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "5"))
+    minimum_interval_seconds=int(env_or("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", "15"))
 )
 
 stopped_bulk_changes = build_stopped_run_sensor(

@@ -8,9 +8,14 @@ Each tick:
    the message on the queue (it comes back after the visibility timeout, and the run key
    keeps it from starting a second run).
 2. Receives of up to 10 messages, ``max_messages`` a tick. When no message waits for its run,
-   the tick long-polls for up to ``long_poll_seconds`` (less than the interval) until it
-   has a run to ask for: a message sent between ticks starts its run at once instead of
-   at the next tick. Each message is parsed
+   the tick long-polls until ``long_poll_seconds`` after it began, or until it has a run to
+   ask for: a message sent while it listens starts its run at once. The daemon evaluates
+   sensors every 5 seconds (Dagster's sensor loop) and never starts a sensor's tick while
+   the last one still runs, so a tick that listens for most of several loops (18.5 s of
+   20 by default) is evaluated again at the loop after it ends: the queue is listened to
+   about 90% of the time, at 3 ticks a minute instead of 12 (each tick costs the daemon
+   and the code server a few tens of milliseconds of CPU, docs/benchmarks.md). Each
+   message is parsed
    (``bulk_changes.domain.messages``):
 
    - not understood -> dead-letter queue with the reason;
@@ -195,7 +200,8 @@ class QueueTick:
         submit: SubmitFn,
         max_messages: int,
         pending_ttl_seconds: float,
-        long_poll_seconds: int = 0,
+        long_poll_seconds: float = 0,
+        began: float | None = None,
     ) -> None:
         self.context = context
         self.queue = queue
@@ -205,6 +211,8 @@ class QueueTick:
         self.max_messages = max_messages
         self.pending_ttl_seconds = pending_ttl_seconds
         self.long_poll_seconds = long_poll_seconds
+        # when the tick began (time.monotonic()): it listens until long_poll_seconds later
+        self.began = time.monotonic() if began is None else began
         self._failed = False  # a receive failed: handle what came, then end the tick
         self.out = TickOutcome()
         self._repo: Any = None
@@ -271,7 +279,9 @@ class QueueTick:
         # it returns, so the run launches); one with deletions to settle returns at once.
         # The tick's bound is in messages, not receives: an empty receive costs nothing,
         # so messages handled earlier in the tick never cut a burst short.
-        deadline = time.monotonic() + (0 if self.out.pending else self.long_poll_seconds)
+        # SQS waits whole seconds: each wait is the whole seconds left, so the tick ends
+        # within a second before its deadline, never after it.
+        deadline = self.began + (0 if self.out.pending else self.long_poll_seconds)
         budget = self.max_messages
         while budget > 0:
             remaining = deadline - time.monotonic()
@@ -473,7 +483,7 @@ def build_queue_sensor(
     name: str = SENSOR_NAME,
     max_messages: int = 30,
     pending_ttl_seconds: float = 3600.0,
-    long_poll_seconds: int = 0,
+    long_poll_seconds: float = 0,
     submit: SubmitFn | None = None,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
 ) -> SensorDefinition:
@@ -497,6 +507,7 @@ def build_queue_sensor(
     )
     def bulk_change_queue_sensor(context: SensorEvaluationContext, **_: Any) -> SensorResult:
         # ``**_``: a direct call (``sensor_def(context)``) also passes the resources by name.
+        began = time.monotonic()
         tick = QueueTick(
             context,
             queue=context.resources.queue,
@@ -506,6 +517,7 @@ def build_queue_sensor(
             max_messages=max_messages,
             pending_ttl_seconds=pending_ttl_seconds,
             long_poll_seconds=long_poll_seconds,
+            began=began,
         )
         sweep_queue_outbox(context.resources.amop_db, context.resources.queue, context.log)
         tick.settle_pending(load_cursor(context.cursor))

@@ -23,7 +23,7 @@ from bulk_changes.domain.messages import SubmitMessage
 from bulk_changes.intake import IntakeError
 from bulk_changes.resources.local_sqs import LocalSqsServer, local_credentials
 from bulk_changes.resources.queue import SqsQueue
-from bulk_changes.sensors.sqs_sensor import build_queue_sensor, load_cursor
+from bulk_changes.sensors.sqs_sensor import QueueTick, build_queue_sensor, load_cursor
 
 
 @op(config_schema={"bulk_change_id": int, "retry_failed_only": bool})
@@ -412,3 +412,37 @@ def test_unexpected_error_on_the_last_receive_dead_letters_with_the_error(
     [dead] = queue.list_dead_letters(10)
     reason = dead.attributes["DeadLetterReason"]
     assert "failed 3 times" in reason and "database is down" in reason
+
+
+@dataclass
+class WaitRecordingQueue:
+    """An empty queue that records how long each receive was asked to wait."""
+
+    waits: list[int] = field(default_factory=list)
+
+    def receive(self, at_most: int, wait_time_seconds: int = 0) -> list[Any]:
+        self.waits.append(wait_time_seconds)
+        return []
+
+
+def test_a_tick_listens_until_its_deadline_counted_from_when_it_began(
+    repo: FakeRepository, submit: FakeSubmit
+) -> None:
+    queue = WaitRecordingQueue()
+    context = build_sensor_context(instance=DagsterInstance.ephemeral())
+    began_three_seconds_ago = time.monotonic() - 3.0
+    tick_ = QueueTick(
+        context,
+        queue=queue,
+        amop_db=FakeAmopDb(repo),
+        tenant_config=FakeTenantConfig(),
+        submit=submit,
+        max_messages=30,
+        pending_ttl_seconds=60,
+        long_poll_seconds=5.5,
+        began=began_three_seconds_ago,
+    )
+    tick_.receive_all()
+    # 2.5 s of its 5.5 left: the whole seconds of it, so that the tick is over before the
+    # daemon's sensor loop comes back to it (a tick still running then waits a loop more)
+    assert queue.waits == [2]
