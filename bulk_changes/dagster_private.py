@@ -32,6 +32,7 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
+from dagster._core.storage import sql as dagster_storage_sql
 from dagster._grpc.server import DagsterApiServer
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "create_compute_log_file_key",
     "dagster_cli",
     "dagster_event_sequence_for_step",
+    "dagster_storage_sql",
     "get_retries_config",
     "trigger_hook",
 ]
@@ -128,4 +130,8 @@ ATTRIBUTES: list[str] = [
     # bulk_changes.code_server: the code server starts each run worker with
     # ``self._mp_ctx`` (set in __init__; test_dagster_private reads StartRun for it)
     "DagsterApiServer.StartRun",
+    # bulk_changes.code_server reads the migration scripts once: check_alembic_revision
+    # finds them through this module's ScriptDirectory
+    "dagster_storage_sql.ScriptDirectory",
+    "dagster_storage_sql.check_alembic_revision",
 ]

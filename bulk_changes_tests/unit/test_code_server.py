@@ -44,3 +44,21 @@ def test_an_unpatched_code_server_spawns_its_run_workers(restored_server_init: N
 def test_spawn_setting_keeps_dagsters_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(code_server.START_METHOD_ENV, "spawn")
     assert code_server.run_worker_context().get_start_method() == "spawn"
+
+
+def test_migration_scripts_are_read_once_and_give_the_same_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    from bulk_changes.dagster_private import dagster_storage_sql
+
+    loaded = dagster_storage_sql.ScriptDirectory
+    monkeypatch.setattr(dagster_storage_sql, "ScriptDirectory", loaded)
+    config = get_alembic_config(sqlite_run_storage.__file__)
+    head = loaded.from_config(config).as_revision_number("head")
+    code_server.read_migrations_once()
+    once = dagster_storage_sql.ScriptDirectory
+    assert once.from_config(config) is once.from_config(config)
+    assert once.from_config(config).as_revision_number("head") == head

@@ -56,6 +56,13 @@ def test_code_server_starts_run_workers_from_its_multiprocessing_context() -> No
     assert "self._mp_ctx = " in init
 
 
+def test_storage_checks_its_revision_through_the_module_script_directory() -> None:
+    # bulk_changes.code_server replaces the module's ScriptDirectory with one that reads
+    # the migration scripts once
+    check = inspect.getsource(dagster_private.dagster_storage_sql.check_alembic_revision)
+    assert "ScriptDirectory.from_config(" in check
+
+
 def _private_imports(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
