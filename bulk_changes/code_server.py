@@ -26,9 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-# What every run worker imports before its run starts (Dagster's run machinery is
-# imported with the definitions).
-PRELOAD = ("dagster", "bulk_changes.definitions")
+# What the fork server imports (and freezes) before it forks the first run worker.
+PRELOAD = ("bulk_changes.run_worker_preload",)
 START_METHOD_ENV = "BULK_CHANGES_RUN_WORKER_START"
 
 

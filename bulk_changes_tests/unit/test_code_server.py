@@ -62,3 +62,23 @@ def test_migration_scripts_are_read_once_and_give_the_same_head(
     once = dagster_storage_sql.ScriptDirectory
     assert once.from_config(config) is once.from_config(config)
     assert once.from_config(config).as_revision_number("head") == head
+
+
+def _what_a_run_worker_starts_with() -> tuple[bool, int]:
+    import gc
+    import sys
+
+    return "bulk_changes.definitions" in sys.modules, gc.get_freeze_count()
+
+
+def test_run_workers_start_with_the_definitions_imported_and_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.delenv(code_server.START_METHOD_ENV, raising=False)
+    context = code_server.run_worker_context()
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        imported, frozen = pool.submit(_what_a_run_worker_starts_with).result(timeout=120)
+    assert imported
+    assert frozen > 10_000  # Dagster's and the definitions' objects
