@@ -33,6 +33,7 @@ from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
 from dagster._core.storage import sql as dagster_storage_sql
+from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_storage_module
 from dagster._grpc.server import DagsterApiServer
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "dagster_cli",
     "dagster_event_sequence_for_step",
     "dagster_storage_sql",
+    "sqlite_run_storage_module",
     "get_retries_config",
     "trigger_hook",
 ]
@@ -134,4 +136,6 @@ ATTRIBUTES: list[str] = [
     # finds them through this module's ScriptDirectory
     "dagster_storage_sql.ScriptDirectory",
     "dagster_storage_sql.check_alembic_revision",
+    "dagster_storage_sql.get_alembic_config",
+    "sqlite_run_storage_module.SqliteRunStorage",
 ]

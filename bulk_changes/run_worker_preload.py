@@ -29,15 +29,29 @@ RUN_MODULES = (
 )
 
 
+def read_storage_migrations() -> None:
+    """Dagster's storage migration scripts read once, here (``code_server.
+    read_migrations_once``): each run worker builds its instance from a reference, which
+    compares the database's revision with the newest script."""
+    from bulk_changes.code_server import read_migrations_once
+    from bulk_changes.dagster_private import dagster_storage_sql, sqlite_run_storage_module
+
+    read_migrations_once()
+    config = dagster_storage_sql.get_alembic_config(sqlite_run_storage_module.__file__)
+    dagster_storage_sql.ScriptDirectory.from_config(config).as_revision_number("head")
+
+
 def preload(modules: tuple[str, ...] = RUN_MODULES) -> list[str]:
-    """Import ``modules`` (those this Dagster or environment lacks are skipped), then one
-    full collection and ``gc.freeze()``. -> the modules not found."""
+    """Import ``modules`` (those this Dagster or environment lacks are skipped) and read
+    the storage's migrations, then one full collection and ``gc.freeze()``. -> the modules
+    not found."""
     missing = []
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
+    read_storage_migrations()
     gc.collect()
     gc.freeze()
     return missing

@@ -71,6 +71,12 @@ def _what_a_run_worker_starts_with() -> tuple[bool, int]:
     return "bulk_changes.definitions" in sys.modules, gc.get_freeze_count()
 
 
+def _migration_scripts_a_run_worker_reads() -> str:
+    from bulk_changes.dagster_private import dagster_storage_sql
+
+    return dagster_storage_sql.ScriptDirectory.__name__
+
+
 def test_run_workers_start_with_the_definitions_imported_and_frozen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -82,3 +88,15 @@ def test_run_workers_start_with_the_definitions_imported_and_frozen(
         imported, frozen = pool.submit(_what_a_run_worker_starts_with).result(timeout=120)
     assert imported
     assert frozen > 10_000  # Dagster's and the definitions' objects
+
+
+def test_run_workers_start_with_the_migration_scripts_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.delenv(code_server.START_METHOD_ENV, raising=False)
+    context = code_server.run_worker_context()
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        name = pool.submit(_migration_scripts_a_run_worker_reads).result(timeout=120)
+    assert name == "ScriptDirectoryReadOnce"
