@@ -4,6 +4,12 @@ the simulators with realistic latency and the documented limits, scaled up unifo
     python -m bench.run_bench                       # every scenario, 2,000 devices, scale 10
     python -m bench.run_bench --devices 10000 --scenarios jasper_ucc,unconstrained
     python -m bench.run_bench --smoke               # a few hundred devices, for the test suite
+    python -m bench.run_bench --scenarios twenty_accounts --devices 500 --scale 1 --db postgres
+
+``--db postgres``: the AMOP database and Dagster's storage on the local PostgreSQL (new
+databases, dropped afterwards), the instance of deploy/dagster.yaml (its storage section),
+with a run queue and a batch pool that let every bulk change of the scenario run at once;
+the connections at peak and the server's CPU are printed beside the project's.
 
 The code location is served by one long-lived ``dagster api grpc`` process, as in
 production and under ``dagster dev``; ``--daemon-code-servers`` measures a bare
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,12 @@ from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
 from bulk_changes.simulators import freeze_host_objects
 from bulk_changes.simulators.limits import Limits, crowded_windows
-from bulk_changes_tests.e2e.stack import start_stack, stop_stack
+from bulk_changes_tests.e2e.stack import (
+    embedded_instance,
+    production_instance,
+    start_stack,
+    stop_stack,
+)
 
 SYSTEMS = ("jasper", "telegence", "revio")
 
@@ -182,6 +195,26 @@ def wait_for_sensor(stack: Any, timeout: float = 180.0) -> None:
     raise RuntimeError("the queue sensor did not tick")
 
 
+# batch steps of one run at once (the threaded executor's default max_concurrent)
+STEPS_PER_RUN = 2
+
+
+def instance_for(backend: str, runs: int) -> tuple[str, dict[str, int] | None]:
+    """The Dagster instance (YAML) and pool limits that let ``runs`` runs work at once:
+    the run queue's limit and the batch pool (each run holds up to two batch steps)."""
+    import yaml
+
+    if backend == "postgres":
+        config = production_instance()
+        limits = config["concurrency"]["runs"]
+        limits["max_concurrent_runs"] = max(limits["max_concurrent_runs"], runs)
+        return yaml.safe_dump(config), {"bulk_changes_devices": max(6, STEPS_PER_RUN * runs)}
+    config = embedded_instance()
+    coordinator = config["run_coordinator"]["config"]
+    coordinator["max_concurrent_runs"] = max(coordinator["max_concurrent_runs"], runs)
+    return yaml.safe_dump(config), None
+
+
 def run_scenario(
     scenario: Scenario,
     scale: float,
@@ -189,8 +222,11 @@ def run_scenario(
     batch_size: int,
     py_spy: bool = False,
     code_server: bool = False,
+    backend: str = "sqlite",
+    pool_size: int | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
+    dagster_yaml, pool_limits = instance_for(backend, len(scenario.sends))
     stack = start_stack(
         root,
         tenants=tenants_file(scenario, scale),
@@ -200,10 +236,17 @@ def run_scenario(
             # the code's own sensor settings (the test stack's sensor ticks every second)
             "BULK_CHANGES_SENSOR_INTERVAL": "5",
             "BULK_CHANGES_BATCH_SIZE": str(batch_size),
+            **({"BULK_CHANGES_DB_POOL_SIZE": str(pool_size)} if pool_size else {}),
         },
         code_server=code_server,
+        backend="postgresql" if backend == "postgres" else "sqlite",
+        dagster_yaml=dagster_yaml,
+        pool_limits=pool_limits,
     )
+    # this process reads the instance too (collect): its storage's variables
+    os.environ.update({k: v for k, v in stack.env.items() if k.startswith("DAGSTER_PG_")})
     sampler = TreeSampler([p.pid for p in stack.processes[1:]]).start()
+    pg_sampler = None
     profiler = None
     host_pauses = HostPauses()
     try:
@@ -234,6 +277,13 @@ def run_scenario(
         intake = {bulk_id: seconds for _, bulk_id, seconds in created}
         freeze_host_objects()  # this process hosts the simulators: see the function
         host_pauses.start()
+        load_at_first = os.getloadavg()
+        if backend == "postgres":
+            from bench.pg_sampler import PgSampler
+            from bulk_changes_tests.postgres import PG_ADMIN_URL
+
+            databases = [stack.amop_database, stack.dagster_database]
+            pg_sampler = PgSampler(PG_ADMIN_URL, [d for d in databases if d]).start()
         first = time.time()
         cpu_at_first = sampler.snapshot()
         sent: dict[int, tuple[Any, float]] = {}
@@ -246,11 +296,23 @@ def run_scenario(
         stack.wait_final(list(sent), timeout=6 * 3600)
         finished = time.time()
         cpu_at_final = sampler.snapshot()
+        load_at_final = os.getloadavg()
+        database = pg_sampler.stop() if pg_sampler is not None else None
+        pg_sampler = None
         result = collect(stack, scenario, scale, sent, first, finished, calls_before, root)
+        result["backend"] = backend
+        result["load_average"] = {
+            "at_first_message": [round(x, 2) for x in load_at_first],
+            "at_last_final": [round(x, 2) for x in load_at_final],
+        }
+        if database is not None:
+            result["postgres"] = database
         for row in result["bulk_changes"]:
             row["intake_before_message_s"] = intake[row["bulk_change_id"]]
     finally:
         host_pauses.stop()
+        if pg_sampler is not None:
+            pg_sampler.stop()
         stop_stack(stack)
         sampler.stop()
         if profiler is not None:
@@ -276,6 +338,10 @@ def run_scenario(
     memory = peak_memory_of(sampler)
     result["peak_memory_mb_by_process"] = memory.by_kind_mb
     result["peak_memory_mb_per_run_worker"] = memory.run_workers_mb
+    if "postgres" in result:
+        result["postgres"]["server_cpu_seconds_per_1000_devices"] = round(
+            result["postgres"]["server_cpu_seconds"] / devices * 1000, 2
+        )
     png = out_dir / f"{scenario.name}.png"
     plot(png, f"{scenario.name} (scale {scale:g})", result.pop("_series"))
     result["plot"] = str(png)
@@ -287,6 +353,7 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
 
     instance = DagsterInstance.from_config(str(root / "dagster_home"))
     repo = stack.repo
+    run_records = wait_runs_ended(instance, list(sent))
     bulk_rows = []
     for bulk_id, (send, sent_at) in sent.items():
         bulk = repo.get_bulk_change(bulk_id)
@@ -306,6 +373,7 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
                 else None,
                 "message_to_run_start_s": round(min(starts) - sent_at, 1) if starts else None,
                 "retries": sum(o.get("retry", 0) for o in repo.audit_summary(bulk_id).values()),
+                "runs": [r.dagster_run.status.value for r in records],
             }
         )
     # Until the last bulk change's own final moment, not until this poller noticed it
@@ -336,12 +404,21 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
     violations = {
         s: sim.stats()["violations"] for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)
     }
+    carriers = [
+        a["utilization_while_calling"] for name, a in accounts.items() if name.startswith("jasper")
+    ]
     return {
         "scenario": scenario.name,
         "description": scenario.description,
         "scale": scale,
         "devices": devices,
         "makespan_s": round(makespan, 1),
+        "all_final": all(b["status"] in FINAL for b in bulk_rows),
+        "runs_by_status": dict(Counter(r.dagster_run.status.value for r in run_records)),
+        "most_runs_at_once": most_at_once(run_records),
+        "least_jasper_utilization_while_calling": min(
+            (u for u in carriers if u is not None), default=None
+        ),
         "bulk_changes": bulk_rows,
         "accounts": accounts,
         "calls_per_device": per_device,
@@ -349,6 +426,42 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
         "violations": violations,
         "_series": series,
     }
+
+
+FINAL = {"PROCESSED", "PROCESSED_WITH_ERRORS", "CANCELLED"}
+
+
+def wait_runs_ended(instance: Any, bulk_ids: list[int], timeout: float = 180.0) -> list[Any]:
+    """The runs of the bulk changes, once each has ended (a bulk change is final before its
+    run's notifications and end)."""
+    from dagster import RunsFilter
+
+    deadline = time.time() + timeout
+    while True:
+        records = [
+            r
+            for bulk_id in bulk_ids
+            for r in instance.get_run_records(
+                RunsFilter(tags={"bulk_changes/bulk_change_id": str(bulk_id)})
+            )
+        ]
+        if all(r.dagster_run.is_finished for r in records) or time.time() > deadline:
+            return records
+        time.sleep(1)
+
+
+def most_at_once(records: list[Any]) -> int:
+    """The most runs that were running at the same moment (start to end)."""
+    edges = []
+    for r in records:
+        if r.start_time:
+            edges.append((r.start_time, 1))
+            edges.append((r.end_time or time.time(), -1))
+    running = most = 0
+    for _, step in sorted(edges):
+        running += step
+        most = max(most, running)
+    return most
 
 
 BASELINE_SCENARIOS = {"jasper_ucc", "jasper_status", "telegence_rate_plan", "unconstrained"}
@@ -453,6 +566,28 @@ def print_table(result: dict[str, Any]) -> None:
         "   CPU seconds per 1,000 devices by process:"
         f" {result.get('cpu_seconds_per_1000_devices_by_process')}"
     )
+    if "backend" in result:
+        print(
+            f"   backend {result['backend']}; load average (1, 5, 15 min) at the first message"
+            f" {result['load_average']['at_first_message']}, at the last final"
+            f" {result['load_average']['at_last_final']} ({os.cpu_count()} cores)"
+        )
+        print(
+            f"   all final: {result['all_final']}; runs {result['runs_by_status']}, at most"
+            f" {result['most_runs_at_once']} at once; least Jasper utilization first call -> last:"
+            f" {result['least_jasper_utilization_while_calling']}"
+        )
+    if "postgres" in result:
+        pg = result["postgres"]
+        print(
+            f"   PostgreSQL: {pg['peak_connections']} connections at peak"
+            f" {pg['peak_connections_by_application']}, idle in transaction at most"
+            f" {pg['peak_idle_in_transaction']}, longest transaction seen"
+            f" {pg['longest_transaction_seen_s']} s; server CPU {pg['server_cpu_seconds']} s"
+            f" ({pg['server_cpu_seconds_per_1000_devices']} s/1000 devices, whole server)"
+        )
+        for name, figures in pg["databases"].items():
+            print(f"     {name}: {figures}")
     print(f"   peak memory MB of one process, by kind: {result['peak_memory_mb_by_process']}")
     print(f"   peak memory MB of each run worker: {result.get('peak_memory_mb_per_run_worker')}")
     print(f"   calls per device: {result['calls_per_device']}")
@@ -527,6 +662,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--py-spy", action="store_true", help="sample the run workers with py-spy (installed)"
     )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the AMOP database and Dagster's storage: SQLite files (the embedded default) or"
+        " new databases on the local PostgreSQL (deploy/dagster.yaml's storage)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        help="connections per process to the AMOP database (0: the default, AmopDatabase.pool_size)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.scale = 200, 20.0
@@ -537,7 +685,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         result = run_scenario(
-            chosen[name], args.scale, args.out, args.batch_size, args.py_spy, args.code_server
+            chosen[name],
+            args.scale,
+            args.out,
+            args.batch_size,
+            args.py_spy,
+            args.code_server,
+            backend=args.db,
+            pool_size=args.pool_size or None,
         )
         result["code_server"] = (
             "long-lived" if args.code_server else "the daemon's, replaced every minute"

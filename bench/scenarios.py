@@ -41,6 +41,21 @@ class Scenario:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def many_accounts(name: str, accounts: int, devices: int) -> Scenario:
+    """``accounts`` tenants, each with its own Jasper and Rev.io accounts and one
+    username/cost-center change of ``devices`` devices, all sent at once: what one host
+    keeps busy (issue 19, 20)."""
+    tenants = [f"t{n}" for n in range(1, accounts + 1)]
+    return Scenario(
+        name,
+        f"{accounts} tenants with their own accounts, {devices} username_cost_center on Jasper"
+        " each, all at once",
+        tenants,
+        [Send(t, "username_cost_center", "jasper", devices) for t in tenants],
+        shared_accounts=False,
+    )
+
+
 def scenarios(devices: int, memory_devices: int) -> dict[str, Scenario]:
     big = devices
     return {
@@ -104,6 +119,8 @@ def scenarios(devices: int, memory_devices: int) -> dict[str, Scenario]:
                 [Send("t1", "device_status", "jasper", big)],
                 constrained=False,
             ),
+            many_accounts("twenty_accounts", 20, big),
+            many_accounts("forty_accounts", 40, big),
             Scenario(
                 "memory",
                 f"{memory_devices} device_status on Jasper, unconstrained: peak memory",

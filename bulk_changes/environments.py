@@ -133,11 +133,17 @@ def processing_leaves(make: Make) -> dict[str, Any]:
     }
 
 
+def _pool_size() -> dict[str, Any]:
+    """Connections per process to the AMOP database on PostgreSQL, when set
+    (docs/production.md); otherwise AmopDatabase's default."""
+    return from_env(pool_size=("BULK_CHANGES_DB_POOL_SIZE", int))
+
+
 def local_leaves(make: Make, secret: Secret) -> dict[str, Any]:
     return {
         # empty: the resource reads BULK_CHANGES_DB_URL (or the SQLite file under the home)
         # when a run uses it, so the URL (and any password in it) is never run config
-        "amop_db": make(AmopDatabase),
+        "amop_db": make(AmopDatabase, **_pool_size()),
         "tenant_config": make(TenantConfig, **from_env(path=("BULK_CHANGES_TENANTS", str))),
         "queue": SqsQueue(
             endpoint_url=env_or("BULK_CHANGES_SQS_ENDPOINT", LOCAL_SQS_ENDPOINT),
@@ -158,7 +164,7 @@ def local_leaves(make: Make, secret: Secret) -> dict[str, Any]:
 
 def production_leaves(make: Make, secret: Secret) -> dict[str, Any]:
     return {
-        "amop_db": make(AmopDatabase, url=secret("BULK_CHANGES_DB_URL")),
+        "amop_db": make(AmopDatabase, url=secret("BULK_CHANGES_DB_URL"), **_pool_size()),
         "tenant_config": make(TenantConfig, path=secret("BULK_CHANGES_TENANTS")),
         "queue": SqsQueue(
             region_name=secret("AWS_REGION"),

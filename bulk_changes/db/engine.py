@@ -13,6 +13,19 @@ from sqlalchemy.pool import NullPool
 # as the database grows; in WAL mode another connection's write empties it anyway.
 SQLITE_CACHE_KIB = 512
 
+# PostgreSQL: the most connections one process holds to the AMOP database. Its threads
+# (a run worker's device threads, the limiter's next-turn thread, the op's own thread; a
+# code server's sensors) borrow one for one short transaction and give it back before any
+# vendor call or wait, so a few serve them all: a thread that finds none free waits in
+# this process for the next one given back. A host then needs at most this many per
+# process (docs/production.md: connections for N runs at once).
+DEFAULT_POOL_SIZE = 2
+# how long a thread waits for a connection of the pool before the transaction fails (a
+# pool this long exhausted is a stuck transaction, not load: transactions take ms)
+POOL_TIMEOUT_SECONDS = 60.0
+# how our sessions show in pg_stat_activity (Dagster's storage: "dagster", deploy/)
+APPLICATION_NAME = "bulk_changes"
+
 
 def normalize_url(url: str) -> str:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the project ships psycopg2."""
@@ -21,7 +34,10 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """The engine of a process. PostgreSQL: at most ``pool_size`` connections, none
+    beyond it (no overflow), each checked before use (a connection the server dropped is
+    replaced instead of failing the transaction)."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -30,7 +46,17 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         _make_sqlite_writes_wait(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=max(1, pool_size),
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        # the most recently used connection first: when few threads are busy, the pool's
+        # other connections stay idle and the server's caches warm on the used ones
+        pool_use_lifo=True,
+        connect_args={"application_name": APPLICATION_NAME},
+    )
 
 
 def make_short_lived_engine(url: str) -> Engine:
@@ -38,7 +64,9 @@ def make_short_lived_engine(url: str) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         return make_engine(url)
-    return create_engine(url, poolclass=NullPool)
+    return create_engine(
+        url, poolclass=NullPool, connect_args={"application_name": APPLICATION_NAME}
+    )
 
 
 def _make_sqlite_writes_wait(engine: Engine) -> None:

@@ -7,7 +7,7 @@ import threading
 from dagster import ConfigurableResource, InitResourceContext
 from sqlalchemy import Engine
 
-from bulk_changes.db.engine import make_engine
+from bulk_changes.db.engine import DEFAULT_POOL_SIZE, make_engine
 from bulk_changes.db.limiter import DbLimiter
 from bulk_changes.db.repository import Repository
 from bulk_changes.db.schema import upgrade
@@ -19,12 +19,13 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process, schema upgraded on first use."""
+def engine_for(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """One engine per URL per process, schema upgraded on first use. Its pool is sized
+    by the first caller: the process's connections stay bounded by one pool."""
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = make_engine(url)
+            engine = make_engine(url, pool_size)
             upgrade(engine)
             _engines[url] = engine
         return engine
@@ -51,6 +52,9 @@ class AmopDatabase(ConfigurableResource):
     ``dead_run_worker_sensor`` can tell when it dies (every op of the job uses it)."""
 
     url: str = ""
+    # PostgreSQL: the most connections this process holds to the database, shared by all
+    # its threads; each borrows one only for a short transaction (docs/production.md)
+    pool_size: int = DEFAULT_POOL_SIZE
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         register_run_worker(context.instance, context.dagster_run, context.log)
@@ -59,7 +63,7 @@ class AmopDatabase(ConfigurableResource):
         return self.url or default_database_url()
 
     def engine(self) -> Engine:
-        return engine_for(self.resolved_url())
+        return engine_for(self.resolved_url(), self.pool_size)
 
     def repository(self) -> Repository:
         return Repository(self.engine())

@@ -315,6 +315,7 @@ def start_stack(
     backend: str = "sqlite",
     code_server: bool = False,
     dagster_dev_port: int | None = None,
+    pool_limits: dict[str, int] | None = None,
 ) -> Stack:
     """Start everything; ``tenants`` builds the tenant file from the simulators' URLs.
 
@@ -327,7 +328,9 @@ def start_stack(
     daemon starts itself and replaces every minute.
 
     ``dagster_dev_port``: ``dagster dev`` (the UI on that port, and its daemon) instead of
-    the daemon alone."""
+    the daemon alone.
+
+    ``pool_limits``: PostgreSQL: the ops' pool limits instead of ``POOL_LIMITS``."""
     sims = start_simulators(credentials=credentials)
     if configure_sims is None:
         # The simulators enforce the documented limits; Telegence publishes none, so the
@@ -401,7 +404,7 @@ def start_stack(
     )
     stack.processes.append(sqs)
     if backend == "postgresql":
-        set_pool_limits(root / "dagster_home", storage_env)
+        set_pool_limits(root / "dagster_home", storage_env, pool_limits)
     if code_server_port:
         stack.start_code_server(code_server_port)
     if dagster_dev_port:
@@ -418,7 +421,9 @@ def start_stack(
 POOL_LIMITS = {"bulk_changes_devices": 6}
 
 
-def set_pool_limits(home: Path, storage_env: dict[str, str]) -> None:
+def set_pool_limits(
+    home: Path, storage_env: dict[str, str], limits: dict[str, int] | None = None
+) -> None:
     """What `dagster instance concurrency set POOL N` does, without two CLI start-ups."""
     from dagster import DagsterInstance
 
@@ -426,7 +431,7 @@ def set_pool_limits(home: Path, storage_env: dict[str, str]) -> None:
     os.environ.update(storage_env)
     try:
         with DagsterInstance.from_config(str(home)) as instance:
-            for pool, limit in POOL_LIMITS.items():
+            for pool, limit in (limits or POOL_LIMITS).items():
                 instance.event_log_storage.set_concurrency_slots(pool, limit)
     finally:
         for name, value in saved.items():
