@@ -59,6 +59,16 @@ def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     )
 
 
+def amop_connections_needed(
+    runs: int, pool_size: int = DEFAULT_POOL_SIZE, code_servers: int = 1, cli_commands: int = 0
+) -> int:
+    """The most connections a host holds to the AMOP database on PostgreSQL with ``runs``
+    runs at once: a pool of ``pool_size`` per run worker and per code server (it evaluates
+    the sensors), one per CLI command running (it pools nothing). The daemon and the
+    webserver open none. docs/production.md sets max_connections or PgBouncer from it."""
+    return pool_size * (runs + code_servers) + cli_commands
+
+
 def make_short_lived_engine(url: str) -> Engine:
     """An engine that holds no connection between uses (CLI commands, sensors)."""
     url = normalize_url(url)

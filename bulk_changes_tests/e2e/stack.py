@@ -45,6 +45,7 @@ from bulk_changes_tests.postgres import (
 )
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+LAUNCH_TIMEOUT_SECONDS = "300"
 
 
 def embedded_instance() -> dict[str, Any]:
@@ -380,6 +381,10 @@ def start_stack(
         "BULK_CHANGES_BASE_DELAY": "0.05",
         "BULK_CHANGES_MAX_ATTEMPTS": "10",
         "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
+        # the daemon waits this long for the code server to start a run worker (Dagster's
+        # default, 60 s, fails the launch of a worker that a loaded host starts slower:
+        # docs/production.md, "Connections and many runs at once")
+        "DAGSTER_GRPC_TIMEOUT_SECONDS": LAUNCH_TIMEOUT_SECONDS,
         **storage_env,
         **(env_overrides or {}),
     }
