@@ -12,17 +12,20 @@ from sqlalchemy import event, text
 
 from bulk_changes.db.engine import APPLICATION_NAME, make_engine
 from bulk_changes.db.repository import Repository
+from bulk_changes.environments import wire
 from bulk_changes.intake import inventory_rows
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.resources.amop_db import AmopDatabase, engine_for
-from bulk_changes.resources.apis import JasperApi, RevioApi, TelegenceApi
+from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
 from bulk_changes.resources.tenant_config import TenantConfig, load_settings
+from bulk_changes.resources.webhooks import NotificationSettings
 from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
 from bulk_changes_tests.conftest import submit
 from bulk_changes_tests.e2e.stack import tenants_yaml
 from bulk_changes_tests.helpers import iccid
+from bulk_changes_tests.notify_fakes import FakeMailer, FakeWebhookSender
 from bulk_changes_tests.postgres import database_url, fresh_database, require_postgres
-from bulk_changes_tests.unit.test_ops import resources, run_config
+from bulk_changes_tests.unit.test_ops import run_config
 
 DEVICES = 40
 
@@ -106,14 +109,19 @@ def test_a_bulk_change_runs_on_a_pool_of_two_and_no_thread_holds_two_connections
         for n, r in enumerate(rows)
     ]
     result = submit(repo, load_settings(str(path)), "username_cost_center", "jasper", requests)
-    given = {
-        **resources(pg_url, fake_key),
-        "amop_db": AmopDatabase(url=pg_url, pool_size=2),
-        "tenant_config": TenantConfig(path=str(path)),
-        "jasper": JasperApi(),
-        "telegence": TelegenceApi(),
-        "revio": RevioApi(),
-    }
+    given = wire(
+        {
+            "amop_db": AmopDatabase(url=pg_url, pool_size=2),
+            "tenant_config": TenantConfig(path=str(path)),
+            "jasper": JasperApi(),
+            "telegence": TelegenceApi(),
+            "revio": RevioApi(),
+            "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+            "mail": FakeMailer(key=fake_key),
+            "webhooks": FakeWebhookSender(key=fake_key),
+            "notifications": NotificationSettings(),
+        }
+    )
 
     outcome = process_bulk_change.execute_in_process(
         run_config=run_config(result.id, batch_size=10), resources=given
