@@ -12,6 +12,7 @@ from sqlalchemy import event, text
 
 from bulk_changes.db.engine import APPLICATION_NAME, make_engine
 from bulk_changes.db.repository import Repository
+from bulk_changes.db.schema import upgrade
 from bulk_changes.environments import wire
 from bulk_changes.intake import inventory_rows
 from bulk_changes.jobs import process_bulk_change
@@ -163,3 +164,23 @@ def test_the_pool_opens_no_more_connections_than_its_size(pg_url):
 
     assert len(seen) == 8  # every thread had its transaction, waiting its turn for one
     assert max(seen) <= 3
+
+
+def test_a_process_starting_on_a_current_database_takes_no_upgrade_lock(pg_url):
+    """Run workers starting together each upgrade on first use: with the schema current,
+    none waits for the upgraders' lock (held here by another session) in an open
+    transaction."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    finished = threading.Event()
+    with engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(74210001)"))
+        thread = threading.Thread(target=lambda: (upgrade(engine), finished.set()), daemon=True)
+        thread.start()
+        done_while_locked = finished.wait(10)
+        holder.execute(text("SELECT pg_advisory_unlock(74210001)"))
+        holder.commit()
+    thread.join(30)
+    engine.dispose()
+
+    assert done_while_locked
