@@ -165,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         f" long poll {overrides.get('BULK_CHANGES_SENSOR_LONG_POLL', 'the code default')}):"
         f" median {result.get('median_s')} s, p95 {result.get('p95_s')} s, max {result.get('max_s')} s"
     )
-    names = [k for k in (result["repeats"][0] if result["repeats"] else {}) if k.endswith(")")
-             or k in ("run record made", "run worker process says hello", "first batch step started")]  # fmt: skip
+    names = [
+        k
+        for k in (result["repeats"][0] if result["repeats"] else {})
+        if k not in ("bulk_change_id", "first_vendor_call_s")
+    ]
     for name in names:
         values = [r[name] for r in result["repeats"] if name in r]
         if values:
