@@ -12,8 +12,9 @@ from sqlalchemy import Engine, func, select
 
 from bulk_changes.db import queue_outbox
 from bulk_changes.db import schema as t
+from bulk_changes.db.bulk_changes import aware
 from bulk_changes.db.outbox import Outbox
-from bulk_changes.db.repository import Repository, aware
+from bulk_changes.db.repository import Repository
 
 
 def status_of(repo: Repository, bulk_change_id: int, with_devices: bool) -> dict[str, Any] | None:

@@ -50,33 +50,29 @@ def translated(exc: SQLAlchemyError) -> StoreError:
     return StoreUnavailable(describe_refusal(exc))
 
 
-def store_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """A repository method whose SQLAlchemy errors come out as :class:`StoreError`."""
+def _translating(values_too: bool) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    refused_before_sending = (ValueError, TypeError) if values_too else ()
 
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise translated(exc) from exc
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                raise translated(exc) from exc
+            except refused_before_sending as exc:
+                raise StoreRefused(describe_refusal(exc)) from exc
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-def store_errors_and_values(method: Callable[P, R]) -> Callable[P, R]:
-    """As :func:`store_errors`; also a value the driver would not send (its ValueError
-    or TypeError, raised before any statement) comes out as :class:`StoreRefused`."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise translated(exc) from exc
-        except (ValueError, TypeError) as exc:
-            raise StoreRefused(describe_refusal(exc)) from exc
-
-    return wrapper
+# A repository method whose SQLAlchemy errors come out as StoreError.
+store_errors = _translating(values_too=False)
+# The same; also a value the driver would not send (its ValueError or TypeError, raised
+# before any statement) comes out as StoreRefused.
+store_errors_and_values = _translating(values_too=True)
 
 
 class _Limiter(Protocol):

@@ -8,8 +8,8 @@ from email.message import EmailMessage
 from itertools import chain
 from typing import Any
 
+from bulk_changes.db.inventory import Inventory
 from bulk_changes.db.outbox import Outbox, OutboxEvent
-from bulk_changes.db.repository import Repository
 from bulk_changes.domain import emails
 from bulk_changes.domain import notifications as n
 from bulk_changes.domain.step_plans import UPDATE_AMOP
@@ -20,7 +20,7 @@ def email_for(
     to: Sequence[str],
     *,
     outbox: Outbox,
-    repo: Repository,
+    repo: Inventory,
     sender: str,
     ui_base_url: str,
     sent_at: datetime,
@@ -49,7 +49,7 @@ def email_for(
 def _username_lines(
     pages: Iterable[list[dict[str, Any]]],
     outbox: Outbox,
-    repo: Repository,
+    repo: Inventory,
     bulk_id: int,
     changed_by: str | None,
 ) -> Iterator[emails.UsernameLine]:

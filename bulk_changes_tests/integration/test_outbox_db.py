@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bulk_changes.db import outbox as outbox_module
+from bulk_changes.db import outbox_events as outbox_module
 from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.db.repository import Repository

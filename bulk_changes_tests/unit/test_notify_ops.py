@@ -17,7 +17,7 @@ from dagster import (
     serialize_value,
 )
 
-from bulk_changes.db import outbox as outbox_module
+from bulk_changes.db import outbox_events as outbox_module
 from bulk_changes.db import schema as t
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.domain import notifications as n

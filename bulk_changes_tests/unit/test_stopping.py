@@ -9,7 +9,7 @@ import random
 import pytest
 
 from bulk_changes.db import schema as t
-from bulk_changes.db.repository import now
+from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.retry import RetryPolicy
 from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.processing import stopping
@@ -92,7 +92,7 @@ def test_cancel_names_the_steps_a_device_under_way_had_completed(repo, bulk_id):
     with repo.engine.begin() as conn:
         conn.execute(
             t.completed_steps.insert().values(
-                device_change_id=first, step="jasper_set_username", completed_at=now()
+                device_change_id=first, step="jasper_set_username", completed_at=utc_now()
             )
         )
     repo.cancel_bulk_change(bulk_id, stopping.OPERATOR_STOP_REASON)

@@ -1,0 +1,277 @@
+"""The step journal: each step of a device change begun, succeeded, failed or ended,
+committed the moment it is known, so a run that dies anywhere continues where it
+stopped (completed steps are skipped, a started one is checked at the vendor first)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table, and_, insert, select, update
+
+from bulk_changes.db import schema as t
+from bulk_changes.db.audit import audit_rows, storable
+from bulk_changes.db.store_errors import store_errors, store_errors_and_values
+from bulk_changes.domain.clock import utc_now
+from bulk_changes.domain.model import (
+    FINAL_DEVICE_VALUES,
+    AuditEntry,
+    StepSuccess,
+)
+from bulk_changes.domain.state_machine import (
+    DeviceStatus,
+)
+
+
+class StepJournal:
+    """Completed and started steps, step progress, and the moves of one device change."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @store_errors
+    def completed_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
+        ids = list(device_change_ids)
+        done: dict[int, set[str]] = {i: set() for i in ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for r in conn.execute(
+                    select(t.completed_steps.c.device_change_id, t.completed_steps.c.step).where(
+                        t.completed_steps.c.device_change_id.in_(ids[start : start + 500])
+                    )
+                ):
+                    done[r.device_change_id].add(r.step)
+        return done
+
+    @store_errors
+    def started_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Steps begun (their call may have been made) by any run, per device change."""
+        ids = list(device_change_ids)
+        started: dict[int, set[str]] = {i: set() for i in ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for r in conn.execute(
+                    select(t.step_progress.c.device_change_id, t.step_progress.c.step).where(
+                        t.step_progress.c.device_change_id.in_(ids[start : start + 500]),
+                        t.step_progress.c.step.like("%#started"),
+                    )
+                ):
+                    started[r.device_change_id].add(r.step.removesuffix("#started"))
+        return started
+
+    @store_errors
+    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool:
+        """Before a step's call, in one transaction: the device change is PROCESSING and
+        the step is marked started (so a crash after the call can be checked, not repeated).
+        -> False, and nothing marked, if the device change is final (an operator stopped
+        the bulk change): the call must not be made."""
+        marker = f"{step}#started"
+        with self.engine.begin() as conn:
+            open_ = conn.execute(
+                update(t.device_changes)
+                .where(
+                    t.device_changes.c.id == device_change_id,
+                    t.device_changes.c.status.in_(
+                        (DeviceStatus.NEW.value, DeviceStatus.PROCESSING.value)
+                    ),
+                )
+                .values(status=DeviceStatus.PROCESSING.value, updated_at=utc_now())
+            ).rowcount
+            if not open_:
+                return False
+            conn.execute(
+                self._insert_new(t.step_progress).values(
+                    device_change_id=device_change_id,
+                    step=marker,
+                    data=json.dumps({"run_id": run_id}),
+                    updated_at=utc_now(),
+                )
+            )
+        return True
+
+    def _insert_new(self, table: Table) -> Any:
+        """INSERT that leaves an existing row (same primary key) as it is: one statement
+        instead of a SELECT then an INSERT, on both SQLite and PostgreSQL."""
+        # imported here: the PostgreSQL dialect's modules cost every CLI command on SQLite
+        # 25 ms of start-up (the engine imports its own dialect anyway)
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            return postgresql_insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    @store_errors
+    def record_step_success(
+        self, bulk_change_id: int, device_change_id: int, success: StepSuccess, run_id: str | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            self._write_step_success(conn, bulk_change_id, device_change_id, success, run_id)
+            self._add_attempts(conn, device_change_id, success.attempts)
+
+    def _write_step_success(
+        self,
+        conn: Any,
+        bulk_change_id: int,
+        device_change_id: int,
+        success: StepSuccess,
+        run_id: str | None,
+    ) -> None:
+        result = success.result
+        conn.execute(
+            self._insert_new(t.completed_steps).values(
+                device_change_id=device_change_id,
+                step=success.step,
+                completed_at=utc_now(),
+                result=json.dumps(result, default=str) if result is not None else None,
+            )
+        )
+        if success.audit:
+            conn.execute(
+                insert(t.audit_log),
+                audit_rows(bulk_change_id, device_change_id, success.step, run_id, success.audit),
+            )
+
+    def _add_attempts(self, conn: Any, device_change_id: int, attempts: int) -> None:
+        conn.execute(
+            update(t.device_changes)
+            .where(t.device_changes.c.id == device_change_id)
+            .values(attempts=t.device_changes.c.attempts + attempts, updated_at=utc_now())
+        )
+
+    @store_errors
+    def record_attempt_failure(
+        self,
+        *,
+        bulk_change_id: int,
+        device_change_id: int,
+        step: str,
+        error: str,
+        audit: Sequence[AuditEntry],
+        run_id: str | None,
+        count: bool = True,
+    ) -> None:
+        """A failed try that will be retried: audited, counted unless it was throttling."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.device_changes)
+                .where(t.device_changes.c.id == device_change_id)
+                .values(
+                    attempts=t.device_changes.c.attempts + (1 if count else 0),
+                    last_error=storable(error),
+                    updated_at=utc_now(),
+                )
+            )
+            if audit:
+                conn.execute(
+                    insert(t.audit_log),
+                    audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
+                )
+
+    @store_errors_and_values
+    def finish_device_change(
+        self,
+        *,
+        bulk_change_id: int,
+        device_change_id: int,
+        status: DeviceStatus,
+        reason: str | None,
+        step: str | None,
+        audit: Sequence[AuditEntry] = (),
+        run_id: str | None = None,
+        count_attempt: bool = False,
+        inventory_update: Mapping[str, Any] | None = None,
+        device_id: int | None = None,
+        after: StepSuccess | None = None,
+    ) -> bool:
+        """Move a device change to a final status, once. -> False if it was final already.
+
+        With ``inventory_update`` the AMOP device row changes in the same transaction,
+        and zero rows updated is an error (the device vanished from the inventory): the
+        whole transaction rolls back, ``after`` included.
+
+        ``after``: the external step that led here, recorded in the same transaction (one
+        commit per device instead of two); recorded even if the device change was final.
+        """
+        values: dict[str, Any] = {
+            "status": status.value,
+            "last_error": storable(reason),
+            "updated_at": utc_now(),
+            "finished_at": utc_now(),
+        }
+        added = (1 if count_attempt else 0) + (after.attempts if after is not None else 0)
+        if added:
+            values["attempts"] = t.device_changes.c.attempts + added
+        with self.engine.begin() as conn:
+            if after is not None:
+                self._write_step_success(conn, bulk_change_id, device_change_id, after, run_id)
+            moved = conn.execute(
+                update(t.device_changes)
+                .where(
+                    t.device_changes.c.id == device_change_id,
+                    t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
+                )
+                .values(**values)
+            ).rowcount
+            if not moved:
+                if after is not None and after.attempts:
+                    self._add_attempts(conn, device_change_id, after.attempts)
+                return False
+            if inventory_update is not None:
+                changed = conn.execute(
+                    update(t.devices)
+                    .where(t.devices.c.id == device_id)
+                    .values(**inventory_update, updated_at=utc_now())
+                ).rowcount
+                if changed != 1:
+                    # Rolls the whole transaction back: the device change stays open.
+                    raise LookupError(f"device {device_id} is no longer in the inventory")
+                if step:
+                    conn.execute(
+                        insert(t.completed_steps).values(
+                            device_change_id=device_change_id,
+                            step=step,
+                            completed_at=utc_now(),
+                            result=json.dumps(dict(inventory_update), default=str),
+                        )
+                    )
+            if audit:
+                conn.execute(
+                    insert(t.audit_log),
+                    audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
+                )
+        return bool(moved)
+
+    @store_errors
+    def step_progress(self, device_change_id: int, step: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.step_progress.c.data).where(
+                    t.step_progress.c.device_change_id == device_change_id,
+                    t.step_progress.c.step == step,
+                )
+            ).first()
+        return json.loads(row[0]) if row else None
+
+    @store_errors
+    def save_step_progress(self, device_change_id: int, step: str, data: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(t.step_progress.c.step).where(
+                    t.step_progress.c.device_change_id == device_change_id,
+                    t.step_progress.c.step == step,
+                )
+            ).first()
+            stmt = (
+                update(t.step_progress).where(
+                    and_(
+                        t.step_progress.c.device_change_id == device_change_id,
+                        t.step_progress.c.step == step,
+                    )
+                )
+                if exists
+                else insert(t.step_progress).values(device_change_id=device_change_id, step=step)
+            )
+            conn.execute(stmt.values(data=json.dumps(dict(data)), updated_at=utc_now()))
