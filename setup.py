@@ -41,6 +41,8 @@ setup(
             "pytest-timeout>=2.3",
             "ruff>=0.6",
             "mypy>=1.10",
+            # the import contract (.importlinter), checked by a unit test
+            "import-linter>=2.17",
             "jsonschema>=4.0",
             # the benchmark's plots (bench/, smoke-run by the tests)
             "matplotlib>=3.8",
