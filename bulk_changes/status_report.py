@@ -12,7 +12,6 @@ from sqlalchemy import Engine, func, select
 
 from bulk_changes.db import queue_outbox
 from bulk_changes.db import schema as t
-from bulk_changes.db.bulk_changes import aware
 from bulk_changes.db.outbox import Outbox
 from bulk_changes.db.repository import Repository
 
@@ -75,7 +74,7 @@ def runs_of(engine: Engine, bulk_change_id: int) -> list[dict[str, Any]]:
             {
                 "run_id": r.run_id,
                 "retry_failed_only": bool(r.retry_failed_only),
-                "started_at": _iso(aware(r.started_at)),
+                "started_at": _iso(r.started_at),
             }
             for r in conn.execute(query)
         ]
@@ -99,7 +98,7 @@ def history_of(engine: Engine, bulk_change_id: int) -> dict[int, list[dict[str, 
                     "status": r.status,
                     "attempts": r.attempts,
                     "reason": r.reason,
-                    "finished_at": _iso(aware(r.finished_at)),
+                    "finished_at": _iso(r.finished_at),
                 }
             )
     return out
@@ -250,7 +249,7 @@ def list_bulk_changes(
                 counts[bulk_id][device_status] = int(n)
     out = []
     for r in rows:
-        created, finished = aware(r.created_at), aware(r.finished_at)
+        created, finished = r.created_at, r.finished_at
         out.append(
             {
                 "id": r.id,

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, String, func, insert, literal, select, update
+from sqlalchemy import Engine, String, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import outbox_events
 from bulk_changes.db import schema as t
 from bulk_changes.db.device_changes import status_counts
+from bulk_changes.db.utc_datetime import UtcDateTime
 from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.model import (
     FINAL_DEVICE_VALUES,
@@ -32,13 +32,6 @@ from bulk_changes.domain.state_machine import (
 _DATABASE_IDS: dict[int, str] = {}
 
 
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; the project writes them in UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _bulk(row: Any, digest: str | None = None) -> BulkChange:
     return BulkChange(
         id=row.id,
@@ -50,9 +43,9 @@ def _bulk(row: Any, digest: str | None = None) -> BulkChange:
         notify=json.loads(row.notify or "[]"),
         requested_by=row.requested_by,
         source=row.source,
-        created_at=aware(row.created_at),
-        started_at=aware(row.started_at),
-        finished_at=aware(row.finished_at),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
         last_run_id=row.last_run_id,
         request_digest=digest,
     )
@@ -259,7 +252,7 @@ class BulkChanges:
                             failed.attempts,
                             failed.last_error,
                             failed.finished_at,
-                            literal(utc_now(), DateTime(timezone=True)),
+                            literal(utc_now(), UtcDateTime()),
                         ).where(
                             failed.bulk_change_id == bulk_change_id,
                             failed.status == DeviceStatus.API_FAILED.value,

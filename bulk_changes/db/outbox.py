@@ -25,7 +25,6 @@ from sqlalchemy.exc import IntegrityError
 
 from bulk_changes.db import outbox_events as events
 from bulk_changes.db import schema as t
-from bulk_changes.db.outbox_events import aware
 from bulk_changes.domain.clock import utc_now
 
 PENDING, DELIVERED, FAILED = "PENDING", "DELIVERED", "FAILED"
@@ -78,7 +77,7 @@ def _event(row: Any) -> OutboxEvent:
         bulk_change_id=row.bulk_change_id,
         tenant_id=row.tenant_id,
         payload=row.payload,
-        created_at=aware(row.created_at),  # type: ignore[arg-type]
+        created_at=row.created_at,
     )
 
 
@@ -113,13 +112,13 @@ def _delivery(row: Any) -> Delivery:
         target=row.target,
         status=row.status,
         attempts=row.attempts,
-        next_attempt_at=aware(row.next_attempt_at),  # type: ignore[arg-type]
+        next_attempt_at=row.next_attempt_at,
         claimed_by=row.claimed_by,
-        claimed_until=aware(row.claimed_until),
+        claimed_until=row.claimed_until,
         last_error=row.last_error,
-        created_at=aware(row.d_created_at),  # type: ignore[arg-type]
-        delivered_at=aware(row.delivered_at),
-        failed_at=aware(row.failed_at),
+        created_at=row.d_created_at,
+        delivered_at=row.delivered_at,
+        failed_at=row.failed_at,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, func, insert, select, tuple_
@@ -20,21 +19,11 @@ from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.model import FINAL_DEVICE_VALUES
 
 
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; every stored one is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _bulk_row(conn: Connection, bulk_change_id: int) -> dict[str, Any]:
     row = conn.execute(select(t.bulk_changes).where(t.bulk_changes.c.id == bulk_change_id)).first()
     if row is None:
         raise LookupError(f"bulk change {bulk_change_id} does not exist")
-    bulk = dict(row._mapping)
-    for key in ("created_at", "started_at", "finished_at"):
-        bulk[key] = aware(bulk[key])
-    return bulk
+    return dict(row._mapping)
 
 
 def write_event(
@@ -105,9 +94,7 @@ def _device_results_query() -> Select[Any]:
 
 
 def _result(row: Any) -> dict[str, Any]:
-    result = dict(row._mapping)
-    result["finished_at"] = aware(result["finished_at"])
-    return result
+    return dict(row._mapping)
 
 
 def device_results(

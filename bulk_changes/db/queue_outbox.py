@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bulk_changes.db.dbapi import Connect, execute, fetch, opened, read_timestamp, timestamp
+from bulk_changes.domain.clock import utc_now
 
 MAX_ERROR_CHARS = 500
 
@@ -71,7 +71,7 @@ def send_one(connect: Connect, bulk_change_id: int, send: Send) -> str:
             conn,
             "INSERT INTO queue_outbox (bulk_change_id, body, created_at, attempts)"
             " VALUES (:id, :body, :now, 0) ON CONFLICT (bulk_change_id) DO NOTHING",
-            {"id": bulk_change_id, "body": json.dumps(body), "now": timestamp(conn, _now())},
+            {"id": bulk_change_id, "body": json.dumps(body), "now": timestamp(conn, utc_now())},
         )
     return _send(connect, bulk_change_id, body, send)
 
@@ -88,10 +88,6 @@ def send_unsent(connect: Connect, send: Send, limit: int = 100) -> SweepResult:
             break
         result.sent.append(bulk_change_id)
     return result
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _send(connect: Connect, bulk_change_id: int, body: dict[str, Any], send: Send) -> str:
@@ -111,6 +107,6 @@ def _send(connect: Connect, bulk_change_id: int, body: dict[str, Any], send: Sen
             conn,
             "UPDATE queue_outbox SET attempts = attempts + 1, sent_at = :now,"
             " message_id = :message_id, last_error = NULL WHERE bulk_change_id = :id",
-            {"id": bulk_change_id, "now": timestamp(conn, _now()), "message_id": message_id},
+            {"id": bulk_change_id, "now": timestamp(conn, utc_now()), "message_id": message_id},
         )
     return message_id

@@ -8,7 +8,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime,
     Engine,
     Float,
     ForeignKey,
@@ -23,13 +22,16 @@ from sqlalchemy import (
     select,
 )
 
+from bulk_changes.db.utc_datetime import UtcDateTime
+from bulk_changes.domain.clock import utc_now
+
 metadata = MetaData()
 
 schema_version = Table(
     "schema_version",
     metadata,
     Column("version", Integer, primary_key=True),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
 )
 
 devices = Table(
@@ -51,7 +53,7 @@ devices = Table(
     Column("cost_center_2", String(255)),
     Column("cost_center_3", String(255)),
     Column("revio_service_id", Integer),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("tenant_id", "integration", "device_key", name="uq_devices_key"),
 )
 
@@ -67,9 +69,9 @@ bulk_changes = Table(
     Column("notify", Text, nullable=False, default="[]"),  # JSON list
     Column("requested_by", String(255)),
     Column("source", String(32), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("started_at", UtcDateTime()),
+    Column("finished_at", UtcDateTime()),
     Column("last_run_id", String(64)),
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_bulk_changes_idempotency"),
 )
@@ -87,9 +89,9 @@ device_changes = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
     Column("error_field", String(64)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
     Index("ix_device_changes_bulk_status", "bulk_change_id", "status"),
 )
 
@@ -99,7 +101,7 @@ completed_steps = Table(
     metadata,
     Column("device_change_id", Integer, ForeignKey("device_changes.id"), primary_key=True),
     Column("step", String(64), primary_key=True),
-    Column("completed_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=False),
     Column("result", Text),  # JSON
 )
 
@@ -110,7 +112,7 @@ step_progress = Table(
     Column("device_change_id", Integer, ForeignKey("device_changes.id"), primary_key=True),
     Column("step", String(64), primary_key=True),
     Column("data", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 audit_log = Table(
@@ -133,7 +135,7 @@ audit_log = Table(
     Column("error", Text),
     Column("attempt", Integer),
     Column("run_id", String(64)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_audit_bulk", "bulk_change_id", "device_change_id"),
 )
 
@@ -160,7 +162,7 @@ runs_seen = Table(
     Column("run_id", String(64), primary_key=True),
     Column("bulk_change_id", Integer, nullable=False),
     Column("retry_failed_only", Boolean, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
 )
 
 
@@ -183,8 +185,8 @@ outbox_events = Table(
     Column("tenant_id", String(64)),
     Column("payload", Text, nullable=False),  # webhooks: the exact body sent
     Column("dedupe_key", String(255), unique=True),  # e.g. one alert per failed run
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("planned_at", DateTime(timezone=True)),  # deliveries created
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("planned_at", UtcDateTime()),  # deliveries created
     Index("ix_outbox_events_bulk", "bulk_change_id", "id"),
     Index("ix_outbox_events_planned", "planned_at"),
 )
@@ -199,13 +201,13 @@ outbox_deliveries = Table(
     Column("target", String(1000), nullable=False),  # endpoint URL, or the addresses
     Column("status", String(16), nullable=False),  # PENDING, DELIVERED, FAILED
     Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("claimed_by", String(128)),
-    Column("claimed_until", DateTime(timezone=True)),
+    Column("claimed_until", UtcDateTime()),
     Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True)),
-    Column("failed_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime()),
+    Column("failed_at", UtcDateTime()),
     UniqueConstraint("event_row_id", "channel", "target", name="uq_outbox_delivery"),
     Index("ix_outbox_deliveries_status", "status", "next_attempt_at"),
 )
@@ -219,8 +221,8 @@ outbox_attempts = Table(
     Column("delivery_id", Integer, ForeignKey("outbox_deliveries.id"), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("holder", String(128)),  # run id or sensor tick that made it
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
     Column("outcome", String(16), nullable=False),  # sending, delivered, failed, interrupted
     Column("status_code", Integer),
     Column("error", Text),
@@ -300,7 +302,7 @@ amop_identity = Table(
     "amop_identity",
     cli_metadata,
     Column("id", String(32), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 # A bulk change to send to the queue: written in the transaction that stores it, marked
@@ -310,8 +312,8 @@ queue_outbox = Table(
     cli_metadata,
     Column("bulk_change_id", Integer, primary_key=True),
     Column("body", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime()),
     Column("message_id", String(128)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
@@ -329,19 +331,18 @@ device_change_history = Table(
     Column("status", String(32), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("reason", Text),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("reopened_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", UtcDateTime()),
+    Column("reopened_at", UtcDateTime(), nullable=False),
     Index("ix_device_change_history_change", "device_change_id"),
 )
 
 
 def _v6_identity_outbox_history(conn: Connection) -> None:
     import uuid
-    from datetime import UTC, datetime
 
     cli_metadata.create_all(conn)
     conn.execute(
-        amop_identity.insert().values(id=uuid.uuid4().hex[:12], created_at=datetime.now(UTC))
+        amop_identity.insert().values(id=uuid.uuid4().hex[:12], created_at=utc_now())
     )
 
 
@@ -371,7 +372,6 @@ def current_version(conn: Connection) -> int:
 
 def upgrade(engine: Engine) -> int:
     """Bring the database to the newest schema; safe to call from many processes."""
-    from datetime import UTC, datetime
 
     # Every process's first use of the database comes here: a database already at the
     # newest schema is only read, so that twenty run workers starting together do not
@@ -389,7 +389,7 @@ def upgrade(engine: Engine) -> int:
             if number > version:
                 apply(conn)
                 conn.execute(
-                    schema_version.insert().values(version=number, applied_at=datetime.now(UTC))
+                    schema_version.insert().values(version=number, applied_at=utc_now())
                 )
                 version = number
     return version

@@ -18,12 +18,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bulk_changes.db.outbox import FAILED, Delivery, Outbox, OutboxEvent
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain import notifications as n
+from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.errors import ConfigurationError
 from bulk_changes.domain.settings import Secret, Settings, Tenant, WebhookEndpoint
 from bulk_changes.notify.content import email_for
@@ -61,10 +62,6 @@ class DispatchReport:
         )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _secret_values(settings: Settings) -> list[str]:
     values: list[str] = []
     for account in settings.accounts.values():
@@ -88,7 +85,7 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         operator_emails: Sequence[str] = (),
         ui_base_url: str = "http://127.0.0.1:3000",
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         log: Any = None,
