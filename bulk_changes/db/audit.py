@@ -10,9 +10,7 @@ from sqlalchemy import Engine, func, select
 from bulk_changes.db import schema as t
 from bulk_changes.domain.audit import to_text
 from bulk_changes.domain.clock import utc_now
-from bulk_changes.domain.model import (
-    AuditEntry,
-)
+from bulk_changes.domain.model import AuditEntry
 
 
 def storable(text: str | None) -> str | None:

@@ -16,11 +16,7 @@ from bulk_changes.db import schema as t
 from bulk_changes.db.device_changes import status_counts
 from bulk_changes.db.utc_datetime import UtcDateTime
 from bulk_changes.domain.clock import utc_now
-from bulk_changes.domain.model import (
-    FINAL_DEVICE_VALUES,
-    BulkChange,
-    NewDeviceChange,
-)
+from bulk_changes.domain.model import FINAL_DEVICE_VALUES, BulkChange, NewDeviceChange
 from bulk_changes.domain.state_machine import (
     FINAL_DEVICE,
     BulkStatus,

@@ -10,10 +10,7 @@ from sqlalchemy import Engine, func, select
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.store_errors import store_errors
-from bulk_changes.domain.model import (
-    FINAL_DEVICE_VALUES,
-    DeviceChange,
-)
+from bulk_changes.domain.model import FINAL_DEVICE_VALUES, DeviceChange
 
 
 def _device_change(row: Any) -> DeviceChange:

@@ -14,14 +14,11 @@ from bulk_changes.db import schema as t
 from bulk_changes.db.audit import audit_rows, storable
 from bulk_changes.db.store_errors import store_errors, store_errors_and_values
 from bulk_changes.domain.clock import utc_now
-from bulk_changes.domain.model import (
-    FINAL_DEVICE_VALUES,
-    AuditEntry,
-    StepSuccess,
-)
-from bulk_changes.domain.state_machine import (
-    DeviceStatus,
-)
+from bulk_changes.domain.model import FINAL_DEVICE_VALUES, AuditEntry, StepSuccess
+from bulk_changes.domain.state_machine import DeviceStatus
+
+# a step marked begun in step_progress (before its call): "<step>#started"
+STARTED = "#started"
 
 
 class StepJournal:
@@ -32,33 +29,31 @@ class StepJournal:
 
     @store_errors
     def completed_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
-        ids = list(device_change_ids)
-        done: dict[int, set[str]] = {i: set() for i in ids}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                for r in conn.execute(
-                    select(t.completed_steps.c.device_change_id, t.completed_steps.c.step).where(
-                        t.completed_steps.c.device_change_id.in_(ids[start : start + 500])
-                    )
-                ):
-                    done[r.device_change_id].add(r.step)
-        return done
+        return self._steps_of(device_change_ids, t.completed_steps)
 
     @store_errors
     def started_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]:
         """Steps begun (their call may have been made) by any run, per device change."""
+        progress = t.step_progress
+        return self._steps_of(
+            device_change_ids, progress, progress.c.step.like(f"%{STARTED}"), suffix=STARTED
+        )
+
+    def _steps_of(
+        self, device_change_ids: Iterable[int], table: Table, *where: Any, suffix: str = ""
+    ) -> dict[int, set[str]]:
+        """The steps ``table`` holds per device change (its name without ``suffix``)."""
         ids = list(device_change_ids)
-        started: dict[int, set[str]] = {i: set() for i in ids}
+        found: dict[int, set[str]] = {i: set() for i in ids}
+        c = table.c
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
                 for r in conn.execute(
-                    select(t.step_progress.c.device_change_id, t.step_progress.c.step).where(
-                        t.step_progress.c.device_change_id.in_(ids[start : start + 500]),
-                        t.step_progress.c.step.like("%#started"),
-                    )
+                    select(c.device_change_id, c.step).where(c.device_change_id.in_(chunk), *where)
                 ):
-                    started[r.device_change_id].add(r.step.removesuffix("#started"))
-        return started
+                    found[r.device_change_id].add(r.step.removesuffix(suffix))
+        return found
 
     @store_errors
     def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool:
@@ -66,7 +61,7 @@ class StepJournal:
         the step is marked started (so a crash after the call can be checked, not repeated).
         -> False, and nothing marked, if the device change is final (an operator stopped
         the bulk change): the call must not be made."""
-        marker = f"{step}#started"
+        marker = f"{step}{STARTED}"
         with self.engine.begin() as conn:
             open_ = conn.execute(
                 update(t.device_changes)

@@ -9,12 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, func, select
 
 from bulk_changes.db import schema as t
-from bulk_changes.domain.model import (
-    FINAL_DEVICE_VALUES,
-)
-from bulk_changes.domain.state_machine import (
-    DeviceStatus,
-)
+from bulk_changes.domain.model import FINAL_DEVICE_VALUES
+from bulk_changes.domain.state_machine import DeviceStatus
 
 if TYPE_CHECKING:
     import pandas as pd

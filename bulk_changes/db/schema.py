@@ -341,9 +341,7 @@ def _v6_identity_outbox_history(conn: Connection) -> None:
     import uuid
 
     cli_metadata.create_all(conn)
-    conn.execute(
-        amop_identity.insert().values(id=uuid.uuid4().hex[:12], created_at=utc_now())
-    )
+    conn.execute(amop_identity.insert().values(id=uuid.uuid4().hex[:12], created_at=utc_now()))
 
 
 # Each upgrade runs once, in order, and is recorded in schema_version. New versions
@@ -388,8 +386,6 @@ def upgrade(engine: Engine) -> int:
         for number, apply in UPGRADES:
             if number > version:
                 apply(conn)
-                conn.execute(
-                    schema_version.insert().values(version=number, applied_at=utc_now())
-                )
+                conn.execute(schema_version.insert().values(version=number, applied_at=utc_now()))
                 version = number
     return version
