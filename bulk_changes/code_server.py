@@ -33,12 +33,12 @@ START_METHOD_ENV = "BULK_CHANGES_RUN_WORKER_START"
 
 def run_worker_context(preload: Sequence[str] = PRELOAD) -> Any:
     """The multiprocessing context run workers are started with: a forkserver whose
-    process has imported ``preload`` (started now, not at the first run)."""
+    process imports ``preload`` when it starts (``use_forked_run_workers`` starts it
+    with the code server, not at the first run)."""
     if os.environ.get(START_METHOD_ENV, "forkserver") == "spawn":
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
-    multiprocessing.forkserver.ensure_running()
     return context
 
 
@@ -54,6 +54,10 @@ def use_forked_run_workers(context: Any) -> None:
         original(self, *args, **kwargs)
         # read by StartRun for every run's Process, Queue and Event
         self._mp_ctx = context
+        if context.get_start_method() == "forkserver":
+            # now, with the environment the server has once set up (a run worker gets
+            # the fork server's), and before the first run, not during it
+            multiprocessing.forkserver.ensure_running()
 
     __init__._bulk_changes_context = context  # type: ignore[attr-defined]
     DagsterApiServer.__init__ = __init__  # type: ignore[method-assign]

@@ -32,7 +32,9 @@ def _server() -> DagsterApiServer:
 def test_a_patched_code_server_starts_runs_with_the_given_context(
     restored_server_init: None,
 ) -> None:
-    context = multiprocessing.get_context("forkserver")
+    # (not a forkserver context: the server would start this process's fork server
+    # without the preload the tests below look for)
+    context = multiprocessing.get_context("spawn")
     code_server.use_forked_run_workers(context)
     assert _server()._mp_ctx is context
 
