@@ -31,7 +31,7 @@ def _bulk_change(engine, bulk_change_id: int) -> None:
 
 
 def test_the_cli_knows_the_newest_schema_version_without_sqlalchemy():
-    assert LATEST == UPGRADES[-1][0]
+    assert UPGRADES[-1][0] == LATEST
 
 
 def test_schema_version_read_by_the_driver_matches_the_upgrades(any_engine, any_db_url):
