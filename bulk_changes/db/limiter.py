@@ -639,7 +639,8 @@ class DbLimiter:
 
         Free slots go first to callers that have waited longer (``rate_limit_waiters``),
         so every run sharing the account gets its turns; a caller that finds none for it
-        waits in that table, its row kept alive while it polls."""
+        waits in that table, its row kept alive while it waits, and looks again at the
+        account's next turn."""
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
         interval = self.spacing(limit, account_name)
         poll = min(self.poll_seconds, limit.interval / 4)
@@ -715,7 +716,17 @@ class DbLimiter:
                         .values(expires_at=alive_until)
                     )
             self._reclaim_dead_holders(account_name)
-            self.sleep(poll)
+            # No slot for this caller now, and none could start before the clock's next
+            # turn anyway: look again then, one transaction a turn, not one every
+            # ``poll`` (a holder whose answer comes after that turn is looked for every
+            # ``poll`` from then on). At most half the waiter's lease, which each look
+            # renews.
+            self.sleep(
+                min(
+                    max(poll, float(next_free) - self.clock()),
+                    self.waiter_lease_seconds / 2,
+                )
+            )
 
     def _reclaim_dead_holders(self, account_name: str) -> None:
         """Waiting for a slot: at most every ``reclaim_every`` seconds, give back the
