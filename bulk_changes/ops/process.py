@@ -3,6 +3,7 @@
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
@@ -23,11 +24,12 @@ from dagster import (
     op,
 )
 
-from bulk_changes.db.repository import Repository
+from bulk_changes.db.repository import BulkChange, Repository
 from bulk_changes.domain.errors import ConfigurationError
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER
+from bulk_changes.ops.batches import DeviceBatch, LoadedBulkChange, batches_of
 from bulk_changes.ops.reporting import ensure_partition, report_final, tag_run
 from bulk_changes.partitions import BULK_CHANGES_PARTITIONS
 from bulk_changes.processing import stopping
@@ -84,35 +86,29 @@ def tenant_of(context: OpExecutionContext, tenant_config: TenantConfig, bulk: An
         ) from None
 
 
-SWITCH_INTERVAL = float(os.environ.get("BULK_CHANGES_SWITCH_INTERVAL", "0.001"))
-
-
 class LoadConfig(Config):
     bulk_change_id: int
     retry_failed_only: bool = False
 
 
 class PartitionConfig(Config):
-    batch_size: int = int(os.environ.get("BULK_CHANGES_BATCH_SIZE", "100"))
+    # run config (the Launchpad shows it); the environment sets the default of a deployment
+    batch_size: int = int(os.environ.get("BULK_CHANGES_BATCH_SIZE") or 100)
 
 
 def _device_runner(
-    context: OpExecutionContext, bulk_change_id: int, devices: DeviceWork
+    context: OpExecutionContext, bulk: BulkChange, devices: DeviceWork
 ) -> StageRunner:
-    bulk = devices.repository().get_bulk_change(bulk_change_id)
-    if bulk is None:
-        raise no_such_bulk_change(context, bulk_change_id)
-    tenant = tenant_of(context, devices.tenant_config, bulk)
-    return devices.runner(bulk, tenant, context.run_id)
+    return devices.runner(bulk, tenant_of(context, devices.tenant_config, bulk), context.run_id)
 
 
-@op(out=Out(dict), retry_policy=OP_RETRY)
+@op(out=Out(LoadedBulkChange), retry_policy=OP_RETRY)
 def load_device_changes(
     context: OpExecutionContext,
     config: LoadConfig,
     amop_db: AmopDatabase,
     tenant_config: TenantConfig,
-) -> Output[dict]:
+) -> Output[LoadedBulkChange]:
     """Tag the run with its bulk change, open the bulk change for this run and list the
     device changes still to do. A bulk change that does not exist or whose tenant is not
     configured fails the run at once (permanent: no retry)."""
@@ -132,7 +128,7 @@ def load_device_changes(
         f"bulk change {bulk.id}: {len(pending)} device changes to process, counts {counts}"
     )
     return Output(
-        {"bulk_change_id": bulk.id, "device_change_ids": pending},
+        LoadedBulkChange(bulk, tuple(pending)),
         metadata={
             "bulk_change_id": bulk.id,
             "tenant": bulk.tenant_id,
@@ -145,26 +141,28 @@ def load_device_changes(
     )
 
 
-@op(out=DynamicOut(dict))
-def partition_batches(context: OpExecutionContext, config: PartitionConfig, loaded: dict):
+@op(out=DynamicOut(DeviceBatch))
+def partition_batches(
+    context: OpExecutionContext, config: PartitionConfig, loaded: LoadedBulkChange
+) -> Iterator[DynamicOutput[DeviceBatch]]:
     """Batches of ``batch_size`` device changes, one mapped step each."""
-    ids: list[int] = loaded["device_change_ids"]
-    size = max(1, config.batch_size)
-    batches = [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
-    # An empty batch still flows through, so the run always reaches finalize.
+    batches = batches_of(loaded, config.batch_size)
     for number, batch in enumerate(batches):
         yield DynamicOutput(
-            {"bulk_change_id": loaded["bulk_change_id"], "device_change_ids": batch},
+            batch,
             mapping_key=f"batch_{number:05d}",
-            metadata={"devices": len(batch)},
+            metadata={"devices": len(batch.device_change_ids)},
         )
-    context.log.info(f"{len(ids)} device changes in {len(batches)} batch(es) of up to {size}")
+    context.log.info(
+        f"{len(loaded.device_change_ids)} device changes in {len(batches)} batch(es) of up "
+        f"to {max(1, config.batch_size)}"
+    )
 
 
 @op(out=Out(dict), retry_policy=OP_RETRY, pool="bulk_changes_devices")
 def apply_device_changes(
     context: OpExecutionContext,
-    batch: dict,
+    batch: DeviceBatch,
     devices: DeviceWork,
 ) -> Output[dict]:
     """Carrier update, Rev.io update, then the AMOP inventory and audit, device by device.
@@ -174,38 +172,36 @@ def apply_device_changes(
     busy and Rev.io idle, then the reverse (makespan T(carrier) + T(Rev.io) instead of the
     larger of the two), and a step process per stage costs about a CPU-second to start.
     """
-    # A thread whose answer has arrived waits for the interpreter lock up to the switch
-    # interval (5 ms by default) while other device threads run: on a one-in-flight
-    # account that wait is on the critical path of every call.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    runner = _device_runner(context, batch["bulk_change_id"], devices)
+    # the wait for the interpreter lock after an answer arrives (ProcessingSettings)
+    sys.setswitchinterval(devices.processing.switch_interval_seconds)
+    runner = _device_runner(context, batch.bulk, devices)
     repo = devices.repository()
     try:
-        report: StageReport = runner.run(batch["device_change_ids"], STAGE_ORDER)
+        report: StageReport = runner.run(batch.device_change_ids, STAGE_ORDER)
     except DagsterExecutionInterruptedError:
         # in-process and multiprocess executors: the interrupt reaches this thread
         stopping.RUN_STOPPING.set()
-        runner.wait_for_devices(STOP_GRACE_SECONDS)
-        stop_bulk_change(context, repo, batch["bulk_change_id"])
+        runner.wait_for_devices(devices.processing.stop_grace_seconds)
+        stop_bulk_change(context, repo, batch.bulk_change_id)
         raise
     if stopping.requested():
         # the threaded executor: it set the signal and waits for this step to return
-        stop_bulk_change(context, repo, batch["bulk_change_id"])
+        stop_bulk_change(context, repo, batch.bulk_change_id)
         return Output(
-            {"bulk_change_id": batch["bulk_change_id"], "devices": 0, "statuses": {}},
+            {"bulk_change_id": batch.bulk_change_id, "devices": 0, "statuses": {}},
             metadata={**report.as_metadata(), "stopped_by_operator": True},
         )
     # counts, not a status per device: finalize collects every batch's output at once,
     # and the AMOP database has the details
-    statuses = dict(Counter(c.status for c in repo.device_changes(batch["device_change_ids"])))
+    statuses = dict(Counter(c.status for c in repo.device_changes(batch.device_change_ids)))
     # device_changes.completed for the devices of this batch that are final: each device
     # once (finalize reports whatever no batch did)
-    reported = repo.report_final_devices(batch["bulk_change_id"], batch["device_change_ids"])
+    reported = repo.report_final_devices(batch.bulk_change_id, batch.device_change_ids)
     give_back_free_memory()  # a run worker lives for all the batches of a bulk change
     return Output(
         {
-            "bulk_change_id": batch["bulk_change_id"],
-            "devices": len(batch["device_change_ids"]),
+            "bulk_change_id": batch.bulk_change_id,
+            "devices": len(batch.device_change_ids),
             "statuses": statuses,
         },
         metadata={
@@ -214,11 +210,6 @@ def apply_device_changes(
             "statuses": MetadataValue.json(statuses),
         },
     )
-
-
-# Device threads finish the call they are in (its timeout bounds it) before the stop is
-# recorded; a call that outlives this is recorded when it returns (audit, completed step).
-STOP_GRACE_SECONDS = float(os.environ.get("BULK_CHANGES_STOP_GRACE", "20"))
 
 
 def stop_bulk_change(context: OpExecutionContext, repo: Repository, bulk_change_id: int) -> None:
@@ -243,7 +234,7 @@ def stop_bulk_change(context: OpExecutionContext, repo: Repository, bulk_change_
 @op(ins={"batches_done": In(Nothing)}, retry_policy=OP_RETRY)
 def finalize_bulk_change(
     context: OpExecutionContext,
-    loaded: dict,
+    loaded: LoadedBulkChange,
     devices: DeviceWork,
 ) -> Output[dict]:
     """Make the bulk change final, once.
@@ -252,14 +243,14 @@ def finalize_bulk_change(
     changes that no batch finished (a mapped step that never ran after a re-execution)
     are carried out here before the bulk change is made final.
     """
-    bulk_id = loaded["bulk_change_id"]
+    bulk_id = loaded.bulk_change_id
     repo: Repository = devices.repository()
     leftover = repo.pending_device_change_ids(bulk_id)
     if leftover:
         context.log.warning(
             f"{len(leftover)} device changes were not finished by their batch: finishing them now"
         )
-        _device_runner(context, bulk_id, devices).run(leftover, STAGE_ORDER)
+        _device_runner(context, loaded.bulk, devices).run(leftover, STAGE_ORDER)
     status, counts, changed = repo.finalize(bulk_id)
     bulk = repo.get_bulk_change(bulk_id)
     if BulkStatus(status) not in FINAL_BULK:

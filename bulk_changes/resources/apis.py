@@ -56,6 +56,14 @@ class ProcessingSettings(ConfigurableResource):
     # than the account allows in flight, so one device backing off never idles the account.
     workers_per_slot: int = 3
     max_workers: int = 16
+    # A thread whose answer has arrived waits for the interpreter lock up to the switch
+    # interval (5 ms by default) while other device threads run: on a one-in-flight
+    # account that wait is on the critical path of every call.
+    switch_interval_seconds: float = 0.001
+    # When a run is stopped, device threads finish the call they are in (its timeout bounds
+    # it) before the stop is recorded; a call that outlives this is recorded when it
+    # returns (audit, completed step).
+    stop_grace_seconds: float = 20.0
 
 
 class VendorApis(ConfigurableResource):

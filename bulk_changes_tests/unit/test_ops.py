@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from dagster import build_op_context
 
+from bulk_changes.db.repository import BulkChange
 from bulk_changes.environments import wire
 from bulk_changes.jobs import process_bulk_change
+from bulk_changes.ops.batches import LoadedBulkChange
 from bulk_changes.ops.process import load_device_changes, partition_batches
 from bulk_changes.resources.amop_db import AmopDatabase
 from bulk_changes.resources.apis import ProcessingSettings
@@ -29,6 +33,23 @@ def resources(db_url, fake_key):
             "webhooks": FakeWebhookSender(key=fake_key),
             "notifications": NotificationSettings(),
         }
+    )
+
+
+def a_bulk_change(bulk_change_id):
+    return BulkChange(
+        id=bulk_change_id,
+        tenant_id="acme",
+        change_type="device_status",
+        integration="jasper",
+        status="PROCESSING",
+        idempotency_key=None,
+        notify=[],
+        requested_by=None,
+        source="test",
+        created_at=datetime.now(UTC),
+        started_at=None,
+        finished_at=None,
     )
 
 
@@ -57,7 +78,7 @@ def test_load_lists_pending_device_changes_and_opens_the_bulk_change(repo, setti
         resources={"amop_db": AmopDatabase(url=db_url), "tenant_config": TenantConfig()}
     )
     output = load_device_changes(context, config={"bulk_change_id": result.id})
-    assert len(output.value["device_change_ids"]) == 3
+    assert len(output.value.device_change_ids) == 3
     assert repo.get_bulk_change(result.id).status == "PROCESSING"
 
 
@@ -67,10 +88,10 @@ def test_partition_makes_batches_of_the_configured_size():
         partition_batches(
             context,
             config={"batch_size": 2},
-            loaded={"bulk_change_id": 1, "device_change_ids": [1, 2, 3, 4, 5]},
+            loaded=LoadedBulkChange(a_bulk_change(1), (1, 2, 3, 4, 5)),
         )
     )
-    assert [len(o.value["device_change_ids"]) for o in outputs] == [2, 2, 1]
+    assert [len(o.value.device_change_ids) for o in outputs] == [2, 2, 1]
     assert [o.mapping_key for o in outputs] == ["batch_00000", "batch_00001", "batch_00002"]
 
 
@@ -79,10 +100,10 @@ def test_partition_of_nothing_still_reaches_finalize():
         partition_batches(
             build_op_context(),
             config={"batch_size": 100},
-            loaded={"bulk_change_id": 1, "device_change_ids": []},
+            loaded=LoadedBulkChange(a_bulk_change(1), ()),
         )
     )
-    assert len(outputs) == 1 and outputs[0].value["device_change_ids"] == []
+    assert len(outputs) == 1 and outputs[0].value.device_change_ids == ()
 
 
 def test_job_processes_every_device_and_finalizes_once(repo, settings, db_url, fake_key):
