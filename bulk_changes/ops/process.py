@@ -4,7 +4,6 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 from dagster import (
     Backoff,
@@ -74,7 +73,7 @@ def no_such_bulk_change(context: OpExecutionContext, bulk_change_id: int) -> Fai
     )
 
 
-def tenant_of(context: OpExecutionContext, tenant_config: TenantConfig, bulk: Any) -> Tenant:
+def tenant_of(context: OpExecutionContext, tenant_config: TenantConfig, bulk: BulkChange) -> Tenant:
     try:
         return tenant_config.settings().tenant(bulk.tenant_id)
     except ConfigurationError as exc:
