@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from dagster import build_op_context
 
 from bulk_changes.db.repository import BulkChange
-from bulk_changes.environments import wire
+from bulk_changes.environments import at_launch, wire
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.ops.batches import LoadedBulkChange
 from bulk_changes.ops.process import load_device_changes, partition_batches
@@ -20,20 +20,22 @@ from bulk_changes_tests.fakes import FakeJasperApi, FakeRevioApi, FakeTelegenceA
 from bulk_changes_tests.notify_fakes import FakeMailer, FakeWebhookSender
 
 
+def leaves(db_url, fake_key):
+    return {
+        "amop_db": AmopDatabase(url=db_url),
+        "tenant_config": TenantConfig(),
+        "jasper": FakeJasperApi(key=fake_key),
+        "telegence": FakeTelegenceApi(key=fake_key),
+        "revio": FakeRevioApi(key=fake_key),
+        "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
+        "mail": FakeMailer(key=fake_key),
+        "webhooks": FakeWebhookSender(key=fake_key),
+        "notifications": NotificationSettings(),
+    }
+
+
 def resources(db_url, fake_key):
-    return wire(
-        {
-            "amop_db": AmopDatabase(url=db_url),
-            "tenant_config": TenantConfig(),
-            "jasper": FakeJasperApi(key=fake_key),
-            "telegence": FakeTelegenceApi(key=fake_key),
-            "revio": FakeRevioApi(key=fake_key),
-            "processing": ProcessingSettings(base_delay_seconds=0.0, max_delay_seconds=0.0),
-            "mail": FakeMailer(key=fake_key),
-            "webhooks": FakeWebhookSender(key=fake_key),
-            "notifications": NotificationSettings(),
-        }
-    )
+    return wire(leaves(db_url, fake_key))
 
 
 def a_bulk_change(bulk_change_id):
@@ -183,3 +185,26 @@ def test_retry_failed_only_reprocesses_api_failed_devices(repo, settings, db_url
     assert second.success
     assert repo.counts(result.id) == {"PROCESSED": 2}
     assert repo.get_bulk_change(result.id).status == "PROCESSED"
+
+
+def test_a_processing_setting_given_at_launch_reaches_the_device_ops(
+    repo, settings, db_url, fake_key
+):
+    from bulk_changes.domain.errors import ServerError
+
+    rows = inventory(1, "jasper")
+    repo.upsert_devices("acme", rows)
+    # two failures: the default 5 attempts would get through, 2 attempts do not
+    fake_systems(fake_key)["jasper"].failures[rows[0]["iccid"]] = [ServerError("down")] * 2
+    request = [{"iccid": rows[0]["iccid"], "status": "DEACTIVATED"}]
+    result = submit(repo, settings, "device_status", "jasper", request)
+    launched = {
+        **leaves(db_url, fake_key),
+        # as the code location has them: configured at launch, nested as the same resource
+        "amop_db": at_launch(AmopDatabase, url=db_url),
+        "processing": at_launch(ProcessingSettings, base_delay_seconds=0.0, max_delay_seconds=0.0),
+    }
+    config = {**run_config(result.id), "resources": {"processing": {"config": {"max_attempts": 2}}}}
+    outcome = process_bulk_change.execute_in_process(run_config=config, resources=wire(launched))
+    assert outcome.success
+    assert repo.counts(result.id) == {"API_FAILED": 1}
