@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bulk_changes.db.repository import BulkChange
+from bulk_changes.domain.model import BulkChange
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from dagster import (
     op,
 )
 
-from bulk_changes.db.repository import BulkChange, Repository
+from bulk_changes.db.repository import Repository
 from bulk_changes.domain.errors import ConfigurationError
+from bulk_changes.domain.model import BulkChange
 from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.step_plans import STAGE_ORDER

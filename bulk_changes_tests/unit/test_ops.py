@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from dagster import build_op_context
 
-from bulk_changes.db.repository import BulkChange
+from bulk_changes.domain.model import BulkChange
 from bulk_changes.environments import at_launch, wire
 from bulk_changes.jobs import process_bulk_change
 from bulk_changes.ops.batches import LoadedBulkChange
