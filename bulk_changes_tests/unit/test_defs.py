@@ -86,5 +86,5 @@ def test_production_secrets_are_environment_variables_by_name(monkeypatch):
     for name, value in PRODUCTION_ENV.items():
         monkeypatch.setenv(name, value)
     defs = build_defs("production")
-    assert resource_config(defs, "amop_db") == {"url": {"env": "BULK_CHANGES_DB_URL"}}
+    assert resource_config(defs, "amop_db")["url"] == {"env": "BULK_CHANGES_DB_URL"}
     assert resource_config(defs, "mail")["password"] == {"env": "BULK_CHANGES_SMTP_PASSWORD"}
