@@ -23,9 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bulk_changes_tests.cli_helpers import CLEARED, cli_command
+from bulk_changes.demo import demo_iccid
+from bulk_changes.launcher.cli_process import CLEARED, cli_command
 
 SMALL = 100
+
+
+def iccid(n: int) -> str:
+    """A valid ICCID numbered n (890141..., as the tests number theirs)."""
+    return demo_iccid(41, n)
 
 
 def build_database(url: str, devices: int, bulk: int) -> list[int]:
@@ -36,7 +42,6 @@ def build_database(url: str, devices: int, bulk: int) -> list[int]:
     from bulk_changes.db.schema import upgrade
     from bulk_changes.domain.model import NewDeviceChange
     from bulk_changes.domain.state_machine import DeviceStatus
-    from bulk_changes_tests.helpers import iccid
 
     engine = make_engine(url)
     upgrade(engine)
@@ -146,8 +151,6 @@ def main() -> None:
     )
     final, open_one, small = ids[0], ids[-2], ids[-1]
     # a usual request (10 devices) and inventory (100): the commands that write
-    from bulk_changes_tests.helpers import iccid
-
     request = folder / "request.csv"
     request.write_text("iccid,username\n" + "".join(f"{iccid(n)},bench-{n}\n" for n in range(10)))
     inventory = folder / "inventory.csv"

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
-    from bulk_changes_tests.e2e.stack import start_stack, stop_stack
+    from bulk_changes.launcher import start_stack, stop_stack
 
     # the code's own defaults unless asked: the stack's test settings (sensor every second)
     # are what this measures against

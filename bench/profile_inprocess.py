@@ -26,14 +26,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from bulk_changes.demo import make_inventory
+    from bulk_changes.launcher.tenants import simulator_tenants
     from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
-    from bulk_changes_tests.e2e.stack import tenants_yaml
 
     sims = start_simulators()
     for sim in sims.all():
         sim.configure(enforce_limits=False, latency_ms=0)
     root = Path(tempfile.mkdtemp(prefix="profile-"))
-    config = tenants_yaml(sims)
+    config = simulator_tenants(sims)
     for account in config["accounts"].values():
         account.pop("calls_per_minute", None)
         account.update(calls_per_second=100_000, max_in_flight=args.in_flight)

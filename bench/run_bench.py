@@ -43,14 +43,10 @@ from bench.measure import (
 )
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
+from bulk_changes.launcher import start_stack, stop_stack
+from bulk_changes.launcher.instance import embedded_instance, production_instance
 from bulk_changes.simulators import freeze_host_objects
 from bulk_changes.simulators.limits import Limits, crowded_windows
-from bulk_changes_tests.e2e.stack import (
-    embedded_instance,
-    production_instance,
-    start_stack,
-    stop_stack,
-)
 
 SYSTEMS = ("jasper", "telegence", "revio")
 
@@ -280,7 +276,7 @@ def run_scenario(
         load_at_first = os.getloadavg()
         if backend == "postgres":
             from bench.pg_sampler import PgSampler
-            from bulk_changes_tests.postgres import PG_ADMIN_URL
+            from bulk_changes.launcher.postgres import PG_ADMIN_URL
 
             databases = [stack.amop_database, stack.dagster_database]
             pg_sampler = PgSampler(PG_ADMIN_URL, [d for d in databases if d]).start()

@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +23,8 @@ from typing import Any
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.validation import luhn_check_digit
-from bulk_changes.intake import NoValidRows, SubmitRequest, inventory_rows, submit_bulk_change
+from bulk_changes.intake import NoValidRows, SubmitRequest, submit_bulk_change
+from bulk_changes.launcher import Stack, start_stack, stop_stack
 from bulk_changes.paths import default_instance_yaml, home, write_home_settings
 
 PORTS = {"jasper": 8101, "telegence": 8102, "revio": 8103, "sqs": 9324, "ui": 3000}
@@ -38,12 +37,17 @@ def ports() -> dict[str, int]:
     return {name: port + offset for name, port in PORTS.items()}
 
 
-WORKSPACE_YAML = """\
-load_from:
-  - python_module:
-      module_name: bulk_changes.definitions
-      location_name: bulk_changes
-"""
+# what the CLI run beside the demo needs to reach the demo's database, queue and simulators
+CLI_SETTINGS = (
+    "DAGSTER_HOME",
+    "BULK_CHANGES_HOME",
+    "BULK_CHANGES_DB_URL",
+    "BULK_CHANGES_SQS_ENDPOINT",
+    "BULK_CHANGES_JASPER_URL",
+    "BULK_CHANGES_TELEGENCE_URL",
+    "BULK_CHANGES_REVIO_URL",
+)
+DAGSTER_LOG = "dagster.log"
 
 # The first device of these bulk changes is refused for good by the carrier.
 PERMANENT_FAILURE = "Device is in a state that does not allow this change"
@@ -210,8 +214,7 @@ class Demo:
         self.args = args
         self.root = home() / "demo"
         self.ports = ports()
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.sims: Any = None
+        self.stack: Stack | None = None
         self.started = time.monotonic()
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -219,128 +222,73 @@ class Demo:
     def prepare(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root)  # each demo starts from nothing
-        (self.root / "dagster_home").mkdir(parents=True)
-        # the embedded default's instance, run retries and run monitoring included
-        shutil.copyfile(default_instance_yaml(), self.root / "dagster_home" / "dagster.yaml")
-        (self.root / "workspace.yaml").write_text(WORKSPACE_YAML)
-        values = {
-            "DAGSTER_HOME": str(self.root / "dagster_home"),
-            "BULK_CHANGES_HOME": str(self.root),
-            "BULK_CHANGES_DB_URL": f"sqlite:///{self.root / 'amop.sqlite'}",
-            "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{self.ports['sqs']}",
-            "BULK_CHANGES_SENSOR_INTERVAL": "3",
-            "BULK_CHANGES_SENSOR_DEFAULT": "running",
-            "BULK_CHANGES_JASPER_URL": f"http://127.0.0.1:{self.ports['jasper']}/rws/api/v1",
-            "BULK_CHANGES_TELEGENCE_URL": f"http://127.0.0.1:{self.ports['telegence']}",
-            "BULK_CHANGES_REVIO_URL": f"http://127.0.0.1:{self.ports['revio']}/v1",
-        }
+        self.root.mkdir(parents=True)
+
+    def start_services(self) -> Stack:
+        """The simulators, the local SQS server and the AMOP database on the demo's ports;
+        Dagster waits for ``start_dagster`` (after the sample data and the faults)."""
+        self.stack = stack = start_stack(
+            self.root,
+            tenants=None,  # the packaged default, pointed at the simulators
+            configure_sims=lambda sims: None,  # the simulators' own limits
+            # the embedded default's instance, run retries and run monitoring included
+            dagster_yaml=default_instance_yaml().read_text(),
+            ports=self.ports,
+            loops={"BULK_CHANGES_SENSOR_INTERVAL": "3"},
+            queue_name="bulk-changes",
+            start_dagster=False,
+        )
         # where the CLI looks (the home, not the demo's folder): `bulk-changes status 3`
         # run beside the demo reads the demo's database and sends to its queue
         settings = write_home_settings(
-            {
-                k: v
-                for k, v in values.items()
-                if k not in ("BULK_CHANGES_SENSOR_INTERVAL", "BULK_CHANGES_SENSOR_DEFAULT")
-            }
+            {k: v for k, v in stack.variables.items() if k in CLI_SETTINGS}
         )
-        os.environ.update(values)
+        # this process reads the demo's database and tenants as the CLI does
+        os.environ.update(stack.variables)
         say(f"settings for the CLI: {settings} (the CLI uses the demo's database and queue)")
+        sims = stack.sims
+        say(f"simulators: {sims.jasper_url}  {sims.telegence_url}  {sims.revio_url}")
+        say(f"local SQS-compatible server: {stack.variables['BULK_CHANGES_SQS_ENDPOINT']}")
+        return stack
 
-    def start_services(self) -> None:
-        from bulk_changes.resources.local_sqs import start_local_sqs_process
-        from bulk_changes.simulators import start_simulators
-
-        self.sims = start_simulators(
-            jasper_port=self.ports["jasper"],
-            telegence_port=self.ports["telegence"],
-            revio_port=self.ports["revio"],
-        )
-        say(f"simulators: {self.sims.jasper_url}  {self.sims.telegence_url}  {self.sims.revio_url}")
-        self.processes.append(start_local_sqs_process(self.ports["sqs"], self.root / "sqs.log"))
-        say(f"local SQS-compatible server: http://127.0.0.1:{self.ports['sqs']}")
-        self.queue().ensure_queues()
-
-    def queue(self) -> Any:
-        from bulk_changes.environments import local_resources
-
-        return local_resources()["queue"]
-
-    def repo(self) -> Repository:
-        from bulk_changes.environments import local_resources
-
-        return local_resources()["amop_db"].repository()
-
-    def import_inventory(self) -> dict[str, list[dict[str, str]]]:
-        from bulk_changes.simulators import seed_from_inventory_rows
-
+    def import_inventory(self, stack: Stack) -> dict[str, list[dict[str, str]]]:
         inventories: dict[str, list[dict[str, str]]] = {}
-        repo = self.repo()
         for index, tenant in enumerate(("acme", "globex"), start=1):
             rows = make_inventory(index, self.args.devices)
             inventories[tenant] = rows
             csv_path = self.root / f"inventory-{tenant}.csv"
             write_csv(csv_path, rows)
-            inserted, _ = repo.upsert_devices(tenant, inventory_rows(rows, csv_path.name))
-            seed_from_inventory_rows(self.sims, rows)
+            inserted = stack.import_devices(tenant, rows, csv_path.name)
             say(f"imported {inserted} devices for {tenant} ({csv_path})")
         return inventories
 
-    def inject_faults(self, plan: list[Scenario]) -> None:
+    def inject_faults(self, stack: Stack, plan: list[Scenario]) -> None:
         fail_jasper = plan[1].rows[0]["iccid"]
         fail_telegence = plan[2].rows[0]["msisdn"]
-        self.sims.jasper.configure(error_rate=0.05, fail_keys={fail_jasper: PERMANENT_FAILURE})
-        self.sims.telegence.configure(
-            error_rate=0.05, fail_keys={fail_telegence: PERMANENT_FAILURE}
-        )
-        self.sims.revio.configure(error_rate=0.05)
+        sims = stack.sims
+        sims.jasper.configure(error_rate=0.05, fail_keys={fail_jasper: PERMANENT_FAILURE})
+        sims.telegence.configure(error_rate=0.05, fail_keys={fail_telegence: PERMANENT_FAILURE})
+        sims.revio.configure(error_rate=0.05)
         plan[1].notes.append(f"{fail_jasper} refused for good by Jasper")
         plan[2].notes.append(f"{fail_telegence} refused for good by Telegence")
         say(
             "faults injected: 5% 5xx answers on every system, one permanently failing device on two carriers"
         )
 
-    def start_dagster(self) -> None:
-        log = (self.root / "dagster.log").open("ab")
-        workspace = str(self.root / "workspace.yaml")
+    def start_dagster(self, stack: Stack) -> None:
         if self.args.headless:
-            command = ["dagster-daemon", "run", "-w", workspace]
+            stack.start_daemon(log_name=DAGSTER_LOG)
         else:
-            command = [
-                "dagster",
-                "dev",
-                "-w",
-                workspace,
-                "-p",
-                str(self.ports["ui"]),
-                "-h",
-                "127.0.0.1",
-            ]
-        binary = Path(sys.executable).with_name(command[0])
-        if binary.exists():
-            command[0] = str(binary)
-        # its own session: dagster dev ignores signals from a parent without job control
-        self.processes.append(
-            subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
+            stack.start_dagster_dev(self.ports["ui"], log_name=DAGSTER_LOG, wait=False)
         what = (
             "daemon" if self.args.headless else f"UI http://127.0.0.1:{self.ports['ui']} and daemon"
         )
-        say(f"dagster {what} starting (log: {self.root / 'dagster.log'})")
+        say(f"dagster {what} starting (log: {self.root / DAGSTER_LOG})")
 
     # ---- sending --------------------------------------------------------------------------
 
-    def send(self, plan: list[Scenario]) -> None:
-        queue = self.queue()
-        repo = self.repo()
-        from bulk_changes.environments import local_resources
-
-        settings = local_resources()["tenant_config"].settings()
+    def send(self, stack: Stack, plan: list[Scenario]) -> None:
+        queue, repo, settings = stack.queue, stack.repo, stack.settings()
         for scenario in plan:
             scenario.sent_at = time.monotonic()
             if scenario.shape == "submit":
@@ -390,8 +338,8 @@ class Demo:
 
     # ---- watching -------------------------------------------------------------------------
 
-    def watch(self, plan: list[Scenario]) -> bool:
-        repo = self.repo()
+    def watch(self, stack: Stack, plan: list[Scenario]) -> bool:
+        repo = stack.repo
         deadline = time.monotonic() + self.args.timeout
         while time.monotonic() < deadline:
             for scenario in plan:
@@ -405,12 +353,12 @@ class Demo:
                     self.report(scenario, repo)
             if all(s.reported for s in plan):
                 return True
-            for proc in self.processes:
-                if proc.poll() is not None:
-                    say(
-                        f"a background process exited ({proc.args[0]}, code {proc.returncode}); see the logs in {self.root}"
-                    )
-                    return False
+            proc = stack.exited()
+            if proc is not None:
+                say(
+                    f"a background process exited ({proc.args[0]}, code {proc.returncode}); see the logs in {self.root}"
+                )
+                return False
             time.sleep(2)
         say(f"not all bulk changes final after {self.args.timeout:.0f} s")
         return False
@@ -437,38 +385,25 @@ class Demo:
             print(f"    note: {note}")
         print(f"    details: bulk-changes status {scenario.bulk_change_id} --devices", flush=True)
 
-    def summary(self) -> None:
-        if self.sims is None:
-            return
+    def summary(self, stack: Stack) -> None:
         stats = {
             name: sim.stats()
-            for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True)
+            for name, sim in zip(("jasper", "telegence", "revio"), stack.sims.all(), strict=True)
         }
         for name, s in stats.items():
             say(
                 f"{name} simulator: {s['calls']} calls, rate-limit violations {json.dumps(s['violations'])},"
                 f" throttled answers {s['throttled']}, injected faults {json.dumps(s['faults'])}"
             )
-        dead = self.queue().list_dead_letters(10)
+        dead = stack.queue.list_dead_letters(10)
         for message in dead:
             say(
                 f"dead-letter queue: {message.body[:40]!r}: {message.attributes.get('DeadLetterReason')}"
             )
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        for proc in self.processes:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        if self.sims is not None:
-            self.sims.stop()
+        if self.stack is not None:
+            stop_stack(self.stack)
 
 
 def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
@@ -478,15 +413,15 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         write_rows(handle, list(rows[0]), [list(r.values()) for r in rows])
 
 
-def serve_empty(demo: Demo) -> int:
+def serve_empty(demo: Demo, stack: Stack) -> int:
     """The stack without sample data: for one's own inventory and requests."""
-    demo.start_dagster()
+    demo.start_dagster(stack)
     say(
         "ready: import your devices with `bulk-changes devices import FILE --tenant acme "
         "--simulators`, then `bulk-changes submit`. Ctrl-C to stop."
     )
     try:
-        while all(p.poll() is None for p in demo.processes):
+        while stack.exited() is None:
             time.sleep(1)
     except KeyboardInterrupt:
         return 0
@@ -510,16 +445,16 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         demo.prepare()
-        demo.start_services()
+        stack = demo.start_services()
         if getattr(args, "no_samples", False):
-            return serve_empty(demo)
-        inventories = demo.import_inventory()
+            return serve_empty(demo, stack)
+        inventories = demo.import_inventory(stack)
         plan = scenarios(inventories)
-        demo.inject_faults(plan)
-        demo.start_dagster()
-        demo.send(plan)
-        ok = demo.watch(plan)
-        demo.summary()
+        demo.inject_faults(stack, plan)
+        demo.start_dagster(stack)
+        demo.send(stack, plan)
+        ok = demo.watch(stack, plan)
+        demo.summary(stack)
         if ok:
             say(
                 f"all {len(plan)} bulk changes are final ({time.monotonic() - demo.started:.0f} s in all)"
@@ -535,7 +470,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 " Sensors: bulk_change_queue_sensor). Ctrl-C to stop."
             )
             try:
-                while all(p.poll() is None for p in demo.processes):
+                while stack.exited() is None:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass

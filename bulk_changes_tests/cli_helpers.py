@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bulk_changes.launcher.cli_process import CLEARED, cli_command
 from bulk_changes_tests.helpers import iccid
 
-# what a user's shell could carry that would point the CLI elsewhere
-CLEARED = (
-    "BULK_CHANGES_DB_URL",
-    "BULK_CHANGES_SQS_ENDPOINT",
-    "BULK_CHANGES_QUEUE",
-    "BULK_CHANGES_DLQ",
-    "BULK_CHANGES_JASPER_URL",
-    "BULK_CHANGES_TELEGENCE_URL",
-    "BULK_CHANGES_REVIO_URL",
-    "BULK_CHANGES_ENV",
-    "DAGSTER_HOME",
-)
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("bulk-changes")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("bulk-changes")
-    return [found] if found else [sys.executable, "-m", "bulk_changes.cli"]
+__all__ = ["CLEARED", "Cli", "cli_command", "submit_args", "unique_queue", "write_inventory"]
 
 
 @dataclass

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
 
+from bulk_changes.launcher.postgres import (  # noqa: F401  (the names tests import from here)
+    PG_ADMIN_URL,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    create_database,
+    dagster_pg_env,
+    database_url,
+    drop_database,
+)
 from bulk_changes_tests.conftest import require_service
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
-PG_ADMIN_URL = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/test"
 HOW_TO_START = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 )
@@ -34,27 +39,6 @@ def pg_reachable() -> bool:
 def require_postgres() -> None:
     """Skip without PostgreSQL, except with CI set (then fail)."""
     require_service(f"PostgreSQL at {PG_HOST}:{PG_PORT}", pg_reachable(), HOW_TO_START)
-
-
-def database_url(name: str) -> str:
-    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-
-
-def create_database(prefix: str) -> str:
-    """A new empty database; returns its name."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name
-
-
-def drop_database(name: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @contextmanager
@@ -81,14 +65,3 @@ def terminate_connections(database: str) -> int:
         ).scalar_one()
     admin.dispose()
     return int(dropped)
-
-
-def dagster_pg_env(database: str) -> dict[str, str]:
-    """The environment deploy/dagster.yaml reads, for a database on the local server."""
-    return {
-        "DAGSTER_PG_USERNAME": PG_USER,
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_HOST": PG_HOST,
-        "DAGSTER_PG_PORT": str(PG_PORT),
-        "DAGSTER_PG_DB": database,
-    }

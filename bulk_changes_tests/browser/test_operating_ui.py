@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bulk_changes.launcher import stop_stack
 from bulk_changes_tests.browser.ui_stack import ARTIFACTS, LOCKED, start_scenario
 from bulk_changes_tests.conftest import require_service
-from bulk_changes_tests.e2e.stack import stop_stack
 
 pytestmark = pytest.mark.browser
 

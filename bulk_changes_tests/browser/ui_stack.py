@@ -13,8 +13,8 @@ from typing import Any
 import requests
 
 from bulk_changes.demo import make_inventory
+from bulk_changes.launcher import Stack, start_stack
 from bulk_changes.resources.local_sqs import free_port
-from bulk_changes_tests.e2e.stack import Stack, start_stack
 
 ARTIFACTS = (
     Path(

@@ -11,7 +11,7 @@ import pytest
 
 from bulk_changes.demo import demo_iccid, demo_imei, demo_msisdn, make_inventory
 from bulk_changes.intake import NoValidRows
-from bulk_changes_tests.e2e.stack import run_worker_pids, start_stack, stop_stack
+from bulk_changes.launcher import run_worker_pids, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 

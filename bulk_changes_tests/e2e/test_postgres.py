@@ -27,8 +27,9 @@ from sqlalchemy import text
 from bulk_changes.demo import demo_iccid, demo_msisdn
 from bulk_changes.domain.messages import BulkChangeRef, run_key_for
 from bulk_changes.intake import SubmitRequest, submit_bulk_change
+from bulk_changes.launcher import run_worker_pids, start_stack, stop_stack
+from bulk_changes.launcher.tenants import simulator_tenants
 from bulk_changes.resources.amop_db import engine_for
-from bulk_changes_tests.e2e.stack import run_worker_pids, start_stack, stop_stack, tenants_yaml
 from bulk_changes_tests.postgres import (
     require_postgres,
     terminate_connections,
@@ -44,12 +45,12 @@ BILLING = {"IOT_5GB": 105, "IOT_1GB": 101, "SOC5GB": 205, "SOC1GB": 201}
 
 
 def scaled_tenants(sims: Any) -> dict[str, Any]:
-    config = tenants_yaml(sims)  # acme and globex, on the same three accounts
+    config = simulator_tenants(sims)  # acme and globex, on the same three accounts
     for account in config["accounts"].values():
         for key in ("calls_per_second", "calls_per_minute"):
             if key in account:
                 account[key] = account[key] * SCALE
-    # initech: same accounts; its runs are held in the run queue (stack.production_instance)
+    # initech: same accounts; its runs are held in the run queue (production_instance)
     acme = next(t for t in config["tenants"] if t["id"] == "acme")
     config["tenants"].append({**acme, "id": "initech", "notify": ["ops@initech.example"]})
     return config

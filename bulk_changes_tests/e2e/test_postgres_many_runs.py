@@ -20,7 +20,8 @@ from bench.pg_sampler import PgSampler
 from bench.run_bench import configure, credentials, inventory, request_rows, tenants_file
 from bench.scenarios import many_accounts
 from bulk_changes.db.engine import DEFAULT_POOL_SIZE, amop_connections_needed
-from bulk_changes_tests.e2e.stack import production_instance, start_stack, stop_stack
+from bulk_changes.launcher import start_stack, stop_stack
+from bulk_changes.launcher.instance import production_instance
 from bulk_changes_tests.postgres import PG_ADMIN_URL, require_postgres, terminate_connections
 
 pytestmark = pytest.mark.e2e

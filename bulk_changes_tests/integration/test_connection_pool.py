@@ -16,13 +16,13 @@ from bulk_changes.db.schema import upgrade
 from bulk_changes.environments import wire
 from bulk_changes.intake import inventory_rows
 from bulk_changes.jobs import process_bulk_change
+from bulk_changes.launcher.tenants import simulator_tenants
 from bulk_changes.resources.amop_db import AmopDatabase, engine_for
 from bulk_changes.resources.apis import JasperApi, ProcessingSettings, RevioApi, TelegenceApi
 from bulk_changes.resources.tenant_config import TenantConfig, load_settings
 from bulk_changes.resources.webhooks import NotificationSettings
 from bulk_changes.simulators import seed_from_inventory_rows, start_simulators
 from bulk_changes_tests.conftest import submit
-from bulk_changes_tests.e2e.stack import tenants_yaml
 from bulk_changes_tests.helpers import iccid
 from bulk_changes_tests.notify_fakes import FakeMailer, FakeWebhookSender
 from bulk_changes_tests.postgres import database_url, fresh_database, require_postgres
@@ -85,7 +85,7 @@ def test_a_bulk_change_runs_on_a_pool_of_two_and_no_thread_holds_two_connections
     next-turn thread and the op's each take a connection only for one transaction and give
     it back before taking another (or calling a vendor), so a pool smaller than the threads
     bounds the process's connections and never deadlocks."""
-    tenants = tenants_yaml(sims)
+    tenants = simulator_tenants(sims)
     tenants["accounts"]["jasper-e2e"]["calls_per_second"] = 50
     tenants["accounts"]["revio-e2e"].update(calls_per_minute=5000, password="sim-revio-password")
     path = tmp_path / "tenants.yaml"

@@ -16,8 +16,8 @@ from urllib3.connection import HTTPConnection
 from bulk_changes.domain import errors
 from bulk_changes.domain.settings import RateLimit
 from bulk_changes.resources.http import HttpCaller, basic_auth_header
+from bulk_changes.resources.local_sqs import free_port
 from bulk_changes.simulators import SimulatorSet, start_simulators
-from bulk_changes_tests.e2e.stack import free_port
 
 DEVICE = "/devices/89011704278930000001"
 

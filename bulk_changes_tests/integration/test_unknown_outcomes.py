@@ -17,6 +17,7 @@ from bulk_changes.domain.retry import RetryPolicy
 from bulk_changes.domain.settings import parse_settings
 from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
+from bulk_changes.launcher.tenants import simulator_tenants
 from bulk_changes.processing.runner import StageRunner
 from bulk_changes.processing.service_directory import directory_for
 from bulk_changes.resources.amop_db import limiter_for
@@ -26,7 +27,6 @@ from bulk_changes.resources.revio import RevioClient
 from bulk_changes.resources.telegence import TelegenceClient
 from bulk_changes.simulators import SimulatorSet, start_simulators
 from bulk_changes.simulators.seeding import seed_from_inventory_rows
-from bulk_changes_tests.e2e.stack import tenants_yaml
 from bulk_changes_tests.helpers import iccid, msisdn
 
 POLICY = RetryPolicy(max_attempts=12, base_delay=0.01, max_delay=0.05, jitter=0.0)
@@ -48,7 +48,7 @@ def fresh(sims: SimulatorSet) -> None:
 
 
 def settings_for(sims: SimulatorSet) -> Any:
-    data = tenants_yaml(sims)
+    data = simulator_tenants(sims)
     for account in data["accounts"].values():
         account["timeout_seconds"] = CLIENT_TIMEOUT
     data["accounts"]["revio-e2e"]["password"] = "sim-revio-password"  # no env expansion here

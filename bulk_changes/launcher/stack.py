@@ -1,7 +1,7 @@
-"""The whole system on this machine for end-to-end tests: simulators, a local SQS server,
-the real Dagster daemon launching real run workers, and either the embedded default (an
-AMOP SQLite file, SQLite Dagster storage) or PostgreSQL for both with the production
-instance configuration (deploy/dagster.yaml)."""
+"""The whole system on this machine: simulators, a local SQS-compatible server, the AMOP
+database (an SQLite file, or PostgreSQL with the production instance configuration),
+a tenants file and the real Dagster daemon (or ``dagster dev``) launching real run
+workers. Each process runs in a session of its own, its output in a log under the root."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,16 @@ from typing import Any
 import yaml
 
 from bulk_changes.db.repository import Repository
+from bulk_changes.domain.settings import Settings
 from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
-from bulk_changes.paths import default_instance_yaml
+from bulk_changes.launcher.instance import (
+    embedded_instance,
+    production_instance,
+    set_pool_limits,
+    workspace_yaml,
+)
+from bulk_changes.launcher.tenants import simulator_tenants
 from bulk_changes.resources.amop_db import engine_for
 from bulk_changes.resources.local_sqs import (
     free_port,
@@ -30,87 +37,39 @@ from bulk_changes.resources.local_sqs import (
     stop_local_sqs_process,
 )
 from bulk_changes.resources.queue import SqsQueue
-from bulk_changes.resources.tenant_config import load_settings
 from bulk_changes.simulators import (
+    SimulatorSet,
     freeze_host_objects,
     seed_from_inventory_rows,
     start_simulators,
 )
 from bulk_changes.simulators.limits import crowded_windows
-from bulk_changes_tests.postgres import (
-    create_database,
-    dagster_pg_env,
-    database_url,
-    drop_database,
-)
+from bulk_changes.tenant_file import load_settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# The tests' and the benchmark's loops: the sensor every second, short waits before a
+# retry and before an unacknowledged message returns, so a stack answers in seconds.
+QUICK_LOOPS = {
+    "BULK_CHANGES_SENSOR_INTERVAL": "1",
+    "BULK_CHANGES_VISIBILITY_TIMEOUT": "30",
+    "BULK_CHANGES_BASE_DELAY": "0.05",
+    "BULK_CHANGES_MAX_ATTEMPTS": "10",
+    "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
+}
+
+SYSTEMS = ("jasper", "telegence", "revio")
+
+# How long the daemon waits for the code server to start a run worker: Dagster's default,
+# 60 s, fails the launch of a worker that a loaded host starts slower (docs/production.md,
+# "Connections and many runs at once").
 LAUNCH_TIMEOUT_SECONDS = "300"
-
-
-def embedded_instance() -> dict[str, Any]:
-    """The embedded default's instance (bulk_changes/defaults/dagster.yaml) as it is, but
-    for four runs at once and shorter waits of run monitoring."""
-    config: dict[str, Any] = yaml.safe_load(default_instance_yaml().read_text())
-    config["run_coordinator"]["config"].update(max_concurrent_runs=4, dequeue_num_workers=4)
-    config["run_monitoring"].update(poll_interval_seconds=5, free_slots_after_run_end_seconds=5)
-    return config
-
-
-def tenants_yaml(sims: Any) -> dict[str, Any]:
-    common_revio = {
-        "system": "revio",
-        "base_url": sims.revio_url,
-        "username": "sim-user",
-        "client_code": "simclient",
-        "password": "${E2E_REVIO_PASSWORD:-sim-revio-password}",
-        "subscription_key": "sim-subscription-key",
-        "calls_per_minute": 500,
-        "max_in_flight": 4,
-    }
-    return {
-        "accounts": {
-            "jasper-e2e": {
-                "system": "jasper",
-                "base_url": sims.jasper_url,
-                "username": "sim-user",
-                "api_key": "sim-jasper-key",
-                "calls_per_second": 5,
-                "max_in_flight": 1,
-            },
-            "telegence-e2e": {
-                "system": "telegence",
-                "base_url": sims.telegence_url,
-                "app_id": "sim-app",
-                "app_secret": "sim-telegence-secret",
-                "calls_per_second": 40,
-                "max_in_flight": 6,
-                "activation_poll_seconds": 0.2,
-            },
-            "revio-e2e": common_revio,
-        },
-        "tenants": [
-            {
-                "id": tenant,
-                "notify": [f"ops@{tenant}.example"],
-                "accounts": {
-                    "jasper": "jasper-e2e",
-                    "telegence": "telegence-e2e",
-                    "revio": "revio-e2e",
-                },
-                "username_mapping": mapping,
-                "rate_plan_billing": {"IOT_1GB": 101, "IOT_5GB": 105, "SOC1GB": 201, "SOC5GB": 205},
-            }
-            for tenant, mapping in (("acme", "field"), ("globex", "both"))
-        ],
-    }
 
 
 @dataclass
 class Stack:
     root: Path
-    sims: Any
-    env: dict[str, str]
+    sims: SimulatorSet
+    env: dict[str, str]  # what the stack's processes run with: this one's and ``variables``
+    variables: dict[str, str]  # the variables the stack set (not inherited)
     queue: SqsQueue
     db_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -119,42 +78,46 @@ class Stack:
     amop_database: str | None = None
     dagster_database: str | None = None
     daemon: subprocess.Popen[bytes] | None = None
+    inventories: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
-    def start_daemon(self) -> subprocess.Popen[bytes]:
+    def start_daemon(self, log_name: str = "daemon.log") -> subprocess.Popen[bytes]:
         """The real dagster-daemon (sensors, run queue, run monitoring, run retries), in a
         session of its own: its code server and the run workers share its process group."""
         daemon = self._start_process(
-            [
-                str(Path(sys.executable).with_name("dagster-daemon")),
-                "run",
-                "-w",
-                str(self.root / "workspace.yaml"),
-            ],
-            "daemon.log",
+            [_console_script("dagster-daemon"), "run", "-w", str(self.root / "workspace.yaml")],
+            log_name,
         )
         self.daemon = daemon
         return daemon
 
-    def start_dagster_dev(self, port: int, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+    def start_dagster_dev(
+        self,
+        port: int,
+        timeout: float = 120.0,
+        log_name: str = "dagster-dev.log",
+        wait: bool = True,
+    ) -> subprocess.Popen[bytes]:
         """``dagster dev`` (webserver and daemon) on ``port``, as an operator runs it;
-        returns once the UI answers."""
+        with ``wait``, returns once the UI answers."""
         import urllib.request
 
         proc = self._start_process(
             [
-                str(Path(sys.executable).with_name("dagster")),
+                _console_script("dagster"),
                 "dev",
                 "-h", "127.0.0.1",
                 "-p", str(port),
                 "-w", str(self.root / "workspace.yaml"),
             ],
-            "dagster-dev.log",
+            log_name,
         )  # fmt: skip
         self.daemon = proc
+        if not wait:
+            return proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited; see {self.root / 'dagster-dev.log'}")
+                raise RuntimeError(f"dagster dev exited; see {self.root / log_name}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
                     return proc
@@ -163,7 +126,8 @@ class Stack:
         raise RuntimeError("dagster dev did not answer")
 
     def _start_process(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        """A process of the stack in a session of its own, its output in ``log_name``."""
+        """A process of the stack in a session of its own (dagster dev ignores signals
+        from a parent without job control), its output in ``log_name``."""
         with (self.root / log_name).open("ab") as log:
             proc = subprocess.Popen(
                 argv,
@@ -213,12 +177,15 @@ class Stack:
     def repo(self) -> Repository:
         return Repository(engine_for(self.db_url))
 
-    def settings(self) -> Any:
-        return load_settings(self.env["BULK_CHANGES_TENANTS"])
+    def settings(self) -> Settings:
+        """The tenants file the stack runs with (the packaged default without one)."""
+        return load_settings(self.env.get("BULK_CHANGES_TENANTS") or None)
 
-    def import_devices(self, tenant: str, rows: list[dict[str, str]]) -> None:
-        self.repo.upsert_devices(tenant, inventory_rows(rows, "e2e"))
+    def import_devices(self, tenant: str, rows: list[dict[str, str]], source: str = "e2e") -> int:
+        """Devices into the AMOP inventory and the simulators alike. -> how many were new."""
+        inserted, _ = self.repo.upsert_devices(tenant, inventory_rows(rows, source))
         seed_from_inventory_rows(self.sims, rows)
+        return int(inserted)
 
     def submit(
         self, tenant: str, change_type: str, integration: str, rows: list[dict[str, Any]]
@@ -260,12 +227,14 @@ class Stack:
                 f"bulk changes {sorted(pending)} not final after {timeout} s; logs: {self.root}"
             )
 
+    def exited(self) -> subprocess.Popen[bytes] | None:
+        """A process of the stack that has exited, if any."""
+        return next((p for p in self.processes if p.poll() is not None), None)
+
     def check_alive(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"{proc.args[0]} exited with {proc.returncode}; logs: {self.root}"
-                )
+        proc = self.exited()
+        if proc is not None:
+            raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}; logs: {self.root}")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -279,19 +248,20 @@ class Stack:
     def status_json(self, bulk_id: int) -> dict[str, Any]:
         done = self.cli("status", str(bulk_id), "--json", "--devices")
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     def violations(self) -> dict[str, dict[str, int]]:
         return {
             name: sim.stats()["violations"]
-            for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True)
+            for name, sim in zip(SYSTEMS, self.sims.all(), strict=True)
         }
 
     def crowded_windows(self) -> list[str]:
         """Where calls started more often than an account's limit, from the simulators'
         call logs (for an assertion's message: a rate violation shows its shape)."""
         found = []
-        for name, sim in zip(("jasper", "telegence", "revio"), self.sims.all(), strict=True):
+        for name, sim in zip(SYSTEMS, self.sims.all(), strict=True):
             by_account: dict[str, list[float]] = {}
             for call in sim.calls():
                 by_account.setdefault(call.get("account") or "?", []).append(call["t"])
@@ -308,17 +278,25 @@ class Stack:
 def start_stack(
     root: Path,
     *,
-    tenants: Callable[[Any], dict[str, Any]] = tenants_yaml,
+    tenants: Callable[[Any], dict[str, Any]] | None = simulator_tenants,
     credentials: dict[str, dict[str, Any]] | None = None,
     configure_sims: Callable[[Any], None] | None = None,
-    env_overrides: dict[str, str] | None = None,
+    env_overrides: Mapping[str, str] | None = None,
     dagster_yaml: str | None = None,
     backend: str = "sqlite",
     code_server: bool = False,
     dagster_dev_port: int | None = None,
+    ports: Mapping[str, int] | None = None,
+    loops: Mapping[str, str] = QUICK_LOOPS,
+    queue_name: str | None = None,
+    start_dagster: bool = True,
     pool_limits: dict[str, int] | None = None,
 ) -> Stack:
-    """Start everything; ``tenants`` builds the tenant file from the simulators' URLs.
+    """Start everything under ``root`` (an existing, empty folder).
+
+    ``tenants`` builds the tenants file from the simulators' URLs; None: no file, the
+    packaged default (its URLs taken from BULK_CHANGES_*_URL, which point at the
+    simulators).
 
     ``backend``: "sqlite" (the embedded default) or "postgresql": the AMOP database and
     Dagster's storage each in a new database on the local PostgreSQL, the instance
@@ -329,22 +307,39 @@ def start_stack(
     daemon starts itself and replaces every minute.
 
     ``dagster_dev_port``: ``dagster dev`` (the UI on that port, and its daemon) instead of
-    the daemon alone.
+    the daemon alone; ``start_dagster`` False: neither yet (``Stack.start_daemon`` or
+    ``Stack.start_dagster_dev`` later).
+
+    ``ports``: "jasper", "telegence", "revio", "sqs" (any free port for one not named).
+    ``loops``: the variables that pace the sensor and retries (``QUICK_LOOPS``).
+    ``queue_name``: the queue (and ``NAME-dlq``); a new one by default.
 
     ``pool_limits``: PostgreSQL: the ops' pool limits instead of ``POOL_LIMITS``."""
-    sims = start_simulators(credentials=credentials)
+    ports = ports or {}
+    sims = start_simulators(
+        jasper_port=ports.get("jasper", 0),
+        telegence_port=ports.get("telegence", 0),
+        revio_port=ports.get("revio", 0),
+        credentials=credentials,
+    )
     if configure_sims is None:
         # The simulators enforce the documented limits; Telegence publishes none, so the
         # test account's own limit is enforced there too.
         sims.telegence.configure(rate_per_second=40, max_in_flight=6)
     else:
         configure_sims(sims)
-    sqs_port = free_port()
+    sqs_port = ports.get("sqs") or free_port()
     sqs = start_local_sqs_process(sqs_port, root / "sqs.log")
     (root / "dagster_home").mkdir()
     amop_database = dagster_database = None
     storage_env: dict[str, str] = {}
     if backend == "postgresql":
+        from bulk_changes.launcher.postgres import (
+            create_database,
+            dagster_pg_env,
+            database_url,
+        )
+
         amop_database = create_database("amop_e2e")
         dagster_database = create_database("dagster_e2e")
         db_url = database_url(amop_database)
@@ -356,42 +351,32 @@ def start_stack(
         dagster_yaml or yaml.safe_dump(embedded_instance())
     )
     code_server_port = free_port() if code_server else None
-    (root / "workspace.yaml").write_text(
-        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {code_server_port}\n"
-        "      location_name: bulk_changes\n"
-        if code_server_port
-        else "load_from:\n  - python_module:\n      module_name: bulk_changes.definitions\n"
-        "      location_name: bulk_changes\n"
-    )
-    tenants_file = root / "tenants.yaml"
-    tenants_file.write_text(yaml.safe_dump(tenants(sims)))
-    queue_name = f"e2e-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
+    (root / "workspace.yaml").write_text(workspace_yaml(code_server_port))
+    queue_name = queue_name or f"stack-{uuid.uuid4().hex[:8]}"
+    variables = {
         "DAGSTER_HOME": str(root / "dagster_home"),
         "BULK_CHANGES_HOME": str(root),
         "BULK_CHANGES_DB_URL": db_url,
-        "BULK_CHANGES_TENANTS": str(tenants_file),
         "BULK_CHANGES_SQS_ENDPOINT": f"http://127.0.0.1:{sqs_port}",
         "BULK_CHANGES_QUEUE": queue_name,
         "BULK_CHANGES_DLQ": f"{queue_name}-dlq",
-        "BULK_CHANGES_SENSOR_INTERVAL": "1",
         "BULK_CHANGES_SENSOR_DEFAULT": "running",
-        "BULK_CHANGES_VISIBILITY_TIMEOUT": "30",
-        "BULK_CHANGES_BASE_DELAY": "0.05",
-        "BULK_CHANGES_MAX_ATTEMPTS": "10",
-        "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
-        # the daemon waits this long for the code server to start a run worker (Dagster's
-        # default, 60 s, fails the launch of a worker that a loaded host starts slower:
-        # docs/production.md, "Connections and many runs at once")
+        "BULK_CHANGES_JASPER_URL": sims.jasper_url,
+        "BULK_CHANGES_TELEGENCE_URL": sims.telegence_url,
+        "BULK_CHANGES_REVIO_URL": sims.revio_url,
         "DAGSTER_GRPC_TIMEOUT_SECONDS": LAUNCH_TIMEOUT_SECONDS,
+        **loops,
         **storage_env,
-        **(env_overrides or {}),
     }
+    if tenants is not None:
+        tenants_file = root / "tenants.yaml"
+        tenants_file.write_text(yaml.safe_dump(tenants(sims)))
+        variables["BULK_CHANGES_TENANTS"] = str(tenants_file)
+    variables.update(env_overrides or {})
     queue = SqsQueue(
-        endpoint_url=env["BULK_CHANGES_SQS_ENDPOINT"],
-        queue_name=queue_name,
-        dead_letter_queue_name=f"{queue_name}-dlq",
+        endpoint_url=variables["BULK_CHANGES_SQS_ENDPOINT"],
+        queue_name=variables["BULK_CHANGES_QUEUE"],
+        dead_letter_queue_name=variables["BULK_CHANGES_DLQ"],
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         region_name="us-east-1",
@@ -400,7 +385,8 @@ def start_stack(
     stack = Stack(
         root=root,
         sims=sims,
-        env=env,
+        env={**os.environ, **variables},
+        variables=variables,
         queue=queue,
         db_url=db_url,
         backend=backend,
@@ -412,57 +398,23 @@ def start_stack(
         set_pool_limits(root / "dagster_home", storage_env, pool_limits)
     if code_server_port:
         stack.start_code_server(code_server_port)
-    if dagster_dev_port:
+    if start_dagster and dagster_dev_port:
         stack.start_dagster_dev(dagster_dev_port)
-    else:
+    elif start_dagster:
         stack.start_daemon()
     freeze_host_objects()  # this process hosts the simulators: see the function
     return stack
 
 
-# As deploy/set-pool-limits.sh sets them. Explicit limits are required on PostgreSQL:
-# with only pools.default_limit, runs that first claim a pool concurrently can fail with
-# InFailedSqlTransaction (dagster #33552, open in 1.13.27).
-POOL_LIMITS = {"bulk_changes_devices": 6}
-
-
-def set_pool_limits(
-    home: Path, storage_env: dict[str, str], limits: dict[str, int] | None = None
-) -> None:
-    """What `dagster instance concurrency set POOL N` does, without two CLI start-ups."""
-    from dagster import DagsterInstance
-
-    saved = {name: os.environ.get(name) for name in storage_env}
-    os.environ.update(storage_env)
-    try:
-        with DagsterInstance.from_config(str(home)) as instance:
-            for pool, limit in (limits or POOL_LIMITS).items():
-                instance.event_log_storage.set_concurrency_slots(pool, limit)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def production_instance() -> dict[str, Any]:
-    """deploy/dagster.yaml as it is, but for shorter waits (the run queue and run
-    monitoring poll every few seconds) and runs of tenant ``initech`` held in the run
-    queue (sensor tests count runs without paying for run workers)."""
-    config: dict[str, Any] = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
-    config["run_monitoring"].update(poll_interval_seconds=5, free_slots_after_run_end_seconds=5)
-    config["concurrency"]["runs"]["tag_concurrency_limits"].append(
-        {"key": "bulk_changes/tenant", "value": "initech", "limit": 0}
-    )
-    return config
-
-
 def stop_stack(stack: Stack) -> None:
+    """Stop every process (the SQS server last), the simulators, and drop a PostgreSQL
+    stack's databases."""
     for proc in stack.processes[1:]:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -471,9 +423,12 @@ def stop_stack(stack: Stack) -> None:
     stack.sims.stop()
     if stack.amop_database:
         engine_for(stack.db_url).dispose()
-    for name in (stack.amop_database, stack.dagster_database):
-        if name:
-            drop_database(name)
+    if stack.amop_database or stack.dagster_database:
+        from bulk_changes.launcher.postgres import drop_database
+
+        for name in (stack.amop_database, stack.dagster_database):
+            if name:
+                drop_database(name)
 
 
 def run_worker_pids(run_id: str) -> list[int]:
@@ -489,3 +444,9 @@ def run_worker_pids(run_id: str) -> list[int]:
         if run_id in stdout and "compute_logs" in stdout:
             pids.append(int(entry.name))
     return pids
+
+
+def _console_script(name: str) -> str:
+    """A console script beside this interpreter (the virtual environment's), else on PATH."""
+    binary = Path(sys.executable).with_name(name)
+    return str(binary) if binary.exists() else name
