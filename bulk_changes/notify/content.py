@@ -10,9 +10,9 @@ from typing import Any
 
 from bulk_changes.db.inventory import Inventory
 from bulk_changes.db.outbox import Outbox, OutboxEvent
-from bulk_changes.domain import emails
 from bulk_changes.domain import notifications as n
 from bulk_changes.domain.step_plans import UPDATE_AMOP
+from bulk_changes.notify import email_values, emails
 
 
 def email_for(
@@ -52,8 +52,8 @@ def _username_lines(
     repo: Inventory,
     bulk_id: int,
     changed_by: str | None,
-) -> Iterator[emails.UsernameLine]:
+) -> Iterator[email_values.UsernameLine]:
     for devices in pages:
         audit = outbox.update_audit(bulk_id, UPDATE_AMOP.name, [d["id"] for d in devices])
         inventory = repo.devices_by_id([d["device_id"] for d in devices if d.get("device_id")])
-        yield from emails.username_lines(devices, inventory, audit, changed_by)
+        yield from email_values.username_lines(devices, inventory, audit, changed_by)

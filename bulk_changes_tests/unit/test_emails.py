@@ -8,7 +8,7 @@ import io
 import json
 from datetime import UTC, datetime
 
-from bulk_changes.domain import emails
+from bulk_changes.notify import email_values, emails
 
 SENT_AT = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
@@ -131,7 +131,7 @@ def test_username_report_from_the_audit_rows_of_the_amop_update():
         501: {"username": "user1", "cost_center_1": "CC1", "cost_center_2": "K", "msisdn": "x"},
         504: {"username": "same", "cost_center_2": "NEW2"},
     }
-    lines = emails.username_lines(DEVICES, inventory, audit, "jane")
+    lines = email_values.username_lines(DEVICES, inventory, audit, "jane")
     assert [line.device for line in lines] == [DEVICES[0]["device_key"], DEVICES[3]["device_key"]]
     first, second = lines
     assert (first.previous["username"], first.new["username"]) == ("old1", "user1")
@@ -172,10 +172,10 @@ def test_run_failure_alert_links_to_the_run():
 
 
 def test_durations_read_like_people_write_them():
-    assert emails.duration_text(None) == "-"
-    assert emails.duration_text(3.25) == "3.2 s"
-    assert emails.duration_text(125) == "2 min 05 s"
-    assert emails.duration_text(3 * 3600 + 62) == "3 h 01 min 02 s"
+    assert email_values.duration_text(None) == "-"
+    assert email_values.duration_text(3.25) == "3.2 s"
+    assert email_values.duration_text(125) == "2 min 05 s"
+    assert email_values.duration_text(3 * 3600 + 62) == "3 h 01 min 02 s"
 
 
 def test_subjects_survive_the_trip_through_bytes():
@@ -197,3 +197,19 @@ def test_mails_read_their_devices_once_so_they_can_be_streamed():
     assert len(read_csv(attachments["bulk-change-12-results.csv"])) == 4
     errors = emails.errors_email("m", DATA, iter(DEVICES), ["a@x"], "b@x", SENT_AT)
     assert errors["Subject"].startswith("Bulk change 12: 2 device(s) failed")
+
+
+def test_a_username_with_markup_is_escaped_in_the_html_and_kept_in_the_text():
+    line = email_values.UsernameLine(
+        device="8901000000000000001",
+        msisdn=None,
+        previous={"username": "old"},
+        new={"username": "<script>alert(1)</script>"},
+        date=None,
+        changed_by="<b>jane</b>",
+    )
+    message = emails.username_report_email("m", DATA, [line], ["a@x"], "b@x", SENT_AT)
+    text, markup, _ = parts(message)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markup
+    assert "<script>" not in markup and "<b>jane</b>" not in markup
+    assert "<script>alert(1)</script>" in text
