@@ -58,7 +58,6 @@ from bulk_changes.domain.messages import (
     BulkChangeRef,
     MessageError,
     SubmitMessage,
-    parse_message,
     run_key_for,
 )
 from bulk_changes.partitions import bulk_change_partitions, partition_tags, run_config_for
@@ -70,6 +69,7 @@ from bulk_changes.run_tags import (  # noqa: F401 - TAG_* are read from here too
     TAG_TENANT,
     bulk_change_tags,
 )
+from bulk_changes.schemas.queue_messages import parse_message
 
 SENSOR_NAME = "bulk_change_queue_sensor"
 RUN_KEY_TAG = "dagster/run_key"

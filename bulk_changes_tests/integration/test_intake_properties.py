@@ -185,7 +185,8 @@ def test_any_request_texts_are_stored_or_refused_clearly(
     )
 )
 def test_any_queue_message_body_is_parsed_or_refused_with_a_reason(body):
-    from bulk_changes.domain.messages import MessageError, SubmitMessage, parse_message
+    from bulk_changes.domain.messages import MessageError, SubmitMessage
+    from bulk_changes.schemas.queue_messages import parse_message
 
     try:
         parsed = parse_message(body, {}, "m-1")

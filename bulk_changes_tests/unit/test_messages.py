@@ -17,9 +17,10 @@ from bulk_changes.domain.messages import (
     BulkChangeRef,
     MessageError,
     SubmitMessage,
-    parse_message,
     run_key_for,
 )
+from bulk_changes.schemas.generate import schema_text
+from bulk_changes.schemas.queue_messages import parse_message
 
 DEVICE = {"iccid": "89014103211118510720", "username": "alice"}
 SUBMIT: dict[str, Any] = {
@@ -285,3 +286,13 @@ def test_schema_vocabularies_match_the_domain() -> None:
     submit = schema()["$defs"]["submitBulkChange"]["properties"]
     assert set(submit["change_type"]["enum"]) == {c.value for c in ChangeType}
     assert set(submit["integration"]["enum"]) == {i.value for i in Integration}
+
+
+def test_the_committed_schema_is_the_one_generated_from_the_models() -> None:
+    committed = (
+        resources.files("bulk_changes")
+        .joinpath("schemas/queue-message.schema.json")
+        .read_text(encoding="utf-8")
+    )
+    # if this fails: python -m bulk_changes.schemas.generate
+    assert committed == schema_text()
