@@ -29,8 +29,19 @@ setup(
         "SQLAlchemy>=2.0",
         "psycopg2-binary>=2.9",
         "requests>=2.31",
+        # imported directly (the HTTP connection pool's limits); requests brings it too
+        "urllib3>=2.0",
         "boto3>=1.34",
+        # imported directly (its exceptions); boto3 brings it too
+        "botocore>=1.34",
         "PyYAML>=6.0",
+        # the tenants file and the queue messages are read by pydantic models
+        # (bulk_changes/schemas); pydantic-core, imported for its custom errors, is pinned
+        # by pydantic itself
+        "pydantic>=2.7,<3",
+        "pydantic-core",
+        # the emails' templates (autoescaped HTML)
+        "Jinja2>=3.1",
         # The embedded default's queue is a local SQS-compatible server (moto's), so the
         # code path on one machine is the same SQS path as in production.
         "moto[server]>=5.0",

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from bulk_changes.domain.errors import ExternalError, RetryableError, Throttled
-from bulk_changes.domain.settings import parse_account
 from bulk_changes.resources.rate_limit import NoLimiter
+from bulk_changes.schemas.tenants_file import parse_account
 
 PAGE = 100
 HTTP_RETRIES = 3

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bulk_changes.domain.errors import ConfigurationError
-from bulk_changes.domain.settings import Settings, parse_settings
+from bulk_changes.domain.settings import Settings
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -58,4 +58,10 @@ def load_settings(path: str | None = None) -> Settings:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_settings(expand_env(data or {}))
+    # pydantic is imported when a file is read, not with this module (the CLI's start-up)
+    from bulk_changes.schemas.tenants_file import parse_settings
+
+    try:
+        return parse_settings(expand_env(data or {}))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None

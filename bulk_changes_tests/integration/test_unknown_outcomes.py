@@ -14,7 +14,6 @@ import pytest
 
 from bulk_changes.db.repository import Repository
 from bulk_changes.domain.retry import RetryPolicy
-from bulk_changes.domain.settings import parse_settings
 from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.intake import SubmitRequest, inventory_rows, submit_bulk_change
 from bulk_changes.launcher.tenants import simulator_tenants
@@ -25,6 +24,7 @@ from bulk_changes.resources.device_work import AccountClients
 from bulk_changes.resources.jasper import JasperClient
 from bulk_changes.resources.revio import RevioClient
 from bulk_changes.resources.telegence import TelegenceClient
+from bulk_changes.schemas.tenants_file import parse_settings
 from bulk_changes.simulators import SimulatorSet, start_simulators
 from bulk_changes.simulators.seeding import seed_from_inventory_rows
 from bulk_changes_tests.helpers import iccid, msisdn

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bulk_changes.domain.settings import parse_settings
 from bulk_changes.intake import IntakeError, import_inventory
 from bulk_changes.resources.tenant_config import default_config_path, expand_env
+from bulk_changes.schemas.tenants_file import parse_settings
 from bulk_changes_tests.conftest import inventory, submit
 from bulk_changes_tests.helpers import iccid
 

@@ -12,7 +12,6 @@ import pytest
 
 from bulk_changes.domain import notifications as n
 from bulk_changes.domain.errors import ConfigurationError
-from bulk_changes.domain.settings import parse_webhooks
 from bulk_changes.domain.webhook_signing import (
     SignatureError,
     generate_secret,
@@ -21,6 +20,7 @@ from bulk_changes.domain.webhook_signing import (
     signed_headers,
     verify,
 )
+from bulk_changes.schemas.tenants_file import parse_webhooks
 
 # The example of the Standard Webhooks specification (and of its reference libraries).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
