@@ -25,6 +25,7 @@ from bulk_changes.domain.state_machine import FINAL_BULK, BulkStatus
 from bulk_changes.domain.validation import luhn_check_digit
 from bulk_changes.intake import NoValidRows, SubmitRequest, submit_bulk_change
 from bulk_changes.launcher import Stack, start_stack, stop_stack
+from bulk_changes.launcher.stack import program
 from bulk_changes.paths import default_instance_yaml, home, write_home_settings
 
 PORTS = {"jasper": 8101, "telegence": 8102, "revio": 8103, "sqs": 9324, "ui": 3000}
@@ -356,7 +357,7 @@ class Demo:
             proc = stack.exited()
             if proc is not None:
                 say(
-                    f"a background process exited ({proc.args[0]}, code {proc.returncode}); see the logs in {self.root}"
+                    f"a background process exited ({program(proc)}, code {proc.returncode}); see the logs in {self.root}"
                 )
                 return False
             time.sleep(2)

@@ -234,7 +234,9 @@ class Stack:
     def check_alive(self) -> None:
         proc = self.exited()
         if proc is not None:
-            raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}; logs: {self.root}")
+            raise AssertionError(
+                f"{program(proc)} exited with {proc.returncode}; logs: {self.root}"
+            )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -444,6 +446,12 @@ def run_worker_pids(run_id: str) -> list[int]:
         if run_id in stdout and "compute_logs" in stdout:
             pids.append(int(entry.name))
     return pids
+
+
+def program(proc: subprocess.Popen[bytes]) -> str:
+    """The program a process of the stack runs (its first argument)."""
+    args = proc.args
+    return str(args[0] if isinstance(args, list | tuple) else args)
 
 
 def _console_script(name: str) -> str:

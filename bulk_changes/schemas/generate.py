@@ -45,7 +45,8 @@ def _renamed(node: Any) -> Any:
 def queue_message_schema() -> dict[str, Any]:
     generated = QUEUE_BODY.json_schema(ref_template="#/$defs/{model}")
     defs = {DEF_NAMES.get(name, name): d for name, d in generated.pop("$defs", {}).items()}
-    return _renamed({**HEADER, **generated, "$defs": defs})
+    schema: dict[str, Any] = _renamed({**HEADER, **generated, "$defs": defs})
+    return schema
 
 
 def schema_text() -> str:

@@ -108,6 +108,11 @@ def _strings(value: Any) -> Any:
     return value
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field optional in the body whose null is refused: no ``default: null`` stated."""
+    schema.pop("default", None)
+
+
 # a string with something in it besides white space (a pattern a JSON Schema states too)
 NonBlank = Annotated[StrictStr, Field(pattern=r"\S")]
 CHANGE_TYPES = [c.value for c in ChangeType]
@@ -135,7 +140,7 @@ class BulkChangeRefBody(BaseModel):
         None,  # type: ignore[assignment]
         description="Names one retry request (defaults to the SQS message id): a redelivered "
         "message gives the same run key.",
-        json_schema_extra=lambda schema: schema.pop("default", None),
+        json_schema_extra=_no_default,
     )
 
 
@@ -175,7 +180,7 @@ class SubmitBulkChangeBody(BaseModel):
         description='Makes a resubmission return the same bulk change; defaults to "sqs:" + the '
         "SQS message id. Bound to its request: the same key with another tenant, change type, "
         "integration or devices is dead-lettered as a conflict naming the first bulk change.",
-        json_schema_extra=lambda schema: schema.pop("default", None),
+        json_schema_extra=_no_default,
     )
     notify: Annotated[list[StrictStr], BeforeValidator(_strings)] = []
     requested_by: NonBlank | None = None
@@ -249,7 +254,7 @@ def _submit(body: SubmitBulkChangeBody, message_id: str) -> SubmitMessage:
 
 # -- reasons ------------------------------------------------------------------------------
 
-_FIELDS = {
+_FIELDS: dict[str, tuple[str, type[BaseModel]]] = {
     REFERENCE: ("bulk change reference", BulkChangeRefBody),
     SUBMIT_TYPE: ("submit_bulk_change message", SubmitBulkChangeBody),
 }
