@@ -124,16 +124,41 @@ def test_cli_sends_to_the_queue_the_home_settings_name(cli: Cli, endpoint: str) 
     assert bodies(target) == [{"bulk_change_id": bulk_id}]
 
 
+def _free_demo_port_offset() -> int:
+    """An offset that moves every demo port (simulators, SQS, UI) onto free ports, so the
+    test runs beside a real demo."""
+    import random
+    import socket
+
+    from bulk_changes.demo import PORTS
+
+    for _ in range(50):
+        offset = random.randrange(20_000, 40_000)
+        try:
+            for port in PORTS.values():
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return offset
+    raise RuntimeError("no free set of demo ports")
+
+
 def test_demo_writes_its_settings_where_the_cli_looks(tmp_path: Path, monkeypatch) -> None:
     import argparse
     import os
 
     from bulk_changes.demo import Demo
+    from bulk_changes.launcher import stop_stack
 
     monkeypatch.setenv("BULK_CHANGES_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BULK_CHANGES_DEMO_PORT_OFFSET", str(_free_demo_port_offset()))
     saved = dict(os.environ)
+    demo = Demo(argparse.Namespace(headless=True, devices=1, timeout=1))
     try:
-        Demo(argparse.Namespace(headless=True, devices=1, timeout=1)).prepare()
+        demo.prepare()
+        stack = demo.start_services()
+        stop_stack(stack)
     finally:
         os.environ.clear()
         os.environ.update(saved)
