@@ -38,7 +38,7 @@ from bulk_changes.domain.errors import (
     ValidationError,
 )
 from bulk_changes.domain.idempotency import request_digest
-from bulk_changes.domain.model import BulkChange, NewDeviceChange
+from bulk_changes.domain.model import INVENTORY_COLUMNS, BulkChange, NewDeviceChange
 from bulk_changes.domain.settings import Settings
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.validation import (
@@ -51,21 +51,6 @@ from bulk_changes.domain.validation import (
     kind_of,
     normalize_status,
     text_of,
-)
-
-INVENTORY_COLUMNS = (
-    "iccid",
-    "msisdn",
-    "imei",
-    "integration",
-    "status",
-    "rate_plan",
-    "communication_plan",
-    "username",
-    "cost_center_1",
-    "cost_center_2",
-    "cost_center_3",
-    "revio_service_id",
 )
 
 MAX_ROWS = 100_000

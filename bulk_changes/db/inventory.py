@@ -11,20 +11,7 @@ from bulk_changes.db import schema as t
 from bulk_changes.db.store_errors import store_errors
 from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.errors import DevicesHeldElsewhere
-
-INVENTORY_FIELDS = (
-    "iccid",
-    "msisdn",
-    "imei",
-    "status",
-    "rate_plan",
-    "communication_plan",
-    "username",
-    "cost_center_1",
-    "cost_center_2",
-    "cost_center_3",
-    "revio_service_id",
-)
+from bulk_changes.domain.model import INVENTORY_FIELDS
 
 
 class Inventory:

@@ -12,6 +12,24 @@ from typing import Any
 from bulk_changes.domain.audit import Exchange
 from bulk_changes.domain.state_machine import FINAL_DEVICE, DeviceStatus
 
+# An inventory file's columns (``devices import``), in the order errors list them; every
+# one but ``integration`` is a field of the stored device.
+INVENTORY_COLUMNS = (
+    "iccid",
+    "msisdn",
+    "imei",
+    "integration",
+    "status",
+    "rate_plan",
+    "communication_plan",
+    "username",
+    "cost_center_1",
+    "cost_center_2",
+    "cost_center_3",
+    "revio_service_id",
+)
+INVENTORY_FIELDS = tuple(c for c in INVENTORY_COLUMNS if c != "integration")
+
 # the final device statuses as stored (a tuple, for SQL ``IN`` and quick membership)
 FINAL_DEVICE_VALUES = tuple(s.value for s in FINAL_DEVICE)
 
