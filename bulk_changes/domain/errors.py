@@ -88,6 +88,13 @@ class Throttled(RetryableError):
     """
 
 
+class OutcomeUnknown(ExternalError):
+    """A write that may have landed (its answer was lost) and that the system cannot show
+    yet: a rate plan dated in the future, an activation that has not completed. Sending it
+    again would repeat it blind, so the device change ends ``API_FAILED`` with this
+    reason, for an operator to check at the system before retrying it."""
+
+
 class PermanentError(ExternalError):
     """Retrying cannot fix it: the request is wrong or refused for good."""
 

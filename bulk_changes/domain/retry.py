@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bulk_changes.domain.errors import PermanentError, RetryableError, Throttled
+from bulk_changes.domain.errors import OutcomeUnknown, PermanentError, RetryableError, Throttled
 from bulk_changes.domain.state_machine import DeviceStatus
 
 
@@ -87,6 +87,9 @@ def decide(
         return Retry(delay)
     if isinstance(error, PermanentError):
         return GiveUp(DeviceStatus.ERROR, str(error))
+    if isinstance(error, OutcomeUnknown):
+        # may have landed, cannot be read yet: never sent again blind (see OutcomeUnknown)
+        return GiveUp(DeviceStatus.API_FAILED, str(error))
     if isinstance(error, RetryableError):
         if attempt >= policy.max_attempts:
             return GiveUp(DeviceStatus.API_FAILED, f"gave up after {attempt} attempts: {error}")

@@ -18,7 +18,13 @@ from typing import Any, Protocol
 
 from bulk_changes.domain.audit import Exchange
 from bulk_changes.domain.change_types import ChangeType, Integration
-from bulk_changes.domain.errors import StoreError, StoreRefused, Throttled
+from bulk_changes.domain.errors import (
+    OutcomeUnknown,
+    RetryableError,
+    StoreError,
+    StoreRefused,
+    Throttled,
+)
 from bulk_changes.domain.model import (
     FINAL_DEVICE_VALUES,
     AuditEntry,
@@ -89,6 +95,10 @@ class StageReport:
         }
         data.update({f"ended_{k.lower()}": v for k, v in sorted(self.outcomes.items())})
         return data
+
+
+class _ReadAgain(Exception):
+    """A step started before a crash could not be read back at the system for now."""
 
 
 class StageRunner:
@@ -214,16 +224,29 @@ class StageRunner:
         )
         failures = throttles = 0
         self.recorder.take()
+        # The last attempt may have been applied (its answer left that unknown): the
+        # system is read before the write is sent again, never the write repeated blind.
+        unknown = False
         try:
             verified = self._verified_after_crash(step, change, ctx, report)
         except stopping.Stopped:
             return None  # closed by an operator's stop: no call
+        except _ReadAgain:
+            # started before a crash, and its read failed for now: read again below (the
+            # failed read stays in the recorder, audited with what comes next)
+            verified, unknown = None, True
+        except OutcomeUnknown as exc:
+            # started before a crash, and the system cannot show yet whether it landed
+            decision = decide(exc, 1, 0, self.policy, self.rng)
+            assert isinstance(decision, GiveUp)
+            audit = self._audit(step, self.recorder.take(), "error", exc, 0)
+            self._finish(
+                change, decision.status, decision.reason, step.name, report, audit, count=True
+            )
+            return None
         if verified is not None:
             return verified
         verifier = VERIFIERS.get(step.name)
-        # The last attempt may have been applied (its answer left that unknown): the
-        # system is read before the write is sent again, never the write repeated blind.
-        unknown = False
         while True:
             if stopping.requested():
                 return None
@@ -323,9 +346,12 @@ class StageRunner:
             return None
         try:
             result = verifier(ctx)
-        except StoreError:
+        except (StoreError, OutcomeUnknown):
             raise
-        except Exception:  # an unreadable state is no proof: make the call as usual
+        except RetryableError as exc:
+            # the call may have landed and the system could not say: never call blind
+            raise _ReadAgain() from exc
+        except Exception:  # refused for good (no such record): the call says why
             self.recorder.take()
             return None
         if result is None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from bulk_changes.domain import revio_fields
-from bulk_changes.domain.errors import NotFound, Rejected, RetryableError
+from bulk_changes.domain.errors import NotFound, OutcomeUnknown, Rejected, RetryableError
 from bulk_changes.domain.json_patch import already_applied
 from bulk_changes.domain.model import DeviceChange
 from bulk_changes.domain.outcomes import telegence_status_action
@@ -283,12 +284,31 @@ def verify_jasper(ctx: StepContext) -> dict[str, Any] | None:
         wanted = {"ratePlan": ctx.request["rate_plan"]}
         if ctx.request.get("communication_plan"):
             wanted["communicationPlan"] = ctx.request["communication_plan"]
-        if ctx.request.get("effective_date"):
-            return None  # a future change does not show yet: cannot be checked
+        effective = ctx.request.get("effective_date")
+        if effective and _in_the_future(effective):
+            raise OutcomeUnknown(
+                f"the rate plan change effective {effective} may have been applied (its "
+                "answer was lost) and does not show on the device before that date: it is "
+                "not sent again; check the device's pending change in Control Center, then "
+                "retry the device",
+                system="jasper",
+            )
     return _jasper_shows(ctx, wanted)
 
 
+def _in_the_future(effective: str) -> bool:
+    """Whether an ``effective_date`` lies after today (UTC): until then Jasper shows the
+    old plan. A date that cannot be read is taken as future (it cannot be checked)."""
+    try:
+        day = date.fromisoformat(str(effective)[:10])
+    except ValueError:
+        return True
+    return day > datetime.now(UTC).date()
+
+
 def verify_telegence(ctx: StepContext) -> dict[str, Any] | None:
+    if ctx.step.name == "telegence.change_status" and _activates(ctx):
+        return _verify_activation(ctx)
     line = _telegence(ctx).get_line(ctx.device["msisdn"])
     traits = characteristics(line)
     if ctx.step.name == "telegence.change_status":
@@ -306,6 +326,48 @@ def verify_telegence(ctx: StepContext) -> dict[str, Any] | None:
             if field in ctx.request
         )
     return {"verified": True} if ok else None
+
+
+def _activates(ctx: StepContext) -> bool:
+    try:
+        return (
+            telegence_status_action(ctx.device.get("status"), ctx.request["status"]) == "activate"
+        )
+    except Rejected:
+        return False
+
+
+def _active_line(ctx: StepContext) -> bool:
+    try:
+        return _telegence(ctx).get_line(ctx.device["msisdn"]).get("status") == "A"
+    except NotFound:
+        return False  # an activation creates the line when it completes
+
+
+def _verify_activation(ctx: StepContext) -> dict[str, Any] | None:
+    """An activation request whose answer was lost (or whose process died before it
+    kept the request id). Telegence completes it asynchronously, and only then does the
+    line show ``A``; a second request for the same line would fail as already active, or
+    worse. So the line is watched for as long as the handler would poll the request: ``A``
+    -> it landed; still not active -> ``OutcomeUnknown``, never asked again. With the
+    request id kept, the handler polls that request instead (it never asks twice)."""
+    saved = ctx.progress.step_progress(ctx.change.id, ctx.step.name)
+    if saved and saved.get("request_id"):
+        return {"verified": {"status": "A"}} if _active_line(ctx) else None
+    account = ctx.tenant.carrier_account("telegence")
+    attempts = getattr(account, "activation_poll_attempts", 30)
+    interval = getattr(account, "activation_poll_seconds", 2.0)
+    for poll in range(attempts):
+        if _active_line(ctx):
+            return {"verified": {"status": "A"}, "action": "activate"}
+        if poll + 1 < attempts:
+            ctx.sleep(interval)
+    raise OutcomeUnknown(
+        f"the activation of line {ctx.device['msisdn']} may have been requested (its answer "
+        f"was lost) and the line is not active after {attempts * interval:.0f} s: it is not "
+        "requested again; check the line at Telegence, then retry the device",
+        system="telegence",
+    )
 
 
 def verify_revio(ctx: StepContext) -> dict[str, Any] | None:

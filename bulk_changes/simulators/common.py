@@ -85,6 +85,8 @@ class SimConfig:
     # was applied, as when a gateway or the network loses the answer: a client that
     # repeats such a write blind shows in ``repeated_writes``.
     faults_apply: bool = False
+    # random faults (error/timeout/garbage/drop rates) hit writes only, reads answer
+    faults_writes_only: bool = False
     # Up to this many milliseconds (uniformly drawn) pass between a request's arrival and
     # the moment it counts against the limits: the network's jitter between the client
     # and the vendor's gateway.
@@ -409,6 +411,8 @@ class Simulator:
         failing = route.fail_by_key and call.key is not None and call.key in cfg.fail_keys
         if failing and (route.writes or cfg.fail_reads):
             return "permanent"
+        if cfg.faults_writes_only and not route.writes:
+            return None
         rates = (
             ("5xx", cfg.error_rate),
             ("timeout", cfg.timeout_rate),

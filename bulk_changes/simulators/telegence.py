@@ -9,7 +9,9 @@ Choices where the documentation is silent (all [guess]):
 - a successful ``PATCH`` answers 200 with the line as ``GET`` shows it;
 - status actions: suspend A->S, restore S->A, cancel A/S->C; a cancelled line refuses
   every change;
-- activation outcomes are decided when the request completes; a line already active (or
+- an activation request completes after ``activation_polls`` polls of it or
+  ``activation_seconds`` after it was asked, whichever comes first; its outcomes are
+  decided then; a line already active (or
   suspended), a SIM in use on another line, or a ``fail_keys`` subscriber number/SIM
   fails that line with ``status: "FAILED"``; while in progress, lines show ``PENDING``.
 """
@@ -17,6 +19,7 @@ Choices where the documentation is silent (all [guess]):
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -123,6 +126,9 @@ def line_view(line: dict[str, Any]) -> dict[str, Any]:
 class TelegenceConfig(SimConfig):
     # polls answered IN_PROGRESS before an activation request completes
     activation_polls: int = 1
+    # seconds after which an activation request completes by itself, polled or not, as
+    # Telegence's asynchronous processing does (None: only polls complete it)
+    activation_seconds: float | None = 3.0
     # SOC -> description; others are described as "<SOC> plan"
     soc_descriptions: dict[str, str] = field(default_factory=dict)
 
@@ -196,13 +202,27 @@ class TelegenceSimulator(Simulator):
 
     # -- vendor calls ------------------------------------------------------------------
 
+    def _settle_due_activations(self) -> None:
+        """Complete the activation requests whose processing time has passed."""
+        after = self.config.activation_seconds
+        if after is None:
+            return
+        now = time.time()
+        for activation in self.activations.values():
+            if activation["lines"] is None and now - activation["asked_at"] >= after:
+                activation["lines"] = [
+                    self._complete(item, activation) for item in activation["items"]
+                ]
+
     def get_line(self, call: Call) -> Response:
+        self._settle_due_activations()
         line = self.lines.get(call.params["number"])
         if line is None:
             return self.error(404, f"Subscriber number not found: {call.params['number']}")
         return Response(200, line_view(line))
 
     def change_line(self, call: Call) -> Response:
+        self._settle_due_activations()
         number = call.params["number"]
         try:
             body = call.request.json()
@@ -297,6 +317,7 @@ class TelegenceSimulator(Simulator):
             },
             "polls": 0,
             "lines": None,
+            "asked_at": time.time(),
         }
         return Response(202, {"requestId": request_id})
 
@@ -323,6 +344,7 @@ class TelegenceSimulator(Simulator):
         if activation is None:
             return self.error(404, f"Request not found: {request_id}")
         activation["polls"] += 1
+        self._settle_due_activations()
         if activation["lines"] is None and activation["polls"] > self.config.activation_polls:
             activation["lines"] = [self._complete(item, activation) for item in activation["items"]]
         if activation["lines"] is None:

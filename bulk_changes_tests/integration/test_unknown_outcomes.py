@@ -7,7 +7,9 @@ write sent again blind lands twice and shows in their ``repeated_writes``."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -47,10 +49,11 @@ def fresh(sims: SimulatorSet) -> None:
     sims.telegence.configure(rate_per_second=40, max_in_flight=6)
 
 
-def settings_for(sims: SimulatorSet) -> Any:
+def settings_for(sims: SimulatorSet, telegence: dict[str, Any] | None = None) -> Any:
     data = simulator_tenants(sims)
     for account in data["accounts"].values():
         account["timeout_seconds"] = CLIENT_TIMEOUT
+    data["accounts"]["telegence-e2e"].update(telegence or {})
     data["accounts"]["revio-e2e"]["password"] = "sim-revio-password"  # no env expansion here
     return parse_settings(data)
 
@@ -197,3 +200,100 @@ def test_the_read_back_is_in_the_audit_trail(repo_and_sims) -> None:
         if e["system"] == "jasper"
     ]
     assert calls == [("PUT", 200, "retry"), ("GET", 200, "ok")]
+
+
+def activation_requests(sims: SimulatorSet) -> Counter[str]:
+    """Activation requests that reached Telegence, per subscriber number."""
+    asked: Counter[str] = Counter()
+    for call in sims.telegence.calls():
+        if call["endpoint"] == "POST /serviceactivation" and not call["throttled"]:
+            for line in call["body"]["serviceActivations"]:
+                asked[line["subscriberNumber"]] += 1
+    return asked
+
+
+def activate(repo: Repository, sims: SimulatorSet, count: int, **telegence: Any) -> int:
+    """Activation of ``count`` cancelled lines, every activation request's answer lost
+    after Telegence took it; -> the bulk change's id."""
+    rows = [dict(d) for d in devices(40) if d["integration"] == "telegence"][:count]
+    for row in rows:
+        row["status"] = "C"  # a cancelled line can be activated again
+    repo.upsert_devices("acme", inventory_rows(rows, "test"))
+    seed_from_inventory_rows(sims, rows)
+    sims.telegence.configure(
+        faults_apply=True, error_rate=1.0, faults_writes_only=True, **telegence
+    )
+    settings = settings_for(
+        sims, telegence={"activation_poll_seconds": 0.1, "activation_poll_attempts": 20}
+    )
+    bulk_id = submit(
+        repo,
+        settings,
+        "device_status",
+        "telegence",
+        [{"msisdn": r["msisdn"], "status": "A"} for r in rows],
+    )
+    run_device_changes(repo, settings, bulk_id, "telegence")
+    return bulk_id
+
+
+def test_a_lost_activation_answer_is_watched_on_the_line_never_asked_again(
+    any_engine: Any, sims: SimulatorSet
+) -> None:
+    repo = Repository(any_engine)
+    bulk_id = activate(repo, sims, 3, activation_seconds=0.3)
+    assert repo.counts(bulk_id) == {"PROCESSED": 3}
+    assert sorted(activation_requests(sims).values()) == [1, 1, 1]
+
+
+def test_an_activation_that_never_shows_ends_api_failed_and_is_not_asked_again(
+    any_engine: Any, sims: SimulatorSet
+) -> None:
+    repo = Repository(any_engine)
+    bulk_id = activate(repo, sims, 1, activation_seconds=None)  # completes only when polled
+    assert repo.counts(bulk_id) == {"API_FAILED": 1}
+    (reason,) = {d.last_error or "" for d in repo.device_changes_of(bulk_id)}
+    assert "not requested again" in reason
+    assert list(activation_requests(sims).values()) == [1]
+
+
+def jasper_rate_plan_puts(sims: SimulatorSet) -> Counter[str]:
+    return Counter(
+        call["key"]
+        for call in sims.jasper.calls()
+        if call["method"] == "PUT" and not call["throttled"]
+    )
+
+
+def rate_plan_rows(effective: date) -> list[dict[str, str]]:
+    return [
+        {"iccid": d["iccid"], "rate_plan": "IOT_5GB", "effective_date": effective.isoformat()}
+        for d in devices(4)
+        if d["integration"] == "jasper"
+    ]
+
+
+def test_a_future_dated_rate_plan_whose_answer_was_lost_ends_api_failed_not_resent(
+    repo_and_sims,
+) -> None:
+    repo, sims = repo_and_sims
+    sims.jasper.configure(unconfirmed_rate=1.0)  # 200 without iccid: applied or not?
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    bulk_id = run_bulk_change(
+        repo, settings_for(sims), "carrier_rate_plan", "jasper", rate_plan_rows(tomorrow)
+    )
+    assert repo.counts(bulk_id) == {"API_FAILED": 2}
+    reasons = {d.last_error or "" for d in repo.device_changes_of(bulk_id)}
+    assert all("not sent again" in r and tomorrow.isoformat() in r for r in reasons)
+    assert set(jasper_rate_plan_puts(sims).values()) == {1}
+
+
+def test_a_rate_plan_effective_today_is_read_back_after_a_lost_answer(repo_and_sims) -> None:
+    repo, sims = repo_and_sims
+    sims.jasper.configure(unconfirmed_rate=1.0)
+    today = datetime.now(UTC).date()
+    bulk_id = run_bulk_change(
+        repo, settings_for(sims), "carrier_rate_plan", "jasper", rate_plan_rows(today)
+    )
+    assert repo.counts(bulk_id) == {"PROCESSED": 2}
+    assert set(jasper_rate_plan_puts(sims).values()) == {1}

@@ -3,6 +3,7 @@ import random
 from bulk_changes.domain.errors import (
     ConnectionFailed,
     GarbageResponse,
+    OutcomeUnknown,
     Rejected,
     ServerError,
     Throttled,
@@ -87,3 +88,8 @@ def test_a_throttled_answer_applied_nothing():
 
 def test_a_refusal_applied_nothing():
     assert not effect_unknown(Rejected("bad plan"))
+
+
+def test_a_write_that_cannot_be_read_back_yet_ends_api_failed_never_resent():
+    decision = decide(OutcomeUnknown("pending change", system="jasper"), 1, 0, POLICY, rng())
+    assert decision == GiveUp(DeviceStatus.API_FAILED, "jasper: pending change")

@@ -209,6 +209,24 @@ def test_step_started_but_not_applied_is_called_after_the_check(
     assert fake_systems(fake_key)["jasper"].names(device) == ["get_device", "set_status"]
 
 
+def test_a_failed_read_after_a_crash_is_read_again_never_a_blind_call(
+    repo, settings, fake_key, jasper_devices
+):
+    device = jasper_devices[0]
+    result = submit(
+        repo, settings, "device_status", "jasper", [{"iccid": device, "status": "DEACTIVATED"}]
+    )
+    (change,) = repo.device_changes_of(result.id)
+    # applied before the process died; the first read after the restart fails
+    repo.save_step_progress(change.id, "jasper.set_status#started", {"run_id": "dead"})
+    jasper = fake_systems(fake_key)["jasper"]
+    jasper.devices[device] = {"status": "DEACTIVATED"}
+    jasper.failures[device] = [ServerError("503", system="jasper", status=503)]
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert changes[device].status == "PROCESSED"
+    assert jasper.names(device) == ["get_device", "get_device"]
+
+
 def test_audit_rows_record_each_step(repo, settings, fake_key, jasper_devices):
     device = jasper_devices[0]
     result = submit(
