@@ -90,8 +90,17 @@ _CLOCK_PUSH = (
 
 
 MAX_RETAKES = 3
-# the departures of a chain of one process's calls kept to place the next turns by
+# One call in flight, a chain of this process's calls: how far the account's clock moves
+# on from each turn it hands on. The chain places its next turn itself (_next_turn), call
+# by call; the clock only has to stay behind it, and a successor from another process is
+# placed by the chain's horizon when the slot is freed (_release, _horizon).
+CHAIN_STEP = 0.0
+# the calls of a chain of one process's calls kept to place the next turns by
 CHAIN_MEMORY = 64
+
+# One call of a chain: when it counted from (its turn or its departure), and when its
+# successful answer came back (None: no such answer, or none timed)
+_Call = tuple[float, float | None]
 # seconds the account waits after a dead holder's slot was given back (see
 # release_dead_holders)
 DEAD_HOLDER_PAUSE = 1.0
@@ -122,16 +131,30 @@ class AccountPace:
     """How far apart one account's calls must leave, learnt in this process.
 
     The vendor counts a call when it arrives, and the network delays each call by a
-    varying amount: two calls that left a spacing apart can arrive closer. The variation
-    of the round trips of recent successful calls bounds the variation of their way out
-    (the way back and the vendor's own time only add to it), so the spread of the round
-    trips (5th to 95th percentile) is kept free in every window, as long as the account has
-    answered enough calls to tell; before that, ``initial_jitter`` is. On top of that, a
-    throttled answer widens the account's spacing by ``widen`` seconds a window, and each
-    call answered without throttling narrows it back by ``widen / narrow_calls``."""
+    varying amount: two calls that left a spacing apart can arrive closer. Two ways to
+    keep every vendor window whole:
+
+    - call by call, where this process knows the call a window's worth before (one call
+      in flight, see ``DbLimiter._after_window``): a call arrives no later than its answer
+      came back less the fastest round trip of the account (``floor``), so the call a
+      window's worth later leaves a window after that;
+    - a reserve the same for every call, where it does not (the account's clock, shared
+      with other processes): the variation of the round trips of recent successful calls
+      bounds the variation of their way out (the way back and the vendor's own time only
+      add to it), so the spread of the round trips (5th to 95th percentile) is kept free
+      in every window, as long as the account has answered enough calls to tell; before
+      that, ``initial_jitter`` is.
+
+    On top of both, a throttled answer widens the account's spacing by ``widen`` seconds
+    a window, and each call answered without throttling narrows it back by
+    ``widen / narrow_calls``."""
 
     SAMPLES = 64
     MIN_SAMPLES = 16
+    # The fastest round trip is looked for among the last FLOOR_SAMPLES answers (50 s at
+    # five a second), and trusted once there are MIN_FLOOR_SAMPLES of them.
+    FLOOR_SAMPLES = 256
+    MIN_FLOOR_SAMPLES = 32
 
     def __init__(
         self,
@@ -147,8 +170,11 @@ class AccountPace:
         self.narrow_by = widen / max(1, narrow_calls)
         self.max_extra = max_extra
         self._rtts: deque[float] = deque(maxlen=self.SAMPLES)
+        self._floor_rtts: deque[float] = deque(maxlen=self.FLOOR_SAMPLES)
         self.jitter = initial_jitter
         self.extra = 0.0
+        # the fastest recent round trip; None until enough are known
+        self.floor: float | None = None
 
     def answered(self, rtt: float) -> None:
         self._rtts.append(rtt)
@@ -157,6 +183,9 @@ class AccountPace:
             low = ordered[int(0.05 * (len(ordered) - 1))]
             high = ordered[int(round(0.95 * (len(ordered) - 1)))]
             self.jitter = min(self.max_jitter, high - low)
+        self._floor_rtts.append(rtt)
+        if len(self._floor_rtts) >= self.MIN_FLOOR_SAMPLES:
+            self.floor = min(self._floor_rtts)
         self.extra = max(0.0, self.extra - self.narrow_by)
 
     def throttled(self) -> None:
@@ -220,11 +249,13 @@ class DbLimiter:
         # account -> (when a throttled answer came, until when the account is penalized):
         # a turn taken before it moves on by the penalty, wherever it is in the queue
         self._penalties: dict[str, tuple[float, float]] = {}
-        # one-in-flight accounts: when each call of the current chain of this process's
-        # calls counted from (see _next_turn)
-        self._chains: dict[str, deque[float]] = {}
-        # the clock as this process left it when it last freed the account's slot
+        # one-in-flight accounts: the calls of the current chain of this process's calls
+        # (see _next_turn)
+        self._chains: dict[str, deque[_Call]] = {}
+        # the clock as this process left it when it last freed the account's slot, and
+        # where its own chain would have placed its next call (None: the clock decides)
         self._left_clock: dict[str, float] = {}
+        self._own_next: dict[str, float | None] = {}
         self.throttled = 0
         self._local_gates: dict[str, threading.BoundedSemaphore] = {}
         self._gates_lock = threading.Lock()
@@ -271,7 +302,7 @@ class DbLimiter:
                 self._ensure_rows(account_name, limit)
                 holder, slot, start_at, found = self._take_slot_and_turn(account_name, limit, lease)
                 chain = 0
-                history: deque[float] | None = self._chains.get(account_name)
+                history: deque[_Call] | None = self._chains.get(account_name)
                 if history is None or self._left_clock.get(account_name) != found:
                     # another process took a turn since this one's last call: the calls
                     # before are not all known
@@ -309,10 +340,7 @@ class DbLimiter:
                 self.waited_seconds += sent_at - started
                 self.calls += 1
                 not_before = self._next_turn(
-                    history if one else None,
-                    self._anchor(start_at, sent_at),
-                    limit,
-                    self.spacing(limit, account_name),
+                    history if one else None, self._anchor(start_at, sent_at), limit, account_name
                 )
                 # One call in flight and a thread of this process waiting for the next:
                 # the next turn is taken while this call is in flight (unless another run
@@ -325,7 +353,7 @@ class DbLimiter:
                         slot,
                         holder,
                         not_before,
-                        self.spacing(limit, account_name),
+                        CHAIN_STEP,
                         lease,
                     )
                 yield departure
@@ -346,18 +374,18 @@ class DbLimiter:
                     pace.throttled()
                     not_before = max(not_before, until)
                     penalty_push = departure.throttled_for
-                elif departure.at is not None and departure.answered_at is not None:
-                    pace.answered(departure.answered_at - departure.at)
+                answered: float | None = None
+                if departure.throttled_for is None and departure.at is not None:
+                    answered = departure.answered_at
+                    if answered is not None:
+                        pace.answered(answered - departure.at)
                 counted = self._anchor(start_at, sent_at)
                 if departure.at is not None:
                     late = departure.at - start_at
                     if one:
                         counted = self._anchor(start_at, departure.at)
                         not_before = max(
-                            not_before,
-                            self._next_turn(
-                                history, counted, limit, self.spacing(limit, account_name)
-                            ),
+                            not_before, self._next_turn(history, counted, limit, account_name)
                         )
                     elif late > self.margin_seconds / 2:
                         # the turns up to a window's worth on are handed out already: all
@@ -365,7 +393,7 @@ class DbLimiter:
                         push = late - self.margin_seconds / 2
                 push = max(push, penalty_push)
                 if one:
-                    history.append(counted)
+                    history.append((counted, answered))
                 reserved = _result_or_none(reserving)
                 hand_on = self._may_hand_on(account_name, limit, chain)
                 if reserved is not None and hand_on:
@@ -382,8 +410,9 @@ class DbLimiter:
                         if one
                         else not_before,
                         hand_on_lease=lease if hand_on and reserving is None else None,
-                        spacing=self.spacing(limit, account_name),
+                        spacing=CHAIN_STEP,
                         push=push,
+                        own_next=not_before if one else None,
                     )
                 if next_start is not None:
                     with self._local:
@@ -405,29 +434,72 @@ class DbLimiter:
         return int(limit.calls_per_window + 1e-9)
 
     def _next_turn(
-        self, history: deque[float] | None, counted: float, limit: RateLimit, spacing: float
+        self, history: deque[_Call] | None, counted: float, limit: RateLimit, account_name: str
     ) -> float:
         """The earliest turn of the call after one that counted from ``counted``.
 
         The vendor counts calls in a sliding window: what must hold is that the call n
-        after any call leaves at least n spacings after it (n: the calls of a window).
+        after any call arrives at least a window after it (n: the calls of a window).
         One in flight, a call answered late leaves late, and pacing each call a spacing
         after the one before would lose that lateness for good; placed by the call n
-        before it, the next call makes up for it (``history``: the departures of this
+        before it (``_after_window``), the next call makes up for it (``history``: this
         process's chain of calls, before this one). Until the chain holds n calls, the
         calls before it are not known: a spacing after this one."""
         n = self._per_window(limit)
         if history is None or n < 2 or len(history) < n - 1:
-            return counted + spacing
-        return max(counted, history[-(n - 1)] + n * spacing)
+            return counted + self.spacing(limit, account_name)
+        return max(counted, self._after_window(history[-(n - 1)], limit, account_name))
 
-    def _horizon(self, history: deque[float], limit: RateLimit, account_name: str) -> float:
+    def _after_window(self, call: _Call, limit: RateLimit, account_name: str) -> float:
+        """The earliest departure of the call n after ``call`` (n: the calls of a window)
+        that keeps the window holding both from holding n + 1 arrivals.
+
+        A call arrives at the vendor after its way out, and its answer comes back after
+        the vendor's own time and the way back, each at least its own shortest. So the
+        call arrived no later than its answer less the account's fastest round trip
+        (``AccountPace.floor``), and a call that leaves a window after that arrives a
+        window after it, whatever the network did to either: the reserve is the call's
+        own excess over the fastest round trip, not a spread kept free for every call.
+        The vendor's time counts in that excess though it delays no arrival, and our own
+        lateness reading the answer too: both only make the bound safer. On top: half the
+        fixed margin (the fastest round trip seen can be a little above the true fastest)
+        and what throttled answers added.
+
+        Not answered (a throttled answer, an error, no departure time), or too few round
+        trips known to tell the fastest: the spread reserve, the same for every call."""
+        counted, answered = call
+        n = self._per_window(limit)
+        pace = self.pace(account_name)
+        floor = pace.floor
+        if answered is None or floor is None:
+            return counted + n * self.spacing(limit, account_name)
+        reserve = self.margin_seconds / 2 + pace.extra
+        return (
+            max(counted, answered - floor)
+            + n * limit.interval
+            + reserve * n / max(1.0, limit.calls_per_window)
+        )
+
+    def _horizon(self, history: deque[_Call], limit: RateLimit, account_name: str) -> float:
         """Where a successor pacing call by call from the clock may start, so that each
-        of its first calls still leaves n spacings after the call n before it (the last
-        calls of this chain may have made up for a late one, closer than a spacing)."""
-        spacing = self.spacing(limit, account_name)
-        recent = list(history)[-self._per_window(limit) :]
-        return max((at + (len(recent) - i) * spacing for i, at in enumerate(recent)), default=0.0)
+        of its first calls still leaves a window after the call n before it (the last
+        calls of this chain may have made up for a late one, closer than a spacing).
+
+        The successor (another process, or this one after a new turn from the clock)
+        spaces its calls at least the spacing with the fixed margin alone."""
+        n = self._per_window(limit)
+        recent = list(history)[-n:]
+        if len(recent) < n or n < 2:
+            spacing = self.spacing(limit, account_name)
+            return max(
+                (at + (len(recent) - i) * spacing for i, (at, _) in enumerate(recent)),
+                default=0.0,
+            )
+        least = self.spacing(limit)
+        return max(
+            self._after_window(call, limit, account_name) - i * least
+            for i, call in enumerate(recent)
+        )
 
     def _past_penalty(
         self, account_name: str, start_at: float, taken_at: float
@@ -643,6 +715,10 @@ class DbLimiter:
         account's next turn."""
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
         interval = self.spacing(limit, account_name)
+        # One in flight: where this process's own chain places its next call, if the
+        # clock is still as this process left it (nobody else took a turn since)
+        left, own_next = self._left_clock.get(account_name), self._own_next.get(account_name)
+        resume = (left, own_next) if limit.max_in_flight == 1 and own_next is not None else None
         poll = min(self.poll_seconds, limit.interval / 4)
         waiters = t.rate_limit_waiters.c
         waiting_since: float | None = None
@@ -673,7 +749,14 @@ class DbLimiter:
                 ]
                 if len(free) > ahead:
                     slot = free[ahead]
+                    step = interval
                     start_at = max(float(next_free), now)
+                    if resume is not None and float(next_free) == resume[0]:
+                        # The last calls on the account were this process's: its chain
+                        # places this one (the clock was left where a successor from
+                        # another process could start, see _horizon), and moves the clock
+                        # as a hand-on does; the slot's release sets it for others again.
+                        start_at, step = max(resume[1], now), CHAIN_STEP
                     conn.execute(
                         _TAKE_SLOT,
                         {
@@ -684,7 +767,7 @@ class DbLimiter:
                         },
                     )
                     conn.execute(
-                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + interval}
+                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + step}
                     )
                     if waiting_since is not None:
                         conn.execute(
@@ -749,13 +832,18 @@ class DbLimiter:
         hand_on_lease: float | None = None,
         spacing: float = 0.0,
         push: float = 0.0,
+        own_next: float | None = None,
     ) -> float | None:
         """Free the slot; and if this call left late (a busy machine woke its thread after
         its turn), move the clock so the next turn keeps a full interval from the real
         start: a late call must not squeeze its successor into the same window.
 
         With ``hand_on_lease``, and nobody waiting in ``rate_limit_waiters``, keep the slot
-        instead and take the next turn for a thread of this process: -> its start."""
+        instead and take the next turn for a thread of this process: -> its start.
+
+        ``own_next``: where this process's chain places its own next call (``not_before``
+        is where a successor from the clock may start): used if this process is the next
+        to take a turn (see _take_slot_and_turn)."""
         with self.engine.begin() as conn:
             if hand_on_lease is not None:
                 start_at = self._hand_on(
@@ -776,6 +864,7 @@ class DbLimiter:
             self._left_clock[account_name] = float(
                 conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
             )
+            self._own_next[account_name] = own_next if push <= 0 else None
         return None
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import random
 import signal
 import threading
 import time
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import insert, select
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
-from bulk_changes.db.limiter import DbLimiter, release_dead_holders
+from bulk_changes.db.limiter import AccountPace, DbLimiter, release_dead_holders
 from bulk_changes.domain.settings import RateLimit
 
 LIMIT = RateLimit(calls_per_second=20, max_in_flight=2)
@@ -486,3 +489,166 @@ def test_after_a_dead_holders_slot_is_given_back_the_next_turn_waits_a_window(
             )
         ).scalar_one()
     assert next_free >= freed_at + 1.0
+
+
+# ---- one in flight: each call a window's worth later placed by the earlier call's answer
+
+FIVE_A_SECOND = RateLimit(calls_per_second=5, max_in_flight=1)
+
+
+def _calls_answered(
+    engine,
+    account: str,
+    round_trips: list[float | None],
+    *,
+    fastest: float,
+    outbound: list[float] | None = None,
+    late_wakes: list[float] | None = None,
+) -> tuple[list[float], list[float], list[float], DbLimiter]:
+    """One in flight, 5 a second, one call after the other on a fake clock; call i leaves
+    at its turn and its answer comes ``round_trips[i]`` later (None: no successful
+    answer). The account answered round trips of ``fastest`` before. ``outbound[i]``: how
+    long call i took to reach the vendor (arrivals); ``late_wakes[i]``: how late the
+    thread woke for its turn. -> (departures, answers, arrivals, limiter)."""
+    now = {"t": 1000.0}
+    wakes = list(reversed(late_wakes or []))
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds + (wakes.pop() if wakes else 0.0)
+
+    limiter = DbLimiter(engine, margin_seconds=0.02, clock=lambda: now["t"], sleep=sleep)
+    for _ in range(AccountPace.MIN_FLOOR_SAMPLES):
+        limiter.pace(account).answered(fastest)
+    departures, answers, arrivals = [], [], []
+    for i, rtt in enumerate(round_trips):
+        with limiter.slot(account, FIVE_A_SECOND) as departure:
+            departures.append(now["t"])
+            arrivals.append(now["t"] + (outbound[i] if outbound else 0.0))
+            departure.departed(now["t"])
+            now["t"] += rtt if rtt is not None else fastest
+            if rtt is not None:
+                departure.answered(now["t"])
+            answers.append(now["t"])
+    return departures, answers, arrivals, limiter
+
+
+def test_one_in_flight_the_call_a_window_later_leaves_a_window_after_the_answer_less_the_fastest_round_trip(  # noqa: E501
+    any_engine,
+):
+    round_trips: list[float | None] = [0.15] * 20
+    round_trips[7] = 0.19
+    departures, answers, _, _ = _calls_answered(
+        any_engine, "after-answer", round_trips, fastest=0.15
+    )
+    # a window (1 s) after the answer less the fastest round trip, and half the fixed
+    # margin (10 ms)
+    for i in range(len(departures) - 5):
+        assert abs(departures[i + 5] - (answers[i] - 0.15 + 1.0 + 0.01)) < 1e-6, i
+
+
+def test_one_in_flight_a_slow_round_trip_delays_only_the_call_a_window_later(any_engine):
+    round_trips: list[float | None] = [0.15] * 20
+    round_trips[7] = 0.19
+    slow, _, _, _ = _calls_answered(any_engine, "one-slow", round_trips, fastest=0.15)
+    steady, _, _, _ = _calls_answered(any_engine, "none-slow", [0.15] * 20, fastest=0.15)
+    # call 12 leaves later by call 7's 40 ms over the fastest round trip ...
+    assert abs((slow[12] - slow[7]) - (steady[12] - steady[7]) - 0.04) < 1e-6
+    # ... and the call after it is not held back by more than its own answer's lateness
+    assert abs((slow[13] - slow[12]) - (steady[13] - steady[12]) + 0.04) < 1e-6
+
+
+def test_a_spread_of_the_vendors_own_time_reserves_less_than_the_spread(any_engine):
+    """Round trips 150-200 ms, the spread all the vendor's time (the way out steady):
+    each window keeps its call's own excess free (25 ms on average), not the spread."""
+    rnd = random.Random(3)
+    round_trips: list[float | None] = [0.15 + rnd.random() * 0.05 for _ in range(150)]
+    departures, _, _, limiter = _calls_answered(
+        any_engine, "service-spread", round_trips, fastest=0.15
+    )
+    spans = [b - a for a, b in zip(departures, departures[5:], strict=False)]
+    uniform_reserve = 5 * limiter.spacing(FIVE_A_SECOND, "service-spread")
+    assert limiter.pace("service-spread").jitter > 0.04
+    assert sum(spans) / len(spans) < uniform_reserve - 0.01
+
+
+def test_one_in_flight_a_call_without_an_answer_keeps_the_uniform_reserve(any_engine):
+    round_trips: list[float | None] = [0.15] * 12
+    round_trips[6] = None  # an error, a timeout: when it arrived is not known
+    departures, _, _, limiter = _calls_answered(any_engine, "unanswered", round_trips, fastest=0.15)
+    uniform = 5 * limiter.spacing(FIVE_A_SECOND, "unanswered")
+    assert departures[11] - departures[6] >= uniform - 1e-9
+
+
+_property_runs = itertools.count()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 0.3),  # the way out, over its shortest
+            st.floats(0.0, 0.3),  # the vendor's time and the way back, over their shortest
+            st.floats(0.0, 0.05),  # how late the thread woke for its turn
+        ),
+        min_size=6,
+        max_size=30,
+    )
+)
+def test_one_in_flight_no_window_holds_more_calls_than_the_limit_whatever_the_delays(
+    any_engine, delays: list[tuple[float, float, float]]
+):
+    """Any way out and back within what the fastest round trip (150 ms: 20 out, 130
+    back) allows: the call 5 after any call arrives at least a window (1 s) after it."""
+    outbound = [0.02 + out for out, _, _ in delays]
+    round_trips: list[float | None] = [0.15 + out + back for out, back, _ in delays]
+    _, _, arrivals, _ = _calls_answered(
+        any_engine,
+        f"any-delays-{next(_property_runs)}",
+        round_trips,
+        fastest=0.15,
+        outbound=outbound,
+        late_wakes=[wake for _, _, wake in delays],
+    )
+    arrivals.sort()
+    assert all(b - a >= 1.0 for a, b in zip(arrivals, arrivals[5:], strict=False))
+
+
+def test_one_in_flight_a_chain_of_hand_offs_places_each_call_by_its_own_answer(any_engine):
+    """Calls queued on three threads (hand-offs, real time), 20 a second; call 8 is
+    answered 60 ms late: only the call a window (20 calls) later waits for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limiter = DbLimiter(any_engine)
+    limit = RateLimit(calls_per_second=20, max_in_flight=1)
+    for _ in range(AccountPace.MIN_FLOOR_SAMPLES):
+        limiter.pace("chained").answered(0.002)
+    departures: dict[int, float] = {}
+    answers: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        with limiter.slot("chained", limit) as departure:
+            with lock:
+                index = len(departures)
+                departures[index] = time.time()
+            departure.departed(departures[index])
+            time.sleep(0.062 if index == 8 else 0.002)
+            answers[index] = time.time()
+            departure.answered(answers[index])
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(one, range(40)))
+    assert limiter.handoffs > 20
+    floor = limiter.pace("chained").floor
+    assert floor is not None
+    # every call leaves at least a window after the answer of the call 20 before it,
+    # less the fastest round trip
+    for i in range(len(departures) - 20):
+        assert departures[i + 20] >= answers[i] - floor + 1.0, i
+    # the late answer's 60 ms are kept free in its window only
+    assert departures[28] - departures[8] >= 1.0 + 0.055

@@ -55,3 +55,36 @@ def test_the_spacing_narrows_back_slowly_while_no_throttle_comes():
     for _ in range(60):
         p.answered(0.1)
     assert p.extra == 0.0
+
+
+def test_before_enough_round_trips_no_fastest_round_trip_is_trusted():
+    p = pace()
+    for _ in range(AccountPace.MIN_FLOOR_SAMPLES - 1):
+        p.answered(0.1)
+    assert p.floor is None
+
+
+def test_the_fastest_round_trip_is_the_least_of_the_recent_ones():
+    p = pace()
+    for i in range(AccountPace.MIN_FLOOR_SAMPLES):
+        p.answered(0.150 + (i % 7) / 1000)
+    assert p.floor == 0.150
+
+
+def test_a_fast_round_trip_is_forgotten_once_it_is_no_longer_recent():
+    """A vendor that got slower for good: the fastest round trip follows it."""
+    p = pace()
+    p.answered(0.1)
+    for _ in range(AccountPace.FLOOR_SAMPLES - 1):
+        p.answered(0.3)
+    assert p.floor == 0.1
+    p.answered(0.3)
+    assert p.floor == 0.3
+
+
+def test_a_faster_round_trip_lowers_the_fastest_at_once():
+    p = pace()
+    for _ in range(AccountPace.MIN_FLOOR_SAMPLES):
+        p.answered(0.2)
+    p.answered(0.12)
+    assert p.floor == 0.12
