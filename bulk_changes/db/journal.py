@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, insert, select, update
+from sqlalchemy import Engine, Table, and_, bindparam, insert, select, update
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.audit import audit_rows, storable
@@ -19,6 +19,33 @@ from bulk_changes.domain.state_machine import DeviceStatus
 
 # a step marked begun in step_progress (before its call): "<step>#started"
 STARTED = "#started"
+
+# The statements of every device's steps, built once: building a statement and its cache
+# key on every execution cost more CPU than executing it (a run worker's largest share).
+# The columns to set come from the parameters' keys (compiled once per set of keys).
+_dc = t.device_changes.c
+_OPEN = (_dc.status == DeviceStatus.NEW.value) | (_dc.status == DeviceStatus.PROCESSING.value)
+_NOT_FINAL = and_(*(_dc.status != value for value in FINAL_DEVICE_VALUES))
+# a step begins: its device change is PROCESSING (and counts the attempts of the step
+# recorded in the same transaction), unless an operator's stop made it final
+_BEGIN = (
+    update(t.device_changes)
+    .where(_dc.id == bindparam("b_id"), _OPEN)
+    .values(attempts=_dc.attempts + bindparam("b_attempts"))
+)
+_ADD_ATTEMPTS = (
+    update(t.device_changes)
+    .where(_dc.id == bindparam("b_id"))
+    .values(attempts=_dc.attempts + bindparam("b_attempts"))
+)
+_FINISH = (
+    update(t.device_changes)
+    .where(_dc.id == bindparam("b_id"), _NOT_FINAL)
+    .values(attempts=_dc.attempts + bindparam("b_attempts"))
+)
+_UPDATE_DEVICE = update(t.devices).where(t.devices.c.id == bindparam("b_device_id"))
+_INSERT_AUDIT = insert(t.audit_log)
+_INSERT_NEW: dict[tuple[str, str], Any] = {}
 
 
 class StepJournal:
@@ -56,47 +83,70 @@ class StepJournal:
         return found
 
     @store_errors
-    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool:
+    def begin_step(
+        self,
+        device_change_id: int,
+        step: str,
+        run_id: str | None,
+        *,
+        after: StepSuccess | None = None,
+        bulk_change_id: int | None = None,
+    ) -> bool:
         """Before a step's call, in one transaction: the device change is PROCESSING and
         the step is marked started (so a crash after the call can be checked, not repeated).
         -> False, and nothing marked, if the device change is final (an operator stopped
-        the bulk change): the call must not be made."""
+        the bulk change): the call must not be made.
+
+        ``after``: the device's step just done (of bulk change ``bulk_change_id``), recorded
+        in the same transaction (one commit instead of two between its call and the
+        next); recorded even when the device change is final and nothing begins."""
         marker = f"{step}{STARTED}"
+        now = utc_now()
+        attempts = after.attempts if after is not None else 0
         with self.engine.begin() as conn:
+            if after is not None:
+                if bulk_change_id is None:
+                    raise ValueError("a step success is recorded with its bulk change's id")
+                self._write_step_success(conn, bulk_change_id, device_change_id, after, run_id)
             open_ = conn.execute(
-                update(t.device_changes)
-                .where(
-                    t.device_changes.c.id == device_change_id,
-                    t.device_changes.c.status.in_(
-                        (DeviceStatus.NEW.value, DeviceStatus.PROCESSING.value)
-                    ),
-                )
-                .values(status=DeviceStatus.PROCESSING.value, updated_at=utc_now())
+                _BEGIN,
+                {
+                    "b_id": device_change_id,
+                    "b_attempts": attempts,
+                    "status": DeviceStatus.PROCESSING.value,
+                    "updated_at": now,
+                },
             ).rowcount
             if not open_:
+                if attempts:
+                    self._add_attempts(conn, device_change_id, attempts)
                 return False
             conn.execute(
-                self._insert_new(t.step_progress).values(
-                    device_change_id=device_change_id,
-                    step=marker,
-                    data=json.dumps({"run_id": run_id}),
-                    updated_at=utc_now(),
-                )
+                self._insert_new(t.step_progress),
+                {
+                    "device_change_id": device_change_id,
+                    "step": marker,
+                    "data": json.dumps({"run_id": run_id}),
+                    "updated_at": now,
+                },
             )
         return True
 
     def _insert_new(self, table: Table) -> Any:
         """INSERT that leaves an existing row (same primary key) as it is: one statement
-        instead of a SELECT then an INSERT, on both SQLite and PostgreSQL."""
-        # imported here: the PostgreSQL dialect's modules cost every CLI command on SQLite
-        # 25 ms of start-up (the engine imports its own dialect anyway)
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-            return postgresql_insert(table).on_conflict_do_nothing()
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
+        instead of a SELECT then an INSERT, on both SQLite and PostgreSQL. Built once per
+        table and dialect."""
+        key = (self.engine.dialect.name, table.name)
+        stmt = _INSERT_NEW.get(key)
+        if stmt is None:
+            # imported here: the PostgreSQL dialect's modules cost every CLI command on
+            # SQLite 25 ms of start-up (the engine imports its own dialect anyway)
+            if self.engine.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            stmt = _INSERT_NEW[key] = dialect_insert(table).on_conflict_do_nothing()
+        return stmt
 
     @store_errors
     def record_step_success(
@@ -114,26 +164,20 @@ class StepJournal:
         success: StepSuccess,
         run_id: str | None,
     ) -> None:
-        result = success.result
         conn.execute(
-            self._insert_new(t.completed_steps).values(
-                device_change_id=device_change_id,
-                step=success.step,
-                completed_at=utc_now(),
-                result=json.dumps(result, default=str) if result is not None else None,
-            )
+            self._insert_new(t.completed_steps),
+            _completed_row(device_change_id, success.step, success.result, utc_now()),
         )
         if success.audit:
             conn.execute(
-                insert(t.audit_log),
+                _INSERT_AUDIT,
                 audit_rows(bulk_change_id, device_change_id, success.step, run_id, success.audit),
             )
 
     def _add_attempts(self, conn: Any, device_change_id: int, attempts: int) -> None:
         conn.execute(
-            update(t.device_changes)
-            .where(t.device_changes.c.id == device_change_id)
-            .values(attempts=t.device_changes.c.attempts + attempts, updated_at=utc_now())
+            _ADD_ATTEMPTS,
+            {"b_id": device_change_id, "b_attempts": attempts, "updated_at": utc_now()},
         )
 
     @store_errors
@@ -190,53 +234,49 @@ class StepJournal:
         ``after``: the external step that led here, recorded in the same transaction (one
         commit per device instead of two); recorded even if the device change was final.
         """
-        values: dict[str, Any] = {
-            "status": status.value,
-            "last_error": storable(reason),
-            "updated_at": utc_now(),
-            "finished_at": utc_now(),
-        }
+        now = utc_now()
         added = (1 if count_attempt else 0) + (after.attempts if after is not None else 0)
-        if added:
-            values["attempts"] = t.device_changes.c.attempts + added
         with self.engine.begin() as conn:
-            if after is not None:
-                self._write_step_success(conn, bulk_change_id, device_change_id, after, run_id)
             moved = conn.execute(
-                update(t.device_changes)
-                .where(
-                    t.device_changes.c.id == device_change_id,
-                    t.device_changes.c.status.not_in(FINAL_DEVICE_VALUES),
-                )
-                .values(**values)
+                _FINISH,
+                {
+                    "b_id": device_change_id,
+                    "b_attempts": added,
+                    "status": status.value,
+                    "last_error": storable(reason),
+                    "updated_at": now,
+                    "finished_at": now,
+                },
             ).rowcount
+            completed: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = []
+            if after is not None:
+                completed.append(_completed_row(device_change_id, after.step, after.result, now))
+                rows += audit_rows(
+                    bulk_change_id, device_change_id, after.step, run_id, after.audit
+                )
             if not moved:
                 if after is not None and after.attempts:
                     self._add_attempts(conn, device_change_id, after.attempts)
-                return False
-            if inventory_update is not None:
+            elif inventory_update is not None:
                 changed = conn.execute(
-                    update(t.devices)
-                    .where(t.devices.c.id == device_id)
-                    .values(**inventory_update, updated_at=utc_now())
+                    _UPDATE_DEVICE,
+                    {**inventory_update, "updated_at": now, "b_device_id": device_id},
                 ).rowcount
                 if changed != 1:
                     # Rolls the whole transaction back: the device change stays open.
                     raise LookupError(f"device {device_id} is no longer in the inventory")
                 if step:
-                    conn.execute(
-                        insert(t.completed_steps).values(
-                            device_change_id=device_change_id,
-                            step=step,
-                            completed_at=utc_now(),
-                            result=json.dumps(dict(inventory_update), default=str),
-                        )
+                    completed.append(
+                        _completed_row(device_change_id, step, dict(inventory_update), now)
                     )
-            if audit:
-                conn.execute(
-                    insert(t.audit_log),
-                    audit_rows(bulk_change_id, device_change_id, step, run_id, audit),
-                )
+            if moved and audit:
+                rows += audit_rows(bulk_change_id, device_change_id, step, run_id, audit)
+            # the rows of both steps, one statement per table
+            if completed:
+                conn.execute(self._insert_new(t.completed_steps), completed)
+            if rows:
+                conn.execute(_INSERT_AUDIT, rows)
         return bool(moved)
 
     @store_errors
@@ -270,3 +310,12 @@ class StepJournal:
                 else insert(t.step_progress).values(device_change_id=device_change_id, step=step)
             )
             conn.execute(stmt.values(data=json.dumps(dict(data)), updated_at=utc_now()))
+
+
+def _completed_row(device_change_id: int, step: str, result: Any, now: Any) -> dict[str, Any]:
+    return {
+        "device_change_id": device_change_id,
+        "step": step,
+        "completed_at": now,
+        "result": json.dumps(result, default=str) if result is not None else None,
+    }

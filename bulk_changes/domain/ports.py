@@ -135,7 +135,18 @@ class DeviceChangeStore(ProgressStore, Protocol):
 
     def started_steps(self, device_change_ids: Iterable[int]) -> dict[int, set[str]]: ...
 
-    def begin_step(self, device_change_id: int, step: str, run_id: str | None) -> bool: ...
+    def begin_step(
+        self,
+        device_change_id: int,
+        step: str,
+        run_id: str | None,
+        *,
+        after: StepSuccess | None = None,
+        bulk_change_id: int | None = None,
+    ) -> bool:
+        """Mark ``step`` started before its call (False: the device change is final, no
+        call); ``after``, the step just done, recorded in the same transaction."""
+        ...
 
     def record_step_success(
         self,

@@ -180,8 +180,11 @@ class StageRunner:
             return
         plan = plan_for(self.change_type, self.integration, change.request)
         steps = [s for s in plan if s.stage in stages]
+        # A step's success is committed with the next step's start, or with the AMOP
+        # update that ends the device change: one transaction between two calls, never
+        # after the next call (nor after a read at the vendor: see _verified_after_crash).
         pending: StepSuccess | None = None
-        for index, step in enumerate(steps):
+        for step in steps:
             if stopping.requested():
                 if pending is not None:
                     self._record(change, pending)  # its call was made: keep it known
@@ -193,15 +196,14 @@ class StageRunner:
             if step is UPDATE_AMOP:
                 self._update_inventory(change, device, plan, done, report, pending)
                 return
-            success = self._run_step(step, change, device, report)
+            success = self._run_step(step, change, device, report, pending)
+            pending = None  # committed by the step's start (or the step failed on it)
             if success is None:
                 return  # the device change ended; later steps and stages skip it
-            # the step right before the AMOP update is committed with it, in one transaction
-            if steps[index + 1 : index + 2] == [UPDATE_AMOP] and UPDATE_AMOP.name not in done:
-                pending = success
-            else:
-                self._record(change, success)
+            pending = success
             done.add(step.name)
+        if pending is not None:
+            self._record(change, pending)
 
     def _run_step(
         self,
@@ -209,8 +211,11 @@ class StageRunner:
         change: DeviceChange,
         device: Mapping[str, Any],
         report: StageReport,
+        before: StepSuccess | None = None,
     ) -> StepSuccess | None:
-        """-> the step's success, still to record; None if the device change ended."""
+        """-> the step's success, still to record; None if the device change ended.
+        ``before``: the device's step just done, still to record: committed before this
+        step makes any call (with its start, in one transaction)."""
         handler = HANDLERS[step.name]
         ctx = StepContext(
             step=step,
@@ -228,7 +233,7 @@ class StageRunner:
         # system is read before the write is sent again, never the write repeated blind.
         unknown = False
         try:
-            verified = self._verified_after_crash(step, change, ctx, report)
+            verified = self._verified_after_crash(step, change, ctx, report, before)
         except stopping.Stopped:
             return None  # closed by an operator's stop: no call
         except _ReadAgain:
@@ -333,17 +338,33 @@ class StageRunner:
         self.repo.record_step_success(self.bulk.id, change.id, success, self.run_id)
 
     def _verified_after_crash(
-        self, step: Step, change: DeviceChange, ctx: StepContext, report: StageReport
+        self,
+        step: Step,
+        change: DeviceChange,
+        ctx: StepContext,
+        report: StageReport,
+        before: StepSuccess | None = None,
     ) -> StepSuccess | None:
         """Check a step that was started before but never recorded (the process died
         between the call and its record): if the external system already shows the
         change, -> its success, to record instead of calling again. Otherwise (None) mark
-        the step started (and the device change PROCESSING) before the call."""
+        the step started (and the device change PROCESSING) before the call.
+
+        ``before``, the step just done, is committed first: with this step's start, or
+        on its own before the read at the vendor."""
         verifier = VERIFIERS.get(step.name)
         if step.name not in self._started.get(change.id, set()) or verifier is None:
-            if not self.repo.begin_step(change.id, step.name, self.run_id):
+            if before is None:
+                begun = self.repo.begin_step(change.id, step.name, self.run_id)
+            else:
+                begun = self.repo.begin_step(
+                    change.id, step.name, self.run_id, after=before, bulk_change_id=self.bulk.id
+                )
+            if not begun:
                 raise stopping.Stopped("the device change was closed by an operator's stop")
             return None
+        if before is not None:
+            self._record(change, before)
         try:
             result = verifier(ctx)
         except (StoreError, OutcomeUnknown):

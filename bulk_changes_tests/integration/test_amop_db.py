@@ -144,6 +144,43 @@ def test_a_call_that_ends_on_a_final_device_change_is_still_recorded(any_engine)
     assert (ended.status, ended.attempts) == ("CANCELLED", 1)
 
 
+def _begin_after_the_call(repo, bulk_id, change):
+    """The next step of the device change begins with the Jasper call just made."""
+    audit = [AuditEntry(system="jasper", outcome="ok", description="Set username at Jasper")]
+    return repo.begin_step(
+        change.id,
+        "revio.set_cost_centers",
+        "run-1",
+        after=StepSuccess("jasper.set_username", {"ok": True}, audit, attempts=1),
+        bulk_change_id=bulk_id,
+    )
+
+
+def test_a_call_and_the_start_of_the_next_step_are_recorded_together(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    assert _begin_after_the_call(repo, bulk_id, change)
+    assert repo.completed_steps([change.id])[change.id] == {"jasper.set_username"}
+    assert repo.started_steps([change.id])[change.id] == {"revio.set_cost_centers"}
+    assert [a["system"] for a in repo.audit_of(bulk_id, change.id)] == ["jasper"]
+    (begun,) = repo.device_changes_of(bulk_id)
+    assert (begun.status, begun.attempts) == ("PROCESSING", 1)
+
+
+def test_a_call_before_a_stop_is_recorded_and_the_next_step_does_not_begin(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=1)
+    (change,) = repo.device_changes_of(bulk_id)
+    args = dict(bulk_change_id=bulk_id, device_change_id=change.id, reason=None, step=None)
+    assert repo.finish_device_change(status=DeviceStatus.CANCELLED, **args)
+    assert not _begin_after_the_call(repo, bulk_id, change)
+    assert repo.completed_steps([change.id])[change.id] == {"jasper.set_username"}
+    assert repo.started_steps([change.id])[change.id] == set()
+    (stopped,) = repo.device_changes_of(bulk_id)
+    assert (stopped.status, stopped.attempts) == ("CANCELLED", 1)
+
+
 def test_a_device_gone_from_the_inventory_rolls_back_the_call_record_too(any_engine):
     repo = Repository(any_engine)
     bulk_id, _ = make_bulk(repo, devices=1)

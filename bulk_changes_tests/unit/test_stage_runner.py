@@ -260,6 +260,57 @@ def test_a_device_commits_twice_once_before_its_call_and_once_after(
     assert len(commits) == 2 * len(jasper_devices)
 
 
+def test_a_carrier_call_is_committed_before_the_billing_call_in_one_transaction_with_its_start(
+    repo, settings, fake_key, jasper_devices
+):
+    from sqlalchemy import event
+
+    device = jasper_devices[0]
+    request = [{"iccid": device, "username": "ann", "cost_center_1": "CC-9"}]
+    result = submit(repo, settings, "username_cost_center", "jasper", request)
+    (change,) = repo.device_changes_of(result.id)
+    seen_at_billing = []
+
+    class WatchedClients(FakeClients):
+        def billing(self):
+            # what a crash at the billing call would leave: the carrier call recorded
+            seen_at_billing.append(
+                (
+                    repo.completed_steps([change.id])[change.id],
+                    repo.started_steps([change.id])[change.id],
+                )
+            )
+            return super().billing()
+
+    commits = []
+
+    def count(connection):
+        commits.append(connection)
+
+    bulk = repo.get_bulk_change(result.id)
+    runner = StageRunner(
+        repo=repo,
+        bulk=bulk,
+        tenant=settings.tenant(bulk.tenant_id),
+        clients_factory=lambda recorder: WatchedClients(fake_key, "jasper"),
+        policy=POLICY,
+        run_id="run-1",
+        sleep=lambda s: None,
+    )
+    event.listen(repo.engine, "commit", count)
+    try:
+        runner.run([change.id], STAGE_ORDER)
+    finally:
+        event.remove(repo.engine, "commit", count)
+    assert repo.device_changes_of(result.id)[0].status == "PROCESSED"
+    assert seen_at_billing[0] == (
+        {"jasper.set_username"},
+        {"jasper.set_username", "revio.set_cost_centers"},
+    )
+    # the carrier's start; its record with the billing step's start; the end
+    assert len(commits) == 3
+
+
 def test_telegence_suspended_line_is_restored_by_a_patch(repo, settings, fake_key):
     rows = inventory(1, "telegence")
     rows[0]["status"] = "S"
