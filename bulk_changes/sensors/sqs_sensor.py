@@ -11,11 +11,11 @@ Each tick:
    the tick long-polls until ``long_poll_seconds`` after it began, or until it has a run to
    ask for: a message sent while it listens starts its run at once. The daemon evaluates
    sensors every 5 seconds (Dagster's sensor loop) and never starts a sensor's tick while
-   the last one still runs, so a tick that listens for most of several loops (18.5 s of
-   20 by default) is evaluated again at the loop after it ends: the queue is listened to
-   about 90% of the time, at 3 ticks a minute instead of 12 (each tick costs the daemon
-   and the code server a few tens of milliseconds of CPU, docs/benchmarks.md). Each
-   message is parsed
+   the last one still runs, so a tick that listens for most of several loops (58.5 s of
+   60 by default, in receives of at most SQS's 20 s) is evaluated again at the loop after
+   it ends: the queue is listened to about 97% of the time, at 1 tick a minute instead of
+   12 (each tick costs the daemon and the code server 60-80 ms of CPU, docs/benchmarks.md,
+   "Idle"). Each message is parsed
    (``bulk_changes.domain.messages``):
 
    - not understood -> dead-letter queue with the reason;
@@ -89,6 +89,8 @@ SubmitFn = Callable[[Any, Any, SubmitMessage], int]
 # for the next before it stops taking messages: otherwise the rest wait for the daemon's
 # next sensor loop, five seconds on. Costs a lone message as much.
 BURST_GAP_SECONDS = 0.1
+# SQS's longest wait of one receive (WaitTimeSeconds)
+MAX_WAIT_SECONDS = 20
 
 
 def submit_via_intake(repo: Any, settings: Any, message: SubmitMessage) -> int:
@@ -281,11 +283,18 @@ class QueueTick:
         # so messages handled earlier in the tick never cut a burst short.
         # SQS waits whole seconds: each wait is the whole seconds left, so the tick ends
         # within a second before its deadline, never after it.
+        # One receive waits at most SQS's 20 seconds: longer long polls are made of several.
         deadline = self.began + (0 if self.out.pending else self.long_poll_seconds)
         budget = self.max_messages
         while budget > 0:
             remaining = deadline - time.monotonic()
-            wait = 0 if self.out.run_requests or remaining < 1 else int(remaining)
+            wait = (
+                0
+                if self.out.run_requests or remaining < 1
+                else min(MAX_WAIT_SECONDS, int(remaining))
+            )
+            # a receive cut to SQS's longest wait is followed by another, if it found nothing
+            cut = wait == MAX_WAIT_SECONDS and int(remaining) > MAX_WAIT_SECONDS
             messages = self._receive(wait, budget)
             # a long poll returns with the first message of a burst: take the rest too
             while messages and wait and len(messages) < budget:
@@ -297,7 +306,7 @@ class QueueTick:
             budget -= len(messages)
             for message in messages:
                 self.handle_safely(message)
-            if not messages or self._failed:
+            if self._failed or (not messages and not cut):
                 return
 
     def _receive(self, wait: int, at_most: int) -> list[QueueMessage]:

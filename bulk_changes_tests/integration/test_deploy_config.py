@@ -161,3 +161,29 @@ def test_the_embedded_default_instance_retries_runs_whose_worker_died(tmp_path):
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert not instance.run_retries_retry_on_asset_or_op_failure
         assert instance.run_monitoring_enabled
+
+
+def test_the_embedded_default_instance_starts_only_the_daemons_the_project_uses(tmp_path):
+    # no automation conditions, auto-materialize or freshness policies: their daemons
+    # would only cost an idle daemon CPU; backfills, run queue, monitoring and retries stay
+    from bulk_changes.paths import default_instance_yaml
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(default_instance_yaml(), home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as instance:
+        daemons = set(instance.get_required_daemon_types())
+    assert daemons == {
+        "SENSOR",
+        "BACKFILL",
+        "SCHEDULER",
+        "QUEUED_RUN_COORDINATOR",
+        "MONITORING",
+        "EVENT_LOG_CONSUMER",
+    }
+
+
+def test_the_production_instance_starts_no_asset_or_freshness_daemon(tmp_path, pg_env):
+    config = load("dagster.yaml", tmp_path)
+    assert config["auto_materialize"] == {"enabled": False, "use_sensors": False}
+    assert config["freshness"] == {"enabled": False}

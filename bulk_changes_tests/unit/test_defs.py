@@ -88,3 +88,22 @@ def test_production_secrets_are_environment_variables_by_name(monkeypatch):
     defs = build_defs("production")
     assert resource_config(defs, "amop_db")["url"] == {"env": "BULK_CHANGES_DB_URL"}
     assert resource_config(defs, "mail")["password"] == {"env": "BULK_CHANGES_SMTP_PASSWORD"}
+
+
+@pytest.mark.parametrize(("timeout", "long_poll"), [(300, 58.5), (60, 43.5), (45, 28.5), (20, 5.0)])
+def test_the_queue_sensor_listens_as_long_as_the_sensor_timeout_leaves_room(timeout, long_poll):
+    from bulk_changes.defs.settings import default_long_poll
+
+    assert default_long_poll(timeout) == long_poll
+
+
+def test_the_sensor_timeout_is_dagsters_sensor_one_else_its_grpc_one(monkeypatch):
+    from bulk_changes.defs.settings import sensor_timeout_seconds
+
+    monkeypatch.delenv("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.delenv("DAGSTER_GRPC_TIMEOUT_SECONDS", raising=False)
+    assert sensor_timeout_seconds() == 60
+    monkeypatch.setenv("DAGSTER_GRPC_TIMEOUT_SECONDS", "300")
+    assert sensor_timeout_seconds() == 300
+    monkeypatch.setenv("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "90")
+    assert sensor_timeout_seconds() == 90

@@ -446,3 +446,46 @@ def test_a_tick_listens_until_its_deadline_counted_from_when_it_began(
     # 2.5 s of its 5.5 left: the whole seconds of it, so that the tick is over before the
     # daemon's sensor loop comes back to it (a tick still running then waits a loop more)
     assert queue.waits == [2]
+
+
+class ClockedQueue:
+    """An empty queue whose receives take the whole wait they are asked for, on a clock
+    of its own (the sensor module's ``time`` is replaced by it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[int] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def receive(self, at_most: int, wait_time_seconds: int = 0) -> list[Any]:
+        self.waits.append(wait_time_seconds)
+        self.now += wait_time_seconds
+        return []
+
+
+def test_a_long_poll_longer_than_sqs_allows_is_made_of_receives_of_at_most_20_seconds(
+    repo: FakeRepository, submit: FakeSubmit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulk_changes.sensors import sqs_sensor
+
+    queue = ClockedQueue()
+    monkeypatch.setattr(sqs_sensor, "time", queue)
+    tick_ = QueueTick(
+        build_sensor_context(instance=DagsterInstance.ephemeral()),
+        queue=queue,
+        amop_db=FakeAmopDb(repo),
+        tenant_config=FakeTenantConfig(),
+        submit=submit,
+        max_messages=30,
+        pending_ttl_seconds=60,
+        long_poll_seconds=58.5,
+        began=queue.now,
+    )
+    tick_.receive_all()
+    # SQS refuses a WaitTimeSeconds over 20; the tick still listens until its deadline
+    assert queue.waits == [20, 20, 18]
