@@ -15,6 +15,10 @@ The fork server is a single-threaded process started by the code server (a fork 
 multi-threaded gRPC server itself would not be safe). It reads the environment once, at
 start: restart the code server to load new code or settings, as a deployment does anyway.
 ``BULK_CHANGES_RUN_WORKER_START=spawn`` keeps Dagster's own way.
+
+On the embedded SQLite instance it also keeps one SQLAlchemy engine per database
+(``bulk_changes.sqlite_engines``): each sensor tick builds an instance whose storage
+otherwise makes a new engine, and compiles its statements again, for every query.
 """
 
 from __future__ import annotations
@@ -94,8 +98,10 @@ def read_migrations_once() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bulk_changes.dagster_private import dagster_cli
+    from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     read_migrations_once()
+    reuse_sqlite_engines()
     use_forked_run_workers(run_worker_context())
     args = list(sys.argv[1:] if argv is None else argv)
     result = dagster_cli.main(

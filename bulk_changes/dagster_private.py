@@ -33,7 +33,16 @@ from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
 from dagster._core.storage import sql as dagster_storage_sql
+from dagster._core.storage.event_log.sqlite import (
+    consolidated_sqlite_event_log as consolidated_sqlite_event_log_module,
+)
+from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
 from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_storage_module
+from dagster._core.storage.schedules.sqlite import (
+    sqlite_schedule_storage as sqlite_schedule_storage_module,
+)
+from dagster._daemon.cli import cli as dagster_daemon_cli
+from dagster._grpc import server_watcher as dagster_server_watcher
 from dagster._grpc.server import DagsterApiServer
 
 __all__ = [
@@ -54,9 +63,14 @@ __all__ = [
     "RunFailureReason",
     "create_compute_log_file_key",
     "dagster_cli",
+    "dagster_daemon_cli",
+    "dagster_server_watcher",
     "dagster_event_sequence_for_step",
     "dagster_storage_sql",
     "sqlite_run_storage_module",
+    "sqlite_schedule_storage_module",
+    "sqlite_event_log_module",
+    "consolidated_sqlite_event_log_module",
     "get_retries_config",
     "trigger_hook",
 ]
@@ -138,4 +152,14 @@ ATTRIBUTES: list[str] = [
     "dagster_storage_sql.check_alembic_revision",
     "dagster_storage_sql.get_alembic_config",
     "sqlite_run_storage_module.SqliteRunStorage",
+    # bulk_changes.sqlite_engines: the SQLite storages make their engines with the
+    # create_engine each of these modules imported (replaced by one that keeps them)
+    "sqlite_run_storage_module.create_engine",
+    "sqlite_schedule_storage_module.create_engine",
+    "sqlite_event_log_module.create_engine",
+    "consolidated_sqlite_event_log_module.create_engine",
+    # bulk_changes.daemon runs `dagster-daemon`, watching code servers less often (the
+    # module's WATCH_INTERVAL is read when a watch thread starts)
+    "dagster_daemon_cli.main",
+    "dagster_server_watcher.WATCH_INTERVAL",
 ]

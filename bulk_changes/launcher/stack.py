@@ -54,6 +54,11 @@ QUICK_LOOPS = {
     "BULK_CHANGES_BASE_DELAY": "0.05",
     "BULK_CHANGES_MAX_ATTEMPTS": "10",
     "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
+    # the code's defaults before they were lengthened for an idle daemon's CPU (60 s and
+    # 58.5 s): the tests wait for a sweep as before, and a stopped daemon, which waits for
+    # the queue sensor's tick in flight, stops within 20 s
+    "BULK_CHANGES_NOTIFY_INTERVAL": "30",
+    "BULK_CHANGES_SENSOR_LONG_POLL": "18.5",
 }
 
 SYSTEMS = ("jasper", "telegence", "revio")
@@ -81,12 +86,16 @@ class Stack:
     inventories: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def start_daemon(self, log_name: str = "daemon.log") -> subprocess.Popen[bytes]:
-        """The real dagster-daemon (sensors, run queue, run monitoring, run retries), in a
-        session of its own: its code server and the run workers share its process group."""
+        """The real dagster-daemon (sensors, run queue, run monitoring, run retries), as
+        ``bulk_changes.daemon`` runs it (cheaper while idle), in a session of its own: its
+        code server and the run workers share its process group."""
         daemon = self._start_process(
-            [_console_script("dagster-daemon"), "run", "-w", str(self.root / "workspace.yaml")],
+            [
+                sys.executable, "-m", "bulk_changes.daemon",
+                "run", "-w", str(self.root / "workspace.yaml"),
+            ],
             log_name,
-        )
+        )  # fmt: skip
         self.daemon = daemon
         return daemon
 

@@ -80,3 +80,20 @@ def test_no_other_module_imports_dagster_internals() -> None:
         if path.name != "dagster_private.py" and (modules := _private_imports(path))
     }
     assert offenders == {}
+
+
+def test_a_code_server_watch_reads_the_module_watch_interval_when_it_starts() -> None:
+    # bulk_changes.daemon sets the module's WATCH_INTERVAL: an upgrade that binds it
+    # elsewhere would silently watch every second again
+    source = inspect.getsource(dagster_private.dagster_server_watcher)
+    assert '"watch_interval", WATCH_INTERVAL)' in source
+
+
+def test_sqlite_storages_make_their_engines_with_their_modules_create_engine() -> None:
+    # bulk_changes.sqlite_engines replaces each module's create_engine
+    for module, storage in (
+        (dagster_private.sqlite_run_storage_module, "SqliteRunStorage"),
+        (dagster_private.sqlite_schedule_storage_module, "SqliteScheduleStorage"),
+        (dagster_private.sqlite_event_log_module, "SqliteEventLogStorage"),
+    ):
+        assert "create_engine(" in inspect.getsource(getattr(module, storage))

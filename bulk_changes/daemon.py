@@ -1,0 +1,57 @@
+"""The Dagster daemon, costing less while nothing happens.
+
+    python -m bulk_changes.daemon run -w workspace.yaml
+
+takes the arguments of ``dagster-daemon`` and runs it. Two differences, both for an idle
+daemon's CPU (docs/benchmarks.md, "Idle"):
+
+- on the embedded SQLite instance, one SQLAlchemy engine per database
+  (``bulk_changes.sqlite_engines``): Dagster makes a new one for every connection, so
+  every query of the run queue and of each sensor tick was compiled again;
+- it asks a long-lived code server whether it was replaced every ``WATCH_SECONDS``
+  seconds instead of every second (Dagster's ``WATCH_INTERVAL``: the UI's reload notice;
+  the daemon reloads its workspace every minute anyway). A replaced code server is seen
+  that much later;
+- run retries look for failed runs every ``RUN_RETRY_CHECK_SECONDS`` seconds instead of
+  every 5 (Dagster's ``DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS``, which, set,
+  is kept): a run whose worker died is re-executed up to 15 s after it is marked failed.
+
+``BULK_CHANGES_SQLITE_ENGINES=new`` keeps Dagster's engines; ``dagster-daemon run`` works
+as well (it only costs more).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+WATCH_SECONDS = 10
+RUN_RETRY_CHECK_SECONDS = 15
+RUN_RETRY_CHECK_ENV = "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS"
+
+
+def watch_code_servers_every(seconds: float) -> None:
+    """How often the daemon's workspace asks each gRPC code server for its id."""
+    from bulk_changes.dagster_private import dagster_server_watcher
+
+    dagster_server_watcher.WATCH_INTERVAL = seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # read by Dagster when the run retries' daemon module is imported: before any import
+    os.environ.setdefault(RUN_RETRY_CHECK_ENV, str(RUN_RETRY_CHECK_SECONDS))
+    from bulk_changes.dagster_private import dagster_daemon_cli
+    from bulk_changes.sqlite_engines import reuse_sqlite_engines
+
+    reuse_sqlite_engines()
+    watch_code_servers_every(WATCH_SECONDS)
+    args = list(sys.argv[1:] if argv is None else argv)
+    result = dagster_daemon_cli.main(
+        args=args, prog_name="dagster-daemon", standalone_mode=False, obj={}
+    )
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

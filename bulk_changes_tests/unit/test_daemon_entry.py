@@ -1,0 +1,51 @@
+"""bulk_changes.daemon: Dagster's daemon, watching code servers less often and keeping one
+SQLite engine per database."""
+
+from __future__ import annotations
+
+import pytest
+
+from bulk_changes import daemon, dagster_private
+from bulk_changes.sqlite_engines import EngineCache
+
+
+@pytest.fixture
+def restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the patches are process-wide: undone after each test
+    monkeypatch.delenv(daemon.RUN_RETRY_CHECK_ENV, raising=False)
+    watcher = dagster_private.dagster_server_watcher
+    monkeypatch.setattr(watcher, "WATCH_INTERVAL", watcher.WATCH_INTERVAL)
+    for module in (
+        dagster_private.sqlite_run_storage_module,
+        dagster_private.sqlite_schedule_storage_module,
+        dagster_private.sqlite_event_log_module,
+        dagster_private.consolidated_sqlite_event_log_module,
+    ):
+        monkeypatch.setattr(module, "create_engine", module.create_engine)
+
+
+def test_the_daemon_runs_dagsters_daemon_command(
+    restored: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert daemon.main(["run", "--help"]) == 0
+    assert "dagster-daemon run" in capsys.readouterr().out
+
+
+def test_the_daemon_watches_code_servers_every_ten_seconds_and_reuses_sqlite_engines(
+    restored: None,
+) -> None:
+    daemon.main(["--help"])
+    assert dagster_private.dagster_server_watcher.WATCH_INTERVAL == daemon.WATCH_SECONDS == 10
+    assert isinstance(dagster_private.sqlite_run_storage_module.create_engine, EngineCache)
+
+
+def test_the_daemon_looks_for_runs_to_retry_every_15_seconds_unless_told(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    daemon.main(["--help"])
+    assert os.environ[daemon.RUN_RETRY_CHECK_ENV] == "15"
+    monkeypatch.setenv(daemon.RUN_RETRY_CHECK_ENV, "5")
+    daemon.main(["--help"])
+    assert os.environ[daemon.RUN_RETRY_CHECK_ENV] == "5"

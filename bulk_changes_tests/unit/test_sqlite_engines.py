@@ -1,0 +1,100 @@
+"""bulk_changes.sqlite_engines: one SQLAlchemy engine per SQLite database and process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy.pool import NullPool
+
+from bulk_changes import dagster_private, sqlite_engines
+from bulk_changes.sqlite_engines import EngineCache
+
+MODULES = (
+    dagster_private.sqlite_run_storage_module,
+    dagster_private.sqlite_schedule_storage_module,
+    dagster_private.sqlite_event_log_module,
+    dagster_private.consolidated_sqlite_event_log_module,
+)
+
+
+@pytest.fixture
+def restored_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the patch is process-wide: undone after each test
+    for module in MODULES:
+        monkeypatch.setattr(module, "create_engine", module.create_engine)
+
+
+class Made:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, url: str, **kwargs: object) -> object:
+        self.calls += 1
+        return object()
+
+
+def test_the_same_database_and_arguments_get_the_same_engine() -> None:
+    make = Made()
+    cache = EngineCache(make)
+    first = cache("sqlite:///a.db", poolclass=NullPool, connect_args={"timeout": 30})
+    assert cache("sqlite:///a.db", poolclass=NullPool, connect_args={"timeout": 30}) is first
+    assert make.calls == 1
+
+
+def test_another_database_gets_its_own_engine() -> None:
+    cache = EngineCache(Made())
+    assert cache("sqlite:///a.db", poolclass=NullPool) is not cache(
+        "sqlite:///b.db", poolclass=NullPool
+    )
+
+
+def test_the_least_recently_used_engine_is_dropped_beyond_the_limit() -> None:
+    make = Made()
+    cache = EngineCache(make, size=2)
+    a = cache("sqlite:///a.db")
+    cache("sqlite:///b.db")
+    assert cache("sqlite:///a.db") is a  # a used again: b is now the oldest
+    cache("sqlite:///c.db")
+    assert list(key[0] for key in cache.engines) == ["sqlite:///a.db", "sqlite:///c.db"]
+    assert make.calls == 3
+
+
+def test_an_instance_on_patched_sqlite_storage_stores_and_reads_runs(
+    tmp_path: Path, restored_modules: None
+) -> None:
+    from dagster import DagsterInstance, RunsFilter, job, op
+
+    from bulk_changes.paths import default_instance_yaml
+
+    assert sqlite_engines.reuse_sqlite_engines()
+    assert all(isinstance(m.create_engine, EngineCache) for m in MODULES)
+
+    @op
+    def hello() -> int:
+        return 1
+
+    @job
+    def greet() -> None:
+        hello()
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(default_instance_yaml(), home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as instance:
+        for _ in range(2):
+            assert greet.execute_in_process(instance=instance).success
+        runs = instance.get_runs(RunsFilter(job_name="greet"))
+        assert len(runs) == 2
+        assert all(instance.all_logs(run.run_id) for run in runs)
+    cached = {key[0] for m in MODULES for key in m.create_engine.engines}
+    assert any(url.endswith("runs.db") for url in cached)
+
+
+def test_the_setting_keeps_dagsters_engines(
+    monkeypatch: pytest.MonkeyPatch, restored_modules: None
+) -> None:
+    monkeypatch.setenv(sqlite_engines.SETTING_ENV, "new")
+    assert not sqlite_engines.reuse_sqlite_engines()
+    assert not any(isinstance(m.create_engine, EngineCache) for m in MODULES)
