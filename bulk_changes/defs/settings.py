@@ -21,7 +21,7 @@ def default_status(name: str) -> DefaultSensorStatus:
     return DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED
 
 
-# Every tick of a sensor costs the daemon and the code server 60-80 ms of CPU together
+# Every tick of a sensor costs the daemon and the code server 45-80 ms of CPU together
 # (Dagster builds an instance and the resources, and records the tick in its storage)
 # whether or not there is anything to do (docs/benchmarks.md, "Idle"): the sensors that
 # only look after ended runs look every 60 seconds, the dead run worker check every 30.

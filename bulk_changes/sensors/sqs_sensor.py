@@ -14,7 +14,7 @@ Each tick:
    the last one still runs, so a tick that listens for most of several loops (58.5 s of
    60 by default, in receives of at most SQS's 20 s) is evaluated again at the loop after
    it ends: the queue is listened to about 97% of the time, at 1 tick a minute instead of
-   12 (each tick costs the daemon and the code server 60-80 ms of CPU, docs/benchmarks.md,
+   12 (each tick costs the daemon and the code server 45-80 ms of CPU, docs/benchmarks.md,
    "Idle"). Each message is parsed
    (``bulk_changes.domain.messages``):
 
