@@ -5,6 +5,16 @@ the simulators with realistic latency and the documented limits, scaled up unifo
     python -m bench.run_bench --devices 10000 --scenarios jasper_ucc,unconstrained
     python -m bench.run_bench --smoke               # a few hundred devices, for the test suite
     python -m bench.run_bench --scenarios twenty_accounts --devices 500 --scale 1 --db postgres
+    python -m bench.run_bench --scenarios many_accounts --accounts 60 --devices 500 --scale 1
+
+The stack runs with the code's own loops, as the demo, the embedded default and
+production run it: the queue sensor long-polls 58.5 s of each minute, the housekeeping
+sensors tick every 60 s (dead run workers every 30 s), the instance file is the embedded
+``bulk_changes/defaults/dagster.yaml`` (or ``deploy/dagster.yaml`` with ``--db
+postgres``) as it is but for a run queue that lets every bulk change of the scenario run
+at once. ``--quick-loops`` runs the tests' loops instead (``QUICK_LOOPS``: short long
+poll, dead run workers every 2 s, short retry delays; the sensor every 5 s) and the tests'
+instance (run monitoring every 5 s): what this benchmark ran before 2026-12-06 09:00 UTC.
 
 ``--db postgres``: the AMOP database and Dagster's storage on the local PostgreSQL (new
 databases, dropped afterwards), the instance of deploy/dagster.yaml (its storage section),
@@ -44,7 +54,9 @@ from bench.measure import (
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
 from bulk_changes.launcher import start_stack, stop_stack
-from bulk_changes.launcher.instance import embedded_instance, production_instance
+from bulk_changes.launcher.instance import DEPLOY, embedded_instance, production_instance
+from bulk_changes.launcher.stack import QUICK_LOOPS
+from bulk_changes.paths import default_instance_yaml
 from bulk_changes.simulators import freeze_host_objects
 from bulk_changes.simulators.limits import Limits, crowded_windows
 
@@ -195,20 +207,49 @@ def wait_for_sensor(stack: Any, timeout: float = 180.0) -> None:
 STEPS_PER_RUN = 2
 
 
-def instance_for(backend: str, runs: int) -> tuple[str, dict[str, int] | None]:
+def instance_for(
+    backend: str, runs: int, quick_loops: bool = False
+) -> tuple[str, dict[str, int] | None]:
     """The Dagster instance (YAML) and pool limits that let ``runs`` runs work at once:
-    the run queue's limit and the batch pool (each run holds up to two batch steps)."""
+    the run queue's limit and the batch pool (each run holds up to two batch steps).
+
+    The instance file as it is (the embedded default's, or deploy/dagster.yaml on
+    PostgreSQL) but for those limits; with ``quick_loops`` the tests' instance (run
+    monitoring every 5 s; on PostgreSQL the run queue every second)."""
     import yaml
 
     if backend == "postgres":
-        config = production_instance()
+        config = (
+            production_instance()
+            if quick_loops
+            else yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+        )
         limits = config["concurrency"]["runs"]
         limits["max_concurrent_runs"] = max(limits["max_concurrent_runs"], runs)
         return yaml.safe_dump(config), {"bulk_changes_devices": max(6, STEPS_PER_RUN * runs)}
-    config = embedded_instance()
+    config = (
+        embedded_instance() if quick_loops else yaml.safe_load(default_instance_yaml().read_text())
+    )
     coordinator = config["run_coordinator"]["config"]
     coordinator["max_concurrent_runs"] = max(coordinator["max_concurrent_runs"], runs)
     return yaml.safe_dump(config), None
+
+
+def loop_settings(quick_loops: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(loops, overrides) for ``start_stack``: the code's own (no variables) or the tests'
+    loops with the sensor every 5 s, as this benchmark ran them before."""
+    if quick_loops:
+        return dict(QUICK_LOOPS), {"BULK_CHANGES_SENSOR_INTERVAL": "5"}
+    return {}, {}
+
+
+def loops_label(quick_loops: bool) -> str:
+    if quick_loops:
+        return "quick (the tests' loops, sensor every 5 s; the tests' instance)"
+    return (
+        "the code's own (queue sensor long-polls 58.5 s a minute, housekeeping sensors every"
+        " 60 s, dead run workers 30 s; the instance file as it is)"
+    )
 
 
 def run_scenario(
@@ -220,17 +261,18 @@ def run_scenario(
     code_server: bool = False,
     backend: str = "sqlite",
     pool_size: int | None = None,
+    quick_loops: bool = False,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
-    dagster_yaml, pool_limits = instance_for(backend, len(scenario.sends))
+    dagster_yaml, pool_limits = instance_for(backend, len(scenario.sends), quick_loops)
+    loops, loop_overrides = loop_settings(quick_loops)
     stack = start_stack(
         root,
         tenants=tenants_file(scenario, scale),
         credentials=credentials(scenario),
         configure_sims=configure(scenario, scale),
         env_overrides={
-            # the code's own sensor settings (the test stack's sensor ticks every second)
-            "BULK_CHANGES_SENSOR_INTERVAL": "5",
+            **loop_overrides,
             "BULK_CHANGES_BATCH_SIZE": str(batch_size),
             **({"BULK_CHANGES_DB_POOL_SIZE": str(pool_size)} if pool_size else {}),
         },
@@ -238,6 +280,7 @@ def run_scenario(
         backend="postgresql" if backend == "postgres" else "sqlite",
         dagster_yaml=dagster_yaml,
         pool_limits=pool_limits,
+        loops=loops,
     )
     # this process reads the instance too (collect): its storage's variables
     os.environ.update({k: v for k, v in stack.env.items() if k.startswith("DAGSTER_PG_")})
@@ -297,6 +340,8 @@ def run_scenario(
         pg_sampler = None
         result = collect(stack, scenario, scale, sent, first, finished, calls_before, root)
         result["backend"] = backend
+        result["loops"] = loops_label(quick_loops)
+        result["loop_variables"] = {**loops, **loop_overrides}
         result["load_average"] = {
             "at_first_message": [round(x, 2) for x in load_at_first],
             "at_last_final": [round(x, 2) for x in load_at_final],
@@ -532,6 +577,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"\n== {result['scenario']}: {result['description']} (scale {result['scale']:g};"
         f" code server: {result.get('code_server', '?')})"
     )
+    print(f"   loops: {result.get('loops', '?')}")
     print(
         f"   makespan {result['makespan_s']} s, {result['devices']} devices, throttled {result['throttled']},"
         f" CPU {result['cpu_seconds_per_1000_devices']} s/1000 devices, peak memory {result['peak_memory_mb']} MB"
@@ -630,6 +676,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--scenarios", default="", help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--quick-loops",
+        action="store_true",
+        help="the tests' loops (QUICK_LOOPS, sensor every 5 s) and the tests' instance, as"
+        " this benchmark ran before 2026-12-06 09:00 UTC; by default the code's own loops and"
+        " the instance file as it is (what the demo, the embedded default and production run)",
+    )
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=60,
+        help="how many tenants, each with its own accounts, the many_accounts scenario has",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few hundred devices, two scenarios")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the prior system's strategy"
@@ -675,9 +734,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.devices, args.scale = 200, 20.0
         args.scenarios = args.scenarios or "jasper_ucc"
-    chosen = scenarios(args.devices, args.memory_devices)
-    names = [n for n in args.scenarios.split(",") if n] or list(chosen)
+    chosen = scenarios(args.devices, args.memory_devices, args.accounts)
+    # every scenario but the two largest host-ceiling ones (name them to run them)
+    names = [n for n in args.scenarios.split(",") if n] or [
+        n for n in chosen if n not in ("eighty_accounts", "many_accounts")
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"bench.run_bench: loops {loops_label(args.quick_loops)}; --db {args.db};"
+        f" --scale {args.scale:g}; load average {[round(x, 2) for x in os.getloadavg()]}"
+        f" ({os.cpu_count()} cores)",
+        flush=True,
+    )
     results = []
     for name in names:
         result = run_scenario(
@@ -689,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             args.code_server,
             backend=args.db,
             pool_size=args.pool_size or None,
+            quick_loops=args.quick_loops,
         )
         result["code_server"] = (
             "long-lived" if args.code_server else "the daemon's, replaced every minute"

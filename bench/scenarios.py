@@ -56,7 +56,7 @@ def many_accounts(name: str, accounts: int, devices: int) -> Scenario:
     )
 
 
-def scenarios(devices: int, memory_devices: int) -> dict[str, Scenario]:
+def scenarios(devices: int, memory_devices: int, accounts: int = 60) -> dict[str, Scenario]:
     big = devices
     return {
         s.name: s
@@ -121,6 +121,9 @@ def scenarios(devices: int, memory_devices: int) -> dict[str, Scenario]:
             ),
             many_accounts("twenty_accounts", 20, big),
             many_accounts("forty_accounts", 40, big),
+            many_accounts("eighty_accounts", 80, big),
+            # --accounts N
+            many_accounts("many_accounts", accounts, big),
             Scenario(
                 "memory",
                 f"{memory_devices} device_status on Jasper, unconstrained: peak memory",
