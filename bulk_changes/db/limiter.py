@@ -213,6 +213,8 @@ class DbLimiter:
         poll_seconds: float = 0.02,
         waiter_lease_seconds: float = 2.0,
         max_handoffs: int = 50,
+        chain_check_seconds: float = 1.0,
+        contended_seconds: float = 5.0,
         reclaim_every: float = 1.0,
         initial_jitter_seconds: float = 0.05,
         max_jitter_seconds: float = 0.25,
@@ -263,11 +265,25 @@ class DbLimiter:
         # one-in-flight accounts: the slot handed from one thread of this process to the
         # next without taking it again (see slot); bounded so other runs get their turn
         self.max_handoffs = max_handoffs
+        # One-in-flight chains: the database (waiters, the slot's lease) is looked at by a
+        # hand-on only when its next turn is ``chain_check_seconds`` or more after the
+        # chain's last look, or the slot's lease would not cover the next call; other
+        # hand-ons stay in this process. While the account is contended (this process
+        # waited for it, or a look found another run waiting, within
+        # ``contended_seconds``), every hand-on looks, so runs take turns call by call.
+        self.chain_check_seconds = chain_check_seconds
+        self.contended_seconds = contended_seconds
+        self._contended_until: dict[str, float] = {}
         self._local = threading.Lock()
         self._queued: Counter[str] = Counter()
-        self._handed: dict[str, tuple[str, int, float, int]] = {}
+        # account -> the slot handed on: (holder, slot, its start, hand-ons so far in the
+        # chain, when the chain last looked at the database, until when the slot is leased,
+        # when it was handed on)
+        self._handed: dict[str, tuple[str, int, float, int, float, float, float]] = {}
         self._reserving_thread: ThreadPoolExecutor | None = None
         self.handoffs = 0
+        # hand-ons that did not touch the database
+        self.local_handoffs = 0
         self.retakes = 0
         self.waited_seconds = 0.0
         self.calls = 0
@@ -298,20 +314,27 @@ class DbLimiter:
             with self._local:
                 self._queued[account_name] -= 1
                 handed = self._handed.pop(account_name, None)
+            one = limit.max_in_flight == 1
+            # one in flight, the slot is leased for the calls a chain hands on without
+            # renewing the lease too (see _must_look)
+            granted = lease + self._lease_pad() if one else lease
             if handed is None:
                 self._ensure_rows(account_name, limit)
-                holder, slot, start_at, found = self._take_slot_and_turn(account_name, limit, lease)
+                holder, slot, start_at, found = self._take_slot_and_turn(
+                    account_name, limit, granted
+                )
                 chain = 0
+                looked_at, leased_until = self.clock(), start_at + granted
                 history: deque[_Call] | None = self._chains.get(account_name)
                 if history is None or self._left_clock.get(account_name) != found:
                     # another process took a turn since this one's last call: the calls
                     # before are not all known
                     history = self._chains[account_name] = deque(maxlen=CHAIN_MEMORY)
             else:
-                holder, slot, start_at, chain = handed
+                holder, slot, start_at, chain, looked_at, leased_until, handed_at = handed
                 history = self._chains[account_name]
-            one = limit.max_in_flight == 1
-            taken_at = self.clock()
+            # a handed-on turn was taken when it was handed on: a penalty since moves it
+            taken_at = self.clock() if handed is None else handed_at
             sent_at = start_at
             not_before = start_at + self.spacing(limit, account_name)
             departure = Departure()
@@ -342,11 +365,17 @@ class DbLimiter:
                 not_before = self._next_turn(
                     history if one else None, self._anchor(start_at, sent_at), limit, account_name
                 )
-                # One call in flight and a thread of this process waiting for the next:
-                # the next turn is taken while this call is in flight (unless another run
-                # is waiting: it goes first), so no database round trip stands between
-                # this call's answer and the next call.
-                if self._may_hand_on(account_name, limit, chain):
+                # One call in flight and a thread of this process waiting for the next: the
+                # next call is handed the slot in this process, its turn placed by the
+                # chain. If the chain must look at the database for it (see _must_look),
+                # it does so while this call is in flight (unless another run is waiting:
+                # it goes first), so no database round trip stands between this call's
+                # answer and the next call.
+                looking_at = looked_at
+                if self._may_hand_on(account_name, limit, chain) and self._must_look(
+                    account_name, looked_at, leased_until, not_before, lease
+                ):
+                    looking_at = self.clock()
                     reserving = self._reserver().submit(
                         self._reserve_next_turn,
                         account_name,
@@ -354,7 +383,7 @@ class DbLimiter:
                         holder,
                         not_before,
                         CHAIN_STEP,
-                        lease,
+                        granted,
                     )
                 yield departure
             finally:
@@ -396,10 +425,31 @@ class DbLimiter:
                     history.append((counted, answered))
                 reserved = _result_or_none(reserving)
                 hand_on = self._may_hand_on(account_name, limit, chain)
-                if reserved is not None and hand_on:
-                    next_start: float | None = max(reserved, not_before, self.clock())
+                # a throttled answer's push reaches the account's clock at once
+                throttled = departure.throttled_for is not None
+                next_start: float | None = None
+                if hand_on and not throttled and reserved is not None:
+                    next_start = max(reserved, not_before, self.clock())
+                    looked_at, leased_until = looking_at, reserved + granted
+                elif (
+                    hand_on
+                    and not throttled
+                    and reserving is None
+                    and not self._must_look(
+                        account_name,
+                        looked_at,
+                        leased_until,
+                        max(not_before, self.clock()),
+                        lease,
+                    )
+                ):
+                    # handed on in this process: the database was looked at less than
+                    # chain_check_seconds before this turn, and the lease covers it
+                    next_start = max(not_before, self.clock())
+                    self.local_handoffs += 1
                 else:
                     # the turn taken ahead (if any) goes unused: it only delays a later call
+                    looking_at = self.clock()
                     next_start = self._release(
                         account_name,
                         slot,
@@ -409,16 +459,28 @@ class DbLimiter:
                         max(not_before, self._horizon(history, limit, account_name))
                         if one
                         else not_before,
-                        hand_on_lease=lease if hand_on and reserving is None else None,
+                        hand_on_lease=(
+                            granted if hand_on and (reserving is None or throttled) else None
+                        ),
                         spacing=CHAIN_STEP,
                         push=push,
                         own_next=not_before if one else None,
                     )
+                    if next_start is not None:
+                        looked_at, leased_until = looking_at, next_start + granted
                 if next_start is not None:
                     with self._local:
                         # the gate's only permit is still held here: the next thread to
                         # pass the gate finds this, before anyone else can take the slot
-                        self._handed[account_name] = (holder, slot, next_start, chain + 1)
+                        self._handed[account_name] = (
+                            holder,
+                            slot,
+                            next_start,
+                            chain + 1,
+                            looked_at,
+                            leased_until,
+                            self.clock(),
+                        )
                         self.handoffs += 1
                         handed_on = True
         finally:
@@ -524,6 +586,35 @@ class DbLimiter:
                 and chain < self.max_handoffs
             )
 
+    def _lease_pad(self) -> float:
+        """How much longer than its call a chain's slot is leased: the calls handed on
+        in this process until the chain looks at the database again start up to
+        ``chain_check_seconds`` after the turn the lease was renewed for."""
+        return 2 * self.chain_check_seconds
+
+    def _must_look(
+        self,
+        account_name: str,
+        looked_at: float,
+        leased_until: float,
+        next_start: float,
+        lease: float,
+    ) -> bool:
+        """Whether the hand-on of a chain to a call starting at ``next_start`` must look at
+        the database (another run waiting, the slot still this process's, its lease
+        renewed): the chain last looked ``chain_check_seconds`` or more before that turn,
+        the lease would not cover that call (``lease`` from its start), or the account
+        is contended (see ``contended_seconds``)."""
+        return (
+            next_start - looked_at >= self.chain_check_seconds
+            or next_start + lease > leased_until
+            or self.clock() < self._contended_until.get(account_name, -_FOREVER)
+        )
+
+    def _contended(self, account_name: str) -> None:
+        """Another run wants the account: every hand-on looks at the database for a while."""
+        self._contended_until[account_name] = self.clock() + self.contended_seconds
+
     def _reserver(self) -> ThreadPoolExecutor:
         with self._local:
             if self._reserving_thread is None:
@@ -560,6 +651,7 @@ class DbLimiter:
             {"b_account": account_name, "b_holder": "", "b_now": self.clock(), "b_since": _FOREVER},
         ).scalar_one()
         if waiting:
+            self._contended(account_name)
             return None
         start_at, kept = self._turn_keeping_slot(
             conn, account_name, slot, holder, max(float(next_free), not_before), spacing, lease
@@ -639,7 +731,13 @@ class DbLimiter:
 
     def penalize(self, account_name: str, seconds: float) -> None:
         """The account was throttled: nobody calls it again for ``seconds``."""
-        until = self.clock() + seconds
+        now = self.clock()
+        until = now + seconds
+        with self._local:
+            # the turns this process has taken or handed on already move on too (a chain
+            # places its calls without the database's clock, see _past_penalty)
+            before = self._penalties.get(account_name, (0.0, 0.0))[1]
+            self._penalties[account_name] = (now, max(until, before))
         with self.engine.begin() as conn:
             conn.execute(
                 update(t.rate_limit_clock)
@@ -775,6 +873,7 @@ class DbLimiter:
                                 waiters.account == account_name, waiters.holder == holder
                             )
                         )
+                        self._contended(account_name)
                     return holder, slot, start_at, float(next_free)
                 if waiting_since is None:
                     waiting_since, alive_until = now, now + self.waiter_lease_seconds
@@ -845,7 +944,15 @@ class DbLimiter:
         is where a successor from the clock may start): used if this process is the next
         to take a turn (see _take_slot_and_turn)."""
         with self.engine.begin() as conn:
+            pushed = False
             if hand_on_lease is not None:
+                if push > 0:
+                    # a throttled answer in a chain: every turn not yet handed out moves on
+                    conn.execute(
+                        _CLOCK_PUSH,
+                        {"b_account": account_name, "b_now": self.clock(), "b_push": push},
+                    )
+                    pushed = True
                 start_at = self._hand_on(
                     conn, account_name, slot, holder, not_before, spacing, hand_on_lease
                 )
@@ -854,7 +961,7 @@ class DbLimiter:
                 # someone waits, or the lease had run out and someone took the slot:
                 # release as usual (the clock moved on by one turn at most, which is safe)
             conn.execute(_CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before})
-            if push > 0:
+            if push > 0 and not pushed:
                 conn.execute(
                     _CLOCK_PUSH, {"b_account": account_name, "b_now": self.clock(), "b_push": push}
                 )

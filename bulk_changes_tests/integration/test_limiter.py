@@ -180,19 +180,20 @@ def test_penalty_delays_the_next_call(any_engine):
     assert called_at - started >= 0.5
 
 
-def test_a_second_run_gets_every_other_turn_while_a_busy_one_holds_the_account(any_engine):
-    """Two limiters stand for two runs' processes; the busy one has a thread waiting for
-    every turn, so without the waiters' queue it would take each freed slot again."""
-    import threading
-
+def _small_run_during_a_busy_one(engine, account: str) -> tuple[list[float], list[float], float]:
+    """Two limiters stand for two runs' processes; the busy one (40 calls a second, one
+    in flight) has a thread waiting for every turn, so without the waiters' queue it
+    would take each freed slot again. The small one asks for the account once the busy
+    one's chain runs and makes 5 calls. -> (busy call starts, small call starts, when the
+    small one asked)."""
     limit = RateLimit(calls_per_second=40, max_in_flight=1)
-    busy, small = DbLimiter(any_engine), DbLimiter(any_engine)
+    busy, small = DbLimiter(engine), DbLimiter(engine)
     stop = threading.Event()
     busy_starts: list[float] = []
 
     def keep_calling() -> None:
         while not stop.is_set():
-            with busy.slot("shared", limit):
+            with busy.slot(account, limit):
                 busy_starts.append(time.monotonic())
                 time.sleep(0.005)
 
@@ -203,15 +204,31 @@ def test_a_second_run_gets_every_other_turn_while_a_busy_one_holds_the_account(a
     asked = time.monotonic()
     small_starts = []
     for _ in range(5):
-        with small.slot("shared", limit):
+        with small.slot(account, limit):
             small_starts.append(time.monotonic())
             time.sleep(0.005)
     stop.set()
     for thread in threads:
         thread.join(10)
-    between = [s for s in busy_starts if asked <= s <= small_starts[-1]]
-    # strict alternation would be 5; a turn or two either side is the polling
-    assert len(between) <= 7, (len(between), small_starts[-1] - asked)
+    assert busy.handoffs > 0
+    return busy_starts, small_starts, asked
+
+
+def test_a_second_run_gets_every_other_turn_while_a_busy_one_holds_the_account(any_engine):
+    busy_starts, small_starts, _ = _small_run_during_a_busy_one(any_engine, "shared")
+    between = [s for s in busy_starts if small_starts[0] <= s <= small_starts[-1]]
+    # strict alternation would be 4; a turn or two either side is the polling
+    assert len(between) <= 6, (len(between), small_starts[-1] - small_starts[0])
+
+
+def test_a_run_asking_for_a_busy_account_gets_it_within_a_second_of_its_turns(any_engine):
+    """The busy run's chain hands the slot on in its process, looking at the database
+    (another run waiting) once its next turn is a second (``chain_check_seconds``) after
+    its last look: at most a second's worth of its turns go before the waiting run's."""
+    busy_starts, small_starts, asked = _small_run_during_a_busy_one(any_engine, "shared-first")
+    before = [s for s in busy_starts if asked <= s <= small_starts[0]]
+    # 40 turns a second, the call the look was made in, and one for the polling
+    assert len(before) <= 42, (len(before), small_starts[0] - asked)
 
 
 def test_the_jitter_margin_is_spread_over_the_calls_of_one_window(any_engine):
@@ -652,3 +669,117 @@ def test_one_in_flight_a_chain_of_hand_offs_places_each_call_by_its_own_answer(a
         assert departures[i + 20] >= answers[i] - floor + 1.0, i
     # the late answer's 60 ms are kept free in its window only
     assert departures[28] - departures[8] >= 1.0 + 0.055
+
+
+# ---- one in flight: a chain of hand-ons looks at the database about once a second
+
+
+def _chain_on_a_fake_clock(
+    engine, account: str, calls: int, limit: RateLimit, *, throttle_call: int | None = None
+):
+    """One process, one in flight: a first call holds the slot until four threads are
+    queued for the account, then the queued threads make ``calls`` calls, handed the
+    slot from one to the next (a chain), each answered 50 ms after it left, on a fake
+    clock (only the slot's holder sleeps). Call ``throttle_call`` is answered throttled
+    (1 s). -> (transactions begun once the first call had its turn, the limiter, per
+    call: (when it left, the account's clock in the database while it was in flight))."""
+    from sqlalchemy import event
+
+    now = {"t": 1000.0}
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds
+
+    limiter = DbLimiter(engine, clock=lambda: now["t"], sleep=sleep)
+    begun: list[object] = []
+    seen: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    remaining = itertools.count()
+
+    # the test's own reads go through another engine: not counted
+    reader = make_engine(engine.url.render_as_string(hide_password=False))
+
+    def clock_in_db() -> float:
+        with reader.connect() as conn:
+            return float(
+                conn.execute(
+                    select(t.rate_limit_clock.c.next_free_at).where(
+                        t.rate_limit_clock.c.account == account
+                    )
+                ).scalar_one()
+            )
+
+    def calling() -> None:
+        while next(remaining) < calls:
+            with limiter.slot(account, limit) as departure:
+                left = now["t"]
+                departure.departed(left)
+                with lock:
+                    index = len(seen)
+                seen.append((left, clock_in_db()))
+                now["t"] += 0.05
+                if index == throttle_call:
+                    departure.throttled(1.0)
+                else:
+                    departure.answered(now["t"])
+
+    def count(*_args: object) -> None:
+        begun.append(_args)
+
+    threads = [threading.Thread(target=calling) for _ in range(4)]
+    with limiter.slot(account, limit):
+        event.listen(engine, "begin", count)
+        for thread in threads:
+            thread.start()
+        while limiter._queued[account] < 4:
+            time.sleep(0.001)
+    try:
+        for thread in threads:
+            thread.join(60)
+    finally:
+        event.remove(engine, "begin", count)
+        reader.dispose()
+    return begun, limiter, seen
+
+
+def test_one_in_flight_a_chain_of_hand_ons_within_a_second_touches_the_database_once(
+    any_engine,
+):
+    """20 calls a second, 15 calls handed on (0.75 s of turns): the only transaction is
+    the release that ends the chain (no lease renewal, no look for waiters)."""
+    limit = RateLimit(calls_per_second=20, max_in_flight=1)
+    begun, limiter, _ = _chain_on_a_fake_clock(any_engine, "cheap-chain", 15, limit)
+    # the threads' scheduling can end the chain early (no thread queued yet when a call
+    # ends): the chain after it costs a take and a release
+    breaks = 15 - limiter.handoffs
+    assert breaks <= 3
+    assert limiter.local_handoffs == limiter.handoffs
+    assert len(begun) <= 1 + 2 * breaks, (len(begun), breaks)
+
+
+def test_one_in_flight_a_long_chain_looks_at_the_database_about_once_a_second(any_engine):
+    """5 calls a second, 45 calls (9 s of turns): a look (a transaction) a second of
+    turns, each second counted from the call the last look was made in (so one more),
+    and the release that ends the chain; not one a call."""
+    limit = RateLimit(calls_per_second=5, max_in_flight=1)
+    begun, limiter, seen = _chain_on_a_fake_clock(any_engine, "long-chain", 45, limit)
+    # a chain that ends early (see above) and starts again costs a release and a take
+    breaks = 45 - limiter.handoffs
+    assert breaks <= 3
+    turns_seconds = seen[-1][0] - seen[0][0]
+    assert len(begun) <= turns_seconds + 3 + 2 * breaks, (len(begun), turns_seconds, breaks)
+
+
+def test_one_in_flight_a_throttled_answer_in_a_chain_pushes_the_databases_clock_at_once(
+    any_engine,
+):
+    limit = RateLimit(calls_per_second=5, max_in_flight=1)
+    _, limiter, seen = _chain_on_a_fake_clock(
+        any_engine, "throttled-chain", 6, limit, throttle_call=2
+    )
+    assert limiter.throttled == 1
+    throttled_answer = seen[2][0] + 0.05
+    # the call handed the slot after the throttled one: the clock in the database
+    # already holds every other process's turn back by the penalty (1 s)
+    assert seen[3][1] >= throttled_answer + 1.0 - 1e-6
+    assert seen[3][0] >= throttled_answer + 1.0 - 1e-6
