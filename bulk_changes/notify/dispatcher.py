@@ -264,4 +264,3 @@ class Dispatcher:
 
     def where(self, delivery: Delivery) -> str:
         return self.where_url(delivery.target) if delivery.channel == n.WEBHOOK else delivery.target
-
