@@ -20,24 +20,13 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bulk_changes.domain.model import INVENTORY_COLUMNS as INVENTORY_FILE_COLUMNS
+
 if TYPE_CHECKING:
     from bulk_changes.simulators.runner import SimulatorSet
 
-INVENTORY_COLUMNS = (
-    "iccid",
-    "msisdn",
-    "imei",
-    "integration",
-    "status",
-    "rate_plan",
-    "communication_plan",
-    "username",
-    "cost_center_1",
-    "cost_center_2",
-    "cost_center_3",
-    "revio_service_id",
-    "tenant",
-)
+# the inventory file the CLI imports (one definition of its columns), and its tenant
+INVENTORY_COLUMNS = (*INVENTORY_FILE_COLUMNS, "tenant")
 JASPER_STATUSES = frozenset(
     {
         "TEST_READY",
