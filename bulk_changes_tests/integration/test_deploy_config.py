@@ -183,7 +183,8 @@ def test_the_embedded_default_instance_starts_only_the_daemons_the_project_uses(
     }
 
 
-def test_the_production_instance_starts_no_asset_or_freshness_daemon(tmp_path, pg_env):
-    config = load("dagster.yaml", tmp_path)
+@pytest.mark.parametrize("relative", INSTANCE_FILES)
+def test_the_production_instance_starts_no_asset_or_freshness_daemon(relative, tmp_path, pg_env):
+    config = load(relative, tmp_path)
     assert config["auto_materialize"] == {"enabled": False, "use_sensors": False}
     assert config["freshness"] == {"enabled": False}
