@@ -2,7 +2,7 @@
 
     python -m bulk_changes.daemon run -w workspace.yaml
 
-takes the arguments of ``dagster-daemon`` and runs it. Two differences, both for an idle
+takes the arguments of ``dagster-daemon`` and runs it. The differences, all for an idle
 daemon's CPU (docs/benchmarks.md, "Idle"):
 
 - on the embedded SQLite instance, one SQLAlchemy engine per database
@@ -14,7 +14,10 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
   that much later;
 - run retries look for failed runs every ``RUN_RETRY_CHECK_SECONDS`` seconds instead of
   every 5 (Dagster's ``DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS``, which, set,
-  is kept): a run whose worker died is re-executed up to 15 s after it is marked failed.
+  is kept): a run whose worker died is re-executed up to 15 s after it is marked failed;
+- its run queue looks for one queued run before Dagster's whole look, and a run submitted
+  in the daemon (the queue sensor's, run retries') wakes it at once
+  (``bulk_changes.run_queue``; ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's).
 
 ``BULK_CHANGES_SQLITE_ENGINES=new`` keeps Dagster's engines; ``dagster-daemon run`` works
 as well (it only costs more).
@@ -42,9 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # read by Dagster when the run retries' daemon module is imported: before any import
     os.environ.setdefault(RUN_RETRY_CHECK_ENV, str(RUN_RETRY_CHECK_SECONDS))
     from bulk_changes.dagster_private import dagster_daemon_cli
+    from bulk_changes.run_queue import use_quiet_run_queue
     from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     reuse_sqlite_engines()
+    use_quiet_run_queue()
     watch_code_servers_every(WATCH_SECONDS)
     args = list(sys.argv[1:] if argv is None else argv)
     result = dagster_daemon_cli.main(

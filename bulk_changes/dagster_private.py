@@ -14,6 +14,7 @@ the executor, then update ``SIGNATURES``.
 
 from __future__ import annotations
 
+from dagster import QueuedRunCoordinator
 from dagster._cli import cli as dagster_cli
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
@@ -41,13 +42,25 @@ from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_s
 from dagster._core.storage.schedules.sqlite import (
     sqlite_schedule_storage as sqlite_schedule_storage_module,
 )
+from dagster._daemon import controller as dagster_daemon_controller
 from dagster._daemon.cli import cli as dagster_daemon_cli
+from dagster._daemon.daemon import IntervalDaemon, SpanMarker
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+    QueuedRunCoordinatorDaemon,
+)
 from dagster._grpc import server_watcher as dagster_server_watcher
 from dagster._grpc.server import DagsterApiServer
+from dagster._utils.error import serializable_error_info_from_exc_info
 
 __all__ = [
     "ActiveExecution",
     "DagsterApiServer",
+    "IntervalDaemon",
+    "QueuedRunCoordinator",  # public; its submit_run's signature is checked
+    "QueuedRunCoordinatorDaemon",
+    "SpanMarker",
+    "serializable_error_info_from_exc_info",
+    "dagster_daemon_controller",
     "DagsterEvent",
     "DagsterExecutionInterruptedError",
     "EngineEventData",
@@ -128,6 +141,18 @@ SIGNATURES: dict[str, list[str]] = {
     "get_retries_config": [],
     # the dead run worker sensor reports a run failure as Dagster's run monitoring does
     "JobFailureData.__new__": ["cls", "error", "failure_reason", "first_step_failure_event"],
+    # bulk_changes.run_queue: the daemon's run queue, a subclass of Dagster's that looks
+    # for one queued run first and sleeps until woken (it replaces IntervalDaemon.core_loop)
+    "QueuedRunCoordinatorDaemon.__init__": ["self", "interval_seconds", "page_size"],
+    "QueuedRunCoordinatorDaemon.run_iteration": [
+        "self",
+        "workspace_process_context",
+        "fixed_iteration_time",
+    ],
+    "IntervalDaemon.core_loop": ["self", "workspace_process_context", "shutdown_event"],
+    "QueuedRunCoordinator.submit_run": ["self", "context"],
+    "serializable_error_info_from_exc_info": ["exc_info", "hoist_user_code_error"],
+    "dagster_daemon_controller.create_daemon_of_type": ["daemon_type", "instance"],
 }
 
 # Attributes read, not called (properties and enum members).
@@ -162,4 +187,10 @@ ATTRIBUTES: list[str] = [
     # module's WATCH_INTERVAL is read when a watch thread starts)
     "dagster_daemon_cli.main",
     "dagster_server_watcher.WATCH_INTERVAL",
+    # bulk_changes.run_queue: the daemon controller makes its run queue from this name
+    # (replaced by QuietRunQueueDaemon), the loop yields these span markers, and each run
+    # submitted in the daemon goes through instance.run_coordinator.submit_run
+    "dagster_daemon_controller.QueuedRunCoordinatorDaemon",
+    "SpanMarker.START_SPAN",
+    "SpanMarker.END_SPAN",
 ]

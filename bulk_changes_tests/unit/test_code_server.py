@@ -102,3 +102,32 @@ def test_run_workers_start_with_the_migration_scripts_read(
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         name = pool.submit(_migration_scripts_a_run_worker_reads).result(timeout=120)
     assert name == "ScriptDirectoryReadOnce"
+
+
+@pytest.fixture
+def restored_grpc_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpc._common
+
+    monkeypatch.setattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT", grpc._common.MAXIMUM_WAIT_TIMEOUT)
+
+
+def test_the_grpc_servers_wait_wakes_once_a_second(restored_grpc_wait: None) -> None:
+    import grpc._common
+
+    code_server.wait_for_grpc_stop_calmly()
+    assert grpc._common.MAXIMUM_WAIT_TIMEOUT == code_server.GRPC_WAIT_SECONDS == 1.0
+
+
+def test_a_stopped_grpc_server_still_ends_its_wait(restored_grpc_wait: None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    code_server.wait_for_grpc_stop_calmly(600)
+    server = grpc.server(ThreadPoolExecutor(1))
+    server.start()
+    waiter = threading.Thread(target=server.wait_for_termination)
+    waiter.start()
+    server.stop(grace=None)
+    waiter.join(timeout=60)  # a wait of 600 s between looks: only the stop ends it
+    assert not waiter.is_alive()

@@ -22,6 +22,10 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
         dagster_private.consolidated_sqlite_event_log_module,
     ):
         monkeypatch.setattr(module, "create_engine", module.create_engine)
+    controller = dagster_private.dagster_daemon_controller
+    monkeypatch.setattr(
+        controller, "QueuedRunCoordinatorDaemon", controller.QueuedRunCoordinatorDaemon
+    )
 
 
 def test_the_daemon_runs_dagsters_daemon_command(
@@ -49,3 +53,12 @@ def test_the_daemon_looks_for_runs_to_retry_every_15_seconds_unless_told(
     monkeypatch.setenv(daemon.RUN_RETRY_CHECK_ENV, "5")
     daemon.main(["--help"])
     assert os.environ[daemon.RUN_RETRY_CHECK_ENV] == "5"
+
+
+def test_the_daemon_runs_the_quiet_run_queue(restored: None) -> None:
+    from bulk_changes.run_queue import QuietRunQueueDaemon
+
+    daemon.main(["--help"])
+    assert dagster_private.dagster_daemon_controller.QueuedRunCoordinatorDaemon is (
+        QuietRunQueueDaemon
+    )

@@ -1,0 +1,144 @@
+"""The daemon's run queue, nearly free while nothing is queued.
+
+Dagster's run queue (``QueuedRunCoordinatorDaemon``) looks for queued runs every
+``dequeue_interval_seconds`` and, at each look, reads the instance's concurrency settings
+and every run in progress before it asks for the queued ones: the largest part of an idle
+daemon's CPU (docs/benchmarks.md, "Idle"). ``QuietRunQueueDaemon`` (installed by
+``python -m bulk_changes.daemon``) changes two things and nothing else:
+
+- each look first asks the run storage for one queued run id (the runs table's status
+  index); with none it is done. With one, Dagster's own look runs as before, so a run
+  waiting for a run or pool slot starts at the first look after the slot frees;
+- a run submitted in the daemon's own process (the queue sensor's runs, run retries'
+  re-executions) wakes the queue at once instead of at the next look. Runs of a sensor
+  tick are submitted one after the other, milliseconds apart: the queue waits until
+  ``BURST_GAP_SECONDS`` pass without another, so they launch together, as they did.
+  Runs queued by another process (the UI's re-execute, the command line) are found by the
+  look every ``dequeue_interval_seconds``, as before.
+
+Between looks the thread sleeps until the next look or a wake-up (Dagster's loop wakes
+twice a second to see whether it is time). The daemon's shutdown is seen at the next look
+(at most ``dequeue_interval_seconds``). ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's
+run queue.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from dagster import DagsterRunStatus, QueuedRunCoordinator, RunsFilter
+
+from bulk_changes.dagster_private import (
+    QueuedRunCoordinatorDaemon,
+    SpanMarker,
+    dagster_daemon_controller,
+    serializable_error_info_from_exc_info,
+)
+
+RUN_QUEUE_ENV = "BULK_CHANGES_RUN_QUEUE"
+# Runs of one sensor tick are submitted milliseconds apart; wait this long for the next
+# before launching, so that they launch together (a launch waits for its worker to start).
+BURST_GAP_SECONDS = 0.1
+# ... but no longer than this after the first.
+BURST_MAX_SECONDS = 1.0
+
+
+def has_queued_run(instance: Any) -> bool:
+    """Whether any run is QUEUED: one id read through the run storage's status index."""
+    return bool(
+        instance.get_run_ids(filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED]), limit=1)
+    )
+
+
+class Wakeup:
+    """Set by a run's submission in this process; waited on by the run queue."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float) -> bool:
+        """Until set or ``timeout`` seconds; True when set. A wake-up then waits for the rest
+        of its burst: until ``BURST_GAP_SECONDS`` pass without another submission (at most
+        ``BURST_MAX_SECONDS``)."""
+        if not self._event.wait(max(timeout, 0.0)):
+            return False
+        deadline = time.monotonic() + BURST_MAX_SECONDS
+        while True:
+            self._event.clear()
+            gap = min(BURST_GAP_SECONDS, deadline - time.monotonic())
+            if gap <= 0 or not self._event.wait(gap):
+                return True
+
+
+def wake_on_submit(run_coordinator: Any, wakeup: Wakeup) -> bool:
+    """Make ``run_coordinator`` (this process's, shared by every daemon thread) set
+    ``wakeup`` after each run it queues. False when it is not Dagster's queued run
+    coordinator (nothing to wake then)."""
+    if not isinstance(run_coordinator, QueuedRunCoordinator):
+        return False
+    submit: Callable[[Any], Any] = run_coordinator.submit_run
+    if getattr(submit, "_bulk_changes_wakeup", None) is wakeup:
+        return True
+
+    def submit_run(context: Any) -> Any:
+        run = submit(context)
+        wakeup.set()  # the run is QUEUED in the storage now
+        return run
+
+    submit_run._bulk_changes_wakeup = wakeup  # type: ignore[attr-defined]
+    run_coordinator.submit_run = submit_run
+    return True
+
+
+class QuietRunQueueDaemon(QueuedRunCoordinatorDaemon):  # type: ignore[misc]
+    """Dagster's run queue, looking for queued runs cheaply and woken by submissions."""
+
+    def __init__(self, interval_seconds: float, **kwargs: Any) -> None:
+        super().__init__(interval_seconds, **kwargs)
+        self.wakeup = Wakeup()
+
+    def run_iteration(
+        self, workspace_process_context: Any, fixed_iteration_time: float | None = None
+    ) -> Iterator[Any]:
+        if not has_queued_run(workspace_process_context.instance):
+            return
+        yield from super().run_iteration(
+            workspace_process_context, fixed_iteration_time=fixed_iteration_time
+        )
+
+    def core_loop(self, workspace_process_context: Any, shutdown_event: Any) -> Iterator[Any]:
+        # Dagster's IntervalDaemon.core_loop, waiting on the wake-up instead of polling
+        wake_on_submit(workspace_process_context.instance.run_coordinator, self.wakeup)
+        while True:
+            start = time.monotonic()
+            self.wakeup.clear()  # a run submitted during the look wakes the next wait
+            yield SpanMarker.START_SPAN
+            try:
+                yield from self.run_iteration(workspace_process_context)
+            except Exception:
+                error_info = serializable_error_info_from_exc_info(sys.exc_info())
+                self._logger.error("Caught error:\n%s", error_info)
+                yield error_info
+            yield SpanMarker.END_SPAN
+            self.wakeup.wait(self.interval_seconds - (time.monotonic() - start))
+            yield None
+
+
+def use_quiet_run_queue() -> bool:
+    """Make the daemon start ``QuietRunQueueDaemon`` as its run queue (unless
+    ``BULK_CHANGES_RUN_QUEUE=dagster``). True when it will."""
+    if os.environ.get(RUN_QUEUE_ENV, "quiet") == "dagster":
+        return False
+    dagster_daemon_controller.QueuedRunCoordinatorDaemon = QuietRunQueueDaemon
+    return True
