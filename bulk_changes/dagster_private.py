@@ -176,7 +176,7 @@ ATTRIBUTES: list[str] = [
     "dagster_storage_sql.ScriptDirectory",
     "dagster_storage_sql.check_alembic_revision",
     "dagster_storage_sql.get_alembic_config",
-    "sqlite_run_storage_module.SqliteRunStorage",
+    "sqlite_run_storage_module.SqliteRunStorage",  # (and its _conn_string: bulk_changes.run_queue)
     # bulk_changes.sqlite_engines: the SQLite storages make their engines with the
     # create_engine each of these modules imported (replaced by one that keeps them)
     "sqlite_run_storage_module.create_engine",

@@ -97,3 +97,16 @@ def test_sqlite_storages_make_their_engines_with_their_modules_create_engine() -
         (dagster_private.sqlite_event_log_module, "SqliteEventLogStorage"),
     ):
         assert "create_engine(" in inspect.getsource(getattr(module, storage))
+
+
+def test_sqlite_run_storage_keeps_its_connection_string() -> None:
+    # bulk_changes.run_queue finds the runs database's file from it (without it the run
+    # queue queries at every look: slower, not wrong)
+    init = inspect.getsource(dagster_private.sqlite_run_storage_module.SqliteRunStorage.__init__)
+    assert "self._conn_string = conn_string" in init
+
+
+def test_the_daemon_controller_makes_its_run_queue_from_the_module_name() -> None:
+    # bulk_changes.run_queue replaces the name to make the daemon start its subclass
+    made = inspect.getsource(dagster_private.dagster_daemon_controller.create_daemon_of_type)
+    assert "return QueuedRunCoordinatorDaemon(" in made

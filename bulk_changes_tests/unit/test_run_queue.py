@@ -22,8 +22,10 @@ from dagster._core.remote_origin import (
 from bulk_changes import dagster_private, run_queue
 from bulk_changes.run_queue import (
     QuietRunQueueDaemon,
+    SqliteWrites,
     Wakeup,
     has_queued_run,
+    sqlite_runs_database,
     use_quiet_run_queue,
     wake_on_submit,
 )
@@ -83,6 +85,8 @@ def test_a_queued_run_is_found(instance: DagsterInstance) -> None:
 
 class _CountingInstance:
     """Answers the queued-run look; counts what Dagster's whole look would read first."""
+
+    run_storage = object()  # not SQLite's: every look queries
 
     def __init__(self, queued: list[str]) -> None:
         self.queued = queued
@@ -205,3 +209,69 @@ def test_the_daemon_makes_the_quiet_run_queue_unless_told(
         made = controller.create_daemon_of_type("QUEUED_RUN_COORDINATOR", inst)
     assert isinstance(made, QuietRunQueueDaemon)
     assert made.interval_seconds == 1
+
+
+def test_sqlite_writes_are_seen_only_when_another_connection_commits(tmp_path: Any) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "runs.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writes = SqliteWrites(path)
+    assert writes() is True  # the first look cannot know
+    assert writes() is False
+    writer.execute("INSERT INTO t VALUES (1)")
+    assert writes() is True
+    assert writes() is False
+    writes.close()
+    writer.close()
+
+
+def test_the_runs_database_of_the_embedded_instance_is_found(instance: DagsterInstance) -> None:
+    import os
+
+    path = sqlite_runs_database(instance)
+    assert path is not None and path.endswith("runs.db") and os.path.exists(path)
+
+
+def test_a_run_storage_other_than_sqlite_has_no_runs_database_file() -> None:
+    assert sqlite_runs_database(SimpleNamespace(run_storage=object())) is None
+
+
+def test_on_sqlite_a_look_after_nothing_was_written_skips_the_query(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries: list[bool] = []
+
+    def counting(inst: Any) -> bool:
+        queries.append(has_queued_run(inst))
+        return queries[-1]
+
+    monkeypatch.setattr(run_queue, "has_queued_run", counting)
+    daemon = QuietRunQueueDaemon(interval_seconds=1)
+    context = SimpleNamespace(instance=instance)
+    list(daemon.run_iteration(context))
+    list(daemon.run_iteration(context))
+    assert queries == [False]  # the second look saw no write to the runs database
+    _add_run(instance, DagsterRunStatus.NOT_STARTED)  # a write (another connection)
+    list(daemon.run_iteration(context))
+    assert queries == [False, False]  # looked again: still nothing queued
+
+
+def test_on_sqlite_a_run_queued_by_another_process_is_found_at_the_next_look(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dagster_looks: list[str] = []
+
+    def dagsters_look(self: Any, *args: Any, **kwargs: Any) -> Iterator[None]:
+        dagster_looks.append("look")
+        yield None
+
+    monkeypatch.setattr(dagster_private.QueuedRunCoordinatorDaemon, "run_iteration", dagsters_look)
+    daemon = QuietRunQueueDaemon(interval_seconds=1)
+    context = SimpleNamespace(instance=instance)
+    list(daemon.run_iteration(context))
+    assert dagster_looks == []
+    _queue_run(instance)
+    list(daemon.run_iteration(context))
+    assert dagster_looks == ["look"]
