@@ -117,9 +117,11 @@ def wait_for_grpc_stop_calmly(seconds: float = GRPC_WAIT_SECONDS) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bulk_changes.dagster_private import dagster_cli
+    from bulk_changes.schema_checks import remember_schema_checks
     from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     read_migrations_once()
+    remember_schema_checks()
     wait_for_grpc_stop_calmly()
     reuse_sqlite_engines()
     use_forked_run_workers(run_worker_context())

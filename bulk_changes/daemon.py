@@ -17,7 +17,9 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
   is kept): a run whose worker died is re-executed up to 15 s after it is marked failed;
 - its run queue looks for one queued run before Dagster's whole look, and a run submitted
   in the daemon (the queue sensor's, run retries') wakes it at once
-  (``bulk_changes.run_queue``; ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's).
+  (``bulk_changes.run_queue``; ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's);
+- the sensors' storage asks once, not at every statement, whether its tables and indexes
+  exist (``bulk_changes.schema_checks``).
 
 ``BULK_CHANGES_SQLITE_ENGINES=new`` keeps Dagster's engines; ``dagster-daemon run`` works
 as well (it only costs more).
@@ -46,9 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(RUN_RETRY_CHECK_ENV, str(RUN_RETRY_CHECK_SECONDS))
     from bulk_changes.dagster_private import dagster_daemon_cli
     from bulk_changes.run_queue import use_quiet_run_queue
+    from bulk_changes.schema_checks import remember_schema_checks
     from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     reuse_sqlite_engines()
+    remember_schema_checks()
     use_quiet_run_queue()
     watch_code_servers_every(WATCH_SECONDS)
     args = list(sys.argv[1:] if argv is None else argv)

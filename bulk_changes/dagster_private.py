@@ -39,6 +39,7 @@ from dagster._core.storage.event_log.sqlite import (
 )
 from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
 from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_storage_module
+from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStorage
 from dagster._core.storage.schedules.sqlite import (
     sqlite_schedule_storage as sqlite_schedule_storage_module,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "QueuedRunCoordinator",  # public; its submit_run's signature is checked
     "QueuedRunCoordinatorDaemon",
     "SpanMarker",
+    "SqlScheduleStorage",
     "serializable_error_info_from_exc_info",
     "dagster_daemon_controller",
     "DagsterEvent",
@@ -153,6 +155,10 @@ SIGNATURES: dict[str, list[str]] = {
     "QueuedRunCoordinator.submit_run": ["self", "context"],
     "serializable_error_info_from_exc_info": ["exc_info", "hoist_user_code_error"],
     "dagster_daemon_controller.create_daemon_of_type": ["daemon_type", "instance"],
+    # bulk_changes.schema_checks: the schedule storage's schema checks, remembered once yes
+    "SqlScheduleStorage.has_instigators_table": ["self"],
+    "SqlScheduleStorage.has_secondary_index_table": ["self"],
+    "SqlScheduleStorage.has_built_index": ["self", "migration_name"],
 }
 
 # Attributes read, not called (properties and enum members).

@@ -24,10 +24,11 @@ def default_status(name: str) -> DefaultSensorStatus:
 # Every tick of a sensor costs the daemon and the code server 45-80 ms of CPU together
 # (Dagster builds an instance and the resources, and records the tick in its storage)
 # whether or not there is anything to do (docs/benchmarks.md, "Idle"): the sensors that
-# only look after ended runs look every 60 seconds, the dead run worker check every 30.
+# only look after ended runs look every 60 seconds, and so does the dead run worker check
+# (a worker killed outright is rare; its run is marked failed within a minute).
 NOTIFY_INTERVAL = seconds("BULK_CHANGES_NOTIFY_INTERVAL", 60)
 NOTIFY_STATUS = default_status("BULK_CHANGES_NOTIFY_SENSORS")
-RUN_WORKER_CHECK_INTERVAL = seconds("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", 30)
+RUN_WORKER_CHECK_INTERVAL = seconds("BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL", 60)
 
 # Dagster's sensor loop runs every 5 seconds and never starts a sensor's tick while its last
 # one runs: a queue sensor tick that listens until 1.5 s before one of those loops is

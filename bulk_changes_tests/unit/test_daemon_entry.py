@@ -22,6 +22,9 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
         dagster_private.consolidated_sqlite_event_log_module,
     ):
         monkeypatch.setattr(module, "create_engine", module.create_engine)
+    for name in ("has_instigators_table", "has_secondary_index_table", "has_built_index"):
+        storage_class = dagster_private.SqlScheduleStorage
+        monkeypatch.setattr(storage_class, name, getattr(storage_class, name))
     controller = dagster_private.dagster_daemon_controller
     monkeypatch.setattr(
         controller, "QueuedRunCoordinatorDaemon", controller.QueuedRunCoordinatorDaemon
