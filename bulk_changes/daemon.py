@@ -18,6 +18,8 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
 - its run queue looks for one queued run before Dagster's whole look, and a run submitted
   in the daemon (the queue sensor's, run retries') wakes it at once
   (``bulk_changes.run_queue``; ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's);
+- run monitoring and run retries sleep until their next look instead of waking twice a
+  second to see whether it is time (``bulk_changes.interval_loops``);
 - the sensors' storage asks once, not at every statement, whether its tables and indexes
   exist (``bulk_changes.schema_checks``).
 
@@ -47,12 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # read by Dagster when the run retries' daemon module is imported: before any import
     os.environ.setdefault(RUN_RETRY_CHECK_ENV, str(RUN_RETRY_CHECK_SECONDS))
     from bulk_changes.dagster_private import dagster_daemon_cli
+    from bulk_changes.interval_loops import calm_interval_daemons
     from bulk_changes.run_queue import use_quiet_run_queue
     from bulk_changes.schema_checks import remember_schema_checks
     from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     reuse_sqlite_engines()
     remember_schema_checks()
+    calm_interval_daemons()
     use_quiet_run_queue()
     watch_code_servers_every(WATCH_SECONDS)
     args = list(sys.argv[1:] if argv is None else argv)

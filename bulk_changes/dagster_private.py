@@ -152,6 +152,13 @@ SIGNATURES: dict[str, list[str]] = {
         "fixed_iteration_time",
     ],
     "IntervalDaemon.core_loop": ["self", "workspace_process_context", "shutdown_event"],
+    # bulk_changes.interval_loops reads the attributes __init__ sets from these
+    "IntervalDaemon.__init__": [
+        "self",
+        "interval_seconds",
+        "interval_jitter_seconds",
+        "startup_jitter_seconds",
+    ],
     "QueuedRunCoordinator.submit_run": ["self", "context"],
     "serializable_error_info_from_exc_info": ["exc_info", "hoist_user_code_error"],
     "dagster_daemon_controller.create_daemon_of_type": ["daemon_type", "instance"],

@@ -20,9 +20,9 @@ daemon's CPU (docs/benchmarks.md, "Idle"). ``QuietRunQueueDaemon`` (installed by
   Runs queued by another process (the UI's re-execute, the command line) are found by the
   look every ``dequeue_interval_seconds``, as before.
 
-Between looks the thread sleeps until the next look or a wake-up (Dagster's loop wakes
-twice a second to see whether it is time). The daemon's shutdown is seen at the next look
-(at most ``dequeue_interval_seconds``). ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's
+Between looks the thread sleeps until the next look or a wake-up
+(``bulk_changes.interval_loops``; Dagster's loop wakes twice a second to see whether it is
+time); the daemon's shutdown is seen within ``dequeue_interval_seconds``. ``BULK_CHANGES_RUN_QUEUE=dagster`` keeps Dagster's
 run queue.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,11 +39,10 @@ from dagster import DagsterRunStatus, QueuedRunCoordinator, RunsFilter
 
 from bulk_changes.dagster_private import (
     QueuedRunCoordinatorDaemon,
-    SpanMarker,
     dagster_daemon_controller,
-    serializable_error_info_from_exc_info,
     sqlite_run_storage_module,
 )
+from bulk_changes.interval_loops import calm_loop
 
 RUN_QUEUE_ENV = "BULK_CHANGES_RUN_QUEUE"
 # Runs of one sensor tick are submitted milliseconds apart; wait this long for the next
@@ -167,6 +165,7 @@ class QuietRunQueueDaemon(QueuedRunCoordinatorDaemon):  # type: ignore[misc]
     def run_iteration(
         self, workspace_process_context: Any, fixed_iteration_time: float | None = None
     ) -> Iterator[Any]:
+        self.wakeup.clear()  # a run submitted from now on wakes the next pause
         instance = workspace_process_context.instance
         # read before the query: a run queued during it changes the version seen next time
         written = self._runs_written(instance)
@@ -181,21 +180,13 @@ class QuietRunQueueDaemon(QueuedRunCoordinatorDaemon):  # type: ignore[misc]
         )
 
     def core_loop(self, workspace_process_context: Any, shutdown_event: Any) -> Iterator[Any]:
-        # Dagster's IntervalDaemon.core_loop, waiting on the wake-up instead of polling
+        # Dagster's loop, its pause between looks ended by a submission or the shutdown
         wake_on_submit(workspace_process_context.instance.run_coordinator, self.wakeup)
-        while True:
-            start = time.monotonic()
-            self.wakeup.clear()  # a run submitted during the look wakes the next wait
-            yield SpanMarker.START_SPAN
-            try:
-                yield from self.run_iteration(workspace_process_context)
-            except Exception:
-                error_info = serializable_error_info_from_exc_info(sys.exc_info())
-                self._logger.error("Caught error:\n%s", error_info)
-                yield error_info
-            yield SpanMarker.END_SPAN
-            self.wakeup.wait(self.interval_seconds - (time.monotonic() - start))
-            yield None
+        yield from calm_loop(
+            self,
+            workspace_process_context,
+            lambda seconds: self.wakeup.wait(seconds) or shutdown_event.is_set(),
+        )
 
 
 def use_quiet_run_queue() -> bool:

@@ -25,6 +25,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("has_instigators_table", "has_secondary_index_table", "has_built_index"):
         storage_class = dagster_private.SqlScheduleStorage
         monkeypatch.setattr(storage_class, name, getattr(storage_class, name))
+    interval_daemon = dagster_private.IntervalDaemon
+    monkeypatch.setattr(interval_daemon, "core_loop", interval_daemon.core_loop)
     controller = dagster_private.dagster_daemon_controller
     monkeypatch.setattr(
         controller, "QueuedRunCoordinatorDaemon", controller.QueuedRunCoordinatorDaemon
