@@ -75,6 +75,14 @@ _CLOCK_NOT_BEFORE = (
     .values(next_free_at=bindparam("b_not_before"))
 )
 
+# Every turn not yet handed out moves on by ``b_push`` (an idle clock too: turns are never
+# before the moment they are taken anyway)
+_CLOCK_ADD = (
+    update(t.rate_limit_clock)
+    .where(_clock.account == bindparam("b_account"))
+    .values(next_free_at=_clock.next_free_at + bindparam("b_push"))
+)
+
 # Every turn not yet handed out moves on by ``b_push`` (from now, if the clock is idle)
 _CLOCK_PUSH = (
     update(t.rate_limit_clock)
@@ -285,6 +293,8 @@ class DbLimiter:
         # hand-ons that did not touch the database
         self.local_handoffs = 0
         self.retakes = 0
+        # several in flight: late calls that moved the later turns on instead of retaking
+        self.late_pushes = 0
         self.waited_seconds = 0.0
         self.calls = 0
 
@@ -348,18 +358,27 @@ class DbLimiter:
                             break
                         self.sleep(wait)
                     sent_at = self.clock()
-                    # Several in flight: the turns after this one are handed out already, so
-                    # a call that leaves late would crowd the vendor window of the call a
-                    # window's worth of turns later. It takes a fresh turn instead (one in
-                    # flight: the next turn is taken after this call, from its real start).
+                    # Several in flight: a call that leaves late would crowd the vendor
+                    # window of the call a window's worth of turns later. Fewer turns than
+                    # that are handed out ahead of it (one a slot), so moving every turn
+                    # not yet handed out on by the lateness keeps that window whole, and
+                    # the call leaves at once (see _push_late). A lateness of more than a
+                    # spacing takes a fresh turn instead, so a stalled thread does not
+                    # hold the whole account up. One in flight: the next turn is taken
+                    # after this call, from its real start.
+                    late = sent_at - start_at
                     if (
                         limit.max_in_flight == 1
-                        or sent_at - start_at <= self.margin_seconds / 2
+                        or late <= self.margin_seconds / 2
                         or retake == MAX_RETAKES
                     ):
                         break
-                    start_at = self._retake_turn(account_name, limit, slot, holder, lease)
-                    self.retakes += 1
+                    if self._may_push_late(limit, late, account_name):
+                        start_at = self._push_late(account_name, start_at)
+                        self.late_pushes += 1
+                    else:
+                        start_at = self._retake_turn(account_name, limit, slot, holder, lease)
+                        self.retakes += 1
                 self.waited_seconds += sent_at - started
                 self.calls += 1
                 not_before = self._next_turn(
@@ -685,6 +704,34 @@ class DbLimiter:
     def spacing(self, limit: RateLimit, account_name: str | None = None) -> float:
         """Seconds between two call starts on the account."""
         return limit.interval + self.margin(account_name) / max(1.0, limit.calls_per_window)
+
+    def _may_push_late(self, limit: RateLimit, late: float, account_name: str) -> bool:
+        """Whether a call that woke ``late`` after its turn may move the account's later
+        turns on instead of taking a fresh one: at most ``max_in_flight - 1`` turns are
+        handed out ahead of it (each to a holder of a slot), fewer than a window's worth
+        of calls, and it is late by no more than a spacing."""
+        return limit.max_in_flight <= self._per_window(limit) and late <= self.spacing(
+            limit, account_name
+        )
+
+    def _push_late(self, account_name: str, turn: float) -> float:
+        """A call whose turn was ``turn`` leaves now, late: every turn not yet handed out
+        (the account's clock) moves on by the lateness, read with the clock locked.
+        -> the call's turn from now on: when the clock was locked, so what passes between
+        this transaction and the call's departure is checked again (and the departure's
+        own lateness is pushed when the slot is given back, see ``_release``).
+
+        Why the sliding window holds: with n the calls of a window and m < n the turns
+        handed out after ``turn`` (at most one for each other slot), the call n turns
+        after this one takes its turn from the clock after this push, so no earlier than
+        ``turn + n * spacing + lateness``: a window and the fixed margin after the moment
+        this call counts from; the margin's half absorbs the delay to the real departure
+        (re-checked by the caller), as for a call on time."""
+        with self.engine.begin() as conn:
+            conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+            now = self.clock()
+            conn.execute(_CLOCK_ADD, {"b_account": account_name, "b_push": max(0.0, now - turn)})
+        return max(now, turn)
 
     def _retake_turn(
         self, account_name: str, limit: RateLimit, slot: int, holder: str, lease: float

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select
 
@@ -283,15 +283,27 @@ def test_threads_of_one_process_hand_the_slot_on_and_the_budget_still_holds(any_
     assert most_in_any_second([s for s, _ in spans]) <= 20
 
 
-def test_a_call_that_would_leave_late_takes_a_fresh_turn_when_several_are_in_flight(any_engine):
-    """Its successors' turns are handed out already: leaving late would crowd them."""
+def test_several_in_flight_a_call_that_wakes_late_leaves_at_once_and_moves_the_later_turns_on(
+    any_engine,
+):
+    """Fewer turns than a window's worth are handed out ahead of it: moving the rest on by
+    its lateness keeps every window, and no turn is thrown away."""
     # the first sleep wakes 50 ms late, as on a busy machine
     starts, spacing, limiter = _calls_with_a_late_wake(
-        any_engine, "late-multi", late_by=0.05, calls=2, max_in_flight=2
+        any_engine, "late-multi", late_by=0.05, calls=3, max_in_flight=2
     )
-    assert limiter.retakes == 1
-    # the second call missed its turn (1000 + spacing) and left on the next one instead
-    assert abs(starts[1] - (1000.0 + 2 * spacing)) < 1e-6
+    assert (limiter.late_pushes, limiter.retakes) == (1, 0)
+    assert abs(starts[1] - (1000.0 + spacing + 0.05)) < 1e-6
+    assert abs(starts[2] - (starts[1] + spacing)) < 1e-6
+
+
+def test_several_in_flight_a_call_that_wakes_later_than_a_spacing_takes_a_fresh_turn(any_engine):
+    """A stalled thread does not hold the account's later turns up by its whole stall."""
+    starts, spacing, limiter = _calls_with_a_late_wake(
+        any_engine, "stalled-multi", late_by=0.2, calls=2, max_in_flight=2
+    )
+    assert (limiter.late_pushes, limiter.retakes) == (0, 1)
+    assert abs(starts[1] - (1000.0 + spacing + 0.2)) < 1e-6
 
 
 def _calls_with_a_late_wake(
@@ -633,6 +645,71 @@ def test_one_in_flight_no_window_holds_more_calls_than_the_limit_whatever_the_de
     )
     arrivals.sort()
     assert all(b - a >= 1.0 for a, b in zip(arrivals, arrivals[5:], strict=False))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.integers(2, 4),
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 0.15),  # how long the call is in flight
+            st.floats(0.0, 0.3),  # how late its thread wakes for its turn, once
+            st.floats(0.0, 0.01),  # then from the check to the write (half the margin)
+        ),
+        min_size=12,
+        max_size=40,
+    ),
+)
+@example(2, [(0.05, 0.0, 0.0)] * 3 + [(0.05, 0.08, 0.01)] + [(0.05, 0.0, 0.0)] * 12)
+def test_several_in_flight_no_window_holds_more_calls_than_the_limit_whatever_the_wake_ups(
+    any_engine, in_flight: int, calls: list[tuple[float, float, float]]
+):
+    """Several calls in flight on a fake clock (10 a second), each thread waking late for
+    its turn by up to three spacings (moving the later turns on, or a fresh turn): the
+    call 10 after any call leaves at least a window (1 s) after it."""
+    from contextlib import ExitStack
+
+    now = {"t": 1000.0}
+    wake = {"late": 0.0}
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds + wake["late"]
+        wake["late"] = 0.0  # a thread stalls once
+
+    # no jitter reserve on top of the fixed margin: the tightest spacing
+    limiter = DbLimiter(
+        any_engine,
+        margin_seconds=0.02,
+        initial_jitter_seconds=0.0,
+        clock=lambda: now["t"],
+        sleep=sleep,
+    )
+    limit = RateLimit(calls_per_second=10, max_in_flight=in_flight)
+    account = f"late-wakes-{in_flight}-{next(_property_runs)}"
+    departures: list[float] = []
+    with ExitStack() as stack:
+        open_calls: list[tuple[float, ExitStack]] = []
+        for in_flight_for, late, to_write in calls:
+            if len(open_calls) == in_flight:
+                open_calls.sort(key=lambda c: c[0])
+                answered, call = open_calls.pop(0)
+                now["t"] = max(now["t"], answered)
+                call.close()
+            call = stack.enter_context(ExitStack())
+            wake["late"] = late
+            departure = call.enter_context(limiter.slot(account, limit))
+            wake["late"] = 0.0
+            left = now["t"] + to_write
+            departure.departed(left)
+            departures.append(left)
+            open_calls.append((left + in_flight_for, call))
+    departures.sort()
+    assert all(b - a >= 1.0 for a, b in zip(departures, departures[10:], strict=False))
 
 
 def test_one_in_flight_a_chain_of_hand_offs_places_each_call_by_its_own_answer(any_engine):
