@@ -284,10 +284,13 @@ class DbLimiter:
         self._contended_until: dict[str, float] = {}
         self._local = threading.Lock()
         self._queued: Counter[str] = Counter()
-        # account -> the slot handed on: (holder, slot, its start, hand-ons so far in the
-        # chain, when the chain last looked at the database, until when the slot is leased,
-        # when it was handed on)
-        self._handed: dict[str, tuple[str, int, float, int, float, float, float]] = {}
+        # account -> the slots handed on (one in flight: at most one): (holder, slot, its
+        # start, hand-ons so far in the chain, when the chain last looked at the database,
+        # until when the slot is leased, when it was handed on)
+        self._handed: dict[str, deque[tuple[str, int, float, int, float, float, float]]] = {}
+        # account -> slots handed on or being handed on, not yet taken by a thread: never
+        # more than the threads queued for the account, so none is left behind
+        self._promised: Counter[str] = Counter()
         self._reserving_thread: ThreadPoolExecutor | None = None
         self.handoffs = 0
         # hand-ons that did not touch the database
@@ -319,11 +322,16 @@ class DbLimiter:
         with self._local:
             self._queued[account_name] += 1
         handed_on = False
+        # a slot promised to a queued thread by this call (see _promise_hand_on)
+        promised = False
         gate.acquire()  # threads of this process queue here, not in the database
         try:
             with self._local:
                 self._queued[account_name] -= 1
-                handed = self._handed.pop(account_name, None)
+                waiting_slots = self._handed.get(account_name)
+                handed = waiting_slots.popleft() if waiting_slots else None
+                if handed is not None:
+                    self._promised[account_name] -= 1
             one = limit.max_in_flight == 1
             # one in flight, the slot is leased for the calls a chain hands on without
             # renewing the lease too (see _must_look)
@@ -391,8 +399,10 @@ class DbLimiter:
                 # it goes first), so no database round trip stands between this call's
                 # answer and the next call.
                 looking_at = looked_at
-                if self._may_hand_on(account_name, limit, chain) and self._must_look(
-                    account_name, looked_at, leased_until, not_before, lease
+                if (
+                    one
+                    and self._may_hand_on(account_name, limit, chain)
+                    and self._must_look(account_name, looked_at, leased_until, not_before, lease)
                 ):
                     looking_at = self.clock()
                     reserving = self._reserver().submit(
@@ -443,7 +453,7 @@ class DbLimiter:
                 if one:
                     history.append((counted, answered))
                 reserved = _result_or_none(reserving)
-                hand_on = self._may_hand_on(account_name, limit, chain)
+                hand_on = promised = self._promise_hand_on(account_name, limit, chain)
                 # a throttled answer's push reaches the account's clock at once
                 throttled = departure.throttled_for is not None
                 next_start: float | None = None
@@ -451,7 +461,8 @@ class DbLimiter:
                     next_start = max(reserved, not_before, self.clock())
                     looked_at, leased_until = looking_at, reserved + granted
                 elif (
-                    hand_on
+                    one
+                    and hand_on
                     and not throttled
                     and reserving is None
                     and not self._must_look(
@@ -481,7 +492,8 @@ class DbLimiter:
                         hand_on_lease=(
                             granted if hand_on and (reserving is None or throttled) else None
                         ),
-                        spacing=CHAIN_STEP,
+                        # several in flight: the next turn from the clock, as a fresh one
+                        spacing=CHAIN_STEP if one else self.spacing(limit, account_name),
                         push=push,
                         own_next=not_before if one else None,
                     )
@@ -489,20 +501,25 @@ class DbLimiter:
                         looked_at, leased_until = looking_at, next_start + granted
                 if next_start is not None:
                     with self._local:
-                        # the gate's only permit is still held here: the next thread to
-                        # pass the gate finds this, before anyone else can take the slot
-                        self._handed[account_name] = (
-                            holder,
-                            slot,
-                            next_start,
-                            chain + 1,
-                            looked_at,
-                            leased_until,
-                            self.clock(),
+                        # this thread's permit of the gate is still held: a thread queued
+                        # for the account passes the gate with it and finds this
+                        self._handed.setdefault(account_name, deque()).append(
+                            (
+                                holder,
+                                slot,
+                                next_start,
+                                chain + 1,
+                                looked_at,
+                                leased_until,
+                                self.clock(),
+                            )
                         )
                         self.handoffs += 1
-                        handed_on = True
+                        handed_on, promised = True, False
         finally:
+            if promised:  # given back after all, or the database failed
+                with self._local:
+                    self._promised[account_name] -= 1
             gate.release()
         if handed_on:
             # Let the thread just handed the turn run now: otherwise it waits for the
@@ -596,14 +613,26 @@ class DbLimiter:
         return max(until, start_at + (until - issued)), issued
 
     def _may_hand_on(self, account_name: str, limit: RateLimit, chain: int) -> bool:
-        """One call in flight, a thread of this process queued for the account, and the
-        chain of hand-offs not yet so long that other runs should get a chance."""
+        """A thread of this process queued for the account that no slot handed on is
+        promised to yet, and the chain of hand-offs not yet so long that other runs
+        should get a chance."""
         with self._local:
             return (
-                limit.max_in_flight == 1
-                and self._queued[account_name] > 0
+                self._queued[account_name] > self._promised[account_name]
                 and chain < self.max_handoffs
             )
+
+    def _promise_hand_on(self, account_name: str, limit: RateLimit, chain: int) -> bool:
+        """``_may_hand_on``, and if so this slot is promised to a queued thread (until it
+        is handed on, or given back after all)."""
+        with self._local:
+            if (
+                self._queued[account_name] > self._promised[account_name]
+                and chain < self.max_handoffs
+            ):
+                self._promised[account_name] += 1
+                return True
+            return False
 
     def _lease_pad(self) -> float:
         """How much longer than its call a chain's slot is leased: the calls handed on
@@ -985,7 +1014,9 @@ class DbLimiter:
         start: a late call must not squeeze its successor into the same window.
 
         With ``hand_on_lease``, and nobody waiting in ``rate_limit_waiters``, keep the slot
-        instead and take the next turn for a thread of this process: -> its start.
+        instead and take the next turn for a thread of this process: -> its start (one in
+        flight, ``spacing`` is CHAIN_STEP: the chain places its calls; several, the
+        account's spacing: a turn as any other, see docs/reliability.md).
 
         ``own_next``: where this process's chain places its own next call (``not_before``
         is where a successor from the clock may start): used if this process is the next

@@ -283,6 +283,75 @@ def test_threads_of_one_process_hand_the_slot_on_and_the_budget_still_holds(any_
     assert most_in_any_second([s for s, _ in spans]) <= 20
 
 
+def _threads_calling(
+    engine, account: str, limit: RateLimit, threads: int, held: list[float]
+) -> tuple[list[tuple[float, float]], DbLimiter, int]:
+    """``len(held)`` calls on ``threads`` threads of one process, each call holding its
+    slot ``held[i]`` seconds. -> (each call's span, the limiter, its transactions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import event
+
+    limiter = DbLimiter(engine)
+    limiter._ensure_rows(account, limit)
+    spans: list[tuple[float, float]] = []
+    transactions = itertools.count()
+
+    def counted(_conn) -> None:
+        next(transactions)
+
+    def one(seconds: float) -> None:
+        with limiter.slot(account, limit):
+            started = time.time()
+            time.sleep(seconds)
+            spans.append((started, time.time()))
+
+    event.listen(engine, "begin", counted)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, held))
+    finally:
+        event.remove(engine, "begin", counted)
+    return spans, limiter, next(transactions)
+
+
+def test_several_in_flight_a_slot_is_handed_on_to_a_queued_thread_with_its_next_turn(any_engine):
+    """Threads queued for the account: a call that ends keeps its slot for one of them and
+    takes its next turn in the same transaction, one transaction a call, not two."""
+    limit = RateLimit(calls_per_second=50, max_in_flight=2)
+    spans, limiter, transactions = _threads_calling(
+        any_engine, "handed-multi", limit, threads=6, held=[0.02] * 40
+    )
+    assert len(spans) == 40
+    assert limiter.handoffs > 0
+    assert transactions < 1.5 * 40
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 8),
+    st.lists(st.floats(0.0, 0.06), min_size=22, max_size=40),
+)
+def test_several_in_flight_slots_handed_on_keep_the_in_flight_bound_and_every_window(
+    any_engine, in_flight: int, threads: int, held: list[float]
+):
+    """Any number of threads, any call lengths (real time, 20 a second): no more calls in
+    flight than the slots, and no second with more than 20 starts."""
+    limit = RateLimit(calls_per_second=20, max_in_flight=in_flight)
+    spans, _, _ = _threads_calling(
+        any_engine, f"handed-any-{next(_property_runs)}", limit, threads, held
+    )
+    assert len(spans) == len(held)
+    assert most_at_once(spans) <= in_flight
+    assert most_in_any_second([s for s, _ in spans]) <= 20
+
+
 def test_several_in_flight_a_call_that_wakes_late_leaves_at_once_and_moves_the_later_turns_on(
     any_engine,
 ):
