@@ -38,6 +38,7 @@ from dagster._core.storage.event_log.sqlite import (
     consolidated_sqlite_event_log as consolidated_sqlite_event_log_module,
 )
 from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
+from dagster._core.storage.runs.schema import RunsTable
 from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_storage_module
 from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStorage
 from dagster._core.storage.schedules.sqlite import (
@@ -61,6 +62,7 @@ __all__ = [
     "QueuedRunCoordinatorDaemon",
     "SpanMarker",
     "SqlScheduleStorage",
+    "RunsTable",
     "serializable_error_info_from_exc_info",
     "dagster_daemon_controller",
     "DagsterEvent",
@@ -205,5 +207,8 @@ ATTRIBUTES: list[str] = [
     # submitted in the daemon goes through instance.run_coordinator.submit_run
     "dagster_daemon_controller.QueuedRunCoordinatorDaemon",
     "SpanMarker.START_SPAN",
+    # bulk_changes.run_queue looks for a queued run on PostgreSQL with its own connection
+    # (its columns: test_dagster_private)
+    "RunsTable.name",
     "SpanMarker.END_SPAN",
 ]

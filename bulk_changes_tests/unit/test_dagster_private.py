@@ -110,3 +110,9 @@ def test_the_daemon_controller_makes_its_run_queue_from_the_module_name() -> Non
     # bulk_changes.run_queue replaces the name to make the daemon start its subclass
     made = inspect.getsource(dagster_private.dagster_daemon_controller.create_daemon_of_type)
     assert "return QueuedRunCoordinatorDaemon(" in made
+
+
+def test_the_runs_table_has_the_columns_the_run_queue_reads() -> None:
+    # bulk_changes.run_queue looks for a queued run with its own connection on PostgreSQL
+    columns = dagster_private.RunsTable.c
+    assert {"run_id", "status"} <= set(columns.keys())

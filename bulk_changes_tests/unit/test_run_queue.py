@@ -21,10 +21,12 @@ from dagster._core.remote_origin import (
 
 from bulk_changes import dagster_private, run_queue
 from bulk_changes.run_queue import (
+    PooledLook,
     QuietRunQueueDaemon,
     SqliteWrites,
     Wakeup,
     has_queued_run,
+    postgres_runs_url,
     sqlite_runs_database,
     use_quiet_run_queue,
     wake_on_submit,
@@ -275,3 +277,31 @@ def test_on_sqlite_a_run_queued_by_another_process_is_found_at_the_next_look(
     _queue_run(instance)
     list(daemon.run_iteration(context))
     assert dagster_looks == ["look"]
+
+
+def test_a_look_through_a_kept_connection_finds_a_queued_run(instance: DagsterInstance) -> None:
+    # (PostgreSQL in production; the same query and pool on the test's SQLite database)
+    look = PooledLook(f"sqlite:///{sqlite_runs_database(instance)}")
+    assert look() is False
+    _queue_run(instance)
+    assert look() is True
+    look.close()
+
+
+def test_a_look_through_a_failed_connection_leaves_the_answer_to_dagster(tmp_path: Any) -> None:
+    look = PooledLook(f"sqlite:///{tmp_path}/missing/runs.db")
+    assert look() is None
+
+
+def test_only_postgres_run_storage_with_a_password_is_looked_at_through_a_kept_connection(
+    instance: DagsterInstance,
+) -> None:
+    from dagster_postgres.run_storage import PostgresRunStorage
+
+    assert postgres_runs_url(instance) is None
+    storage = object.__new__(PostgresRunStorage)
+    storage.postgres_url = "postgresql+psycopg2://dagster:secret@db:5432/dagster"
+    storage._token_provider = None
+    assert postgres_runs_url(SimpleNamespace(run_storage=storage)) == storage.postgres_url
+    storage._token_provider = object()
+    assert postgres_runs_url(SimpleNamespace(run_storage=storage)) is None
