@@ -44,6 +44,7 @@ from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStor
 from dagster._core.storage.schedules.sqlite import (
     sqlite_schedule_storage as sqlite_schedule_storage_module,
 )
+from dagster._daemon import cli as dagster_daemon_cli_module
 from dagster._daemon import controller as dagster_daemon_controller
 from dagster._daemon.cli import cli as dagster_daemon_cli
 from dagster._daemon.daemon import IntervalDaemon, SpanMarker
@@ -65,6 +66,7 @@ __all__ = [
     "RunsTable",
     "serializable_error_info_from_exc_info",
     "dagster_daemon_controller",
+    "dagster_daemon_cli_module",
     "DagsterEvent",
     "DagsterExecutionInterruptedError",
     "EngineEventData",
@@ -164,6 +166,19 @@ SIGNATURES: dict[str, list[str]] = {
     "QueuedRunCoordinator.submit_run": ["self", "context"],
     "serializable_error_info_from_exc_info": ["exc_info", "hoist_user_code_error"],
     "dagster_daemon_controller.create_daemon_of_type": ["daemon_type", "instance"],
+    # bulk_changes.daemon gives the daemon's PostgreSQL storage kept connections when the
+    # `dagster-daemon run` command makes its controller from the instance
+    "dagster_daemon_cli_module.daemon_controller_from_instance": [
+        "instance",
+        "workspace_load_target",
+        "heartbeat_interval_seconds",
+        "heartbeat_tolerance_seconds",
+        "gen_daemons",
+        "error_interval_seconds",
+        "code_server_log_level",
+        "log_level",
+        "log_format",
+    ],
     # bulk_changes.schema_checks: the schedule storage's schema checks, remembered once yes
     "SqlScheduleStorage.has_instigators_table": ["self"],
     "SqlScheduleStorage.has_secondary_index_table": ["self"],

@@ -25,6 +25,10 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("has_instigators_table", "has_secondary_index_table", "has_built_index"):
         storage_class = dagster_private.SqlScheduleStorage
         monkeypatch.setattr(storage_class, name, getattr(storage_class, name))
+    cli_module = dagster_private.dagster_daemon_cli_module
+    monkeypatch.setattr(
+        cli_module, "daemon_controller_from_instance", cli_module.daemon_controller_from_instance
+    )
     interval_daemon = dagster_private.IntervalDaemon
     monkeypatch.setattr(interval_daemon, "core_loop", interval_daemon.core_loop)
     controller = dagster_private.dagster_daemon_controller
@@ -67,3 +71,42 @@ def test_the_daemon_runs_the_quiet_run_queue(restored: None) -> None:
     assert dagster_private.dagster_daemon_controller.QueuedRunCoordinatorDaemon is (
         QuietRunQueueDaemon
     )
+
+
+class _Instance:
+    def __init__(self) -> None:
+        self.kept: dict[str, int] = {}
+
+    def optimize_for_webserver(
+        self, statement_timeout: int, pool_recycle: int, max_overflow: int
+    ) -> None:
+        self.kept = {
+            "statement_timeout": statement_timeout,
+            "pool_recycle": pool_recycle,
+            "max_overflow": max_overflow,
+        }
+
+
+def test_the_daemons_storage_keeps_its_connections_without_a_statement_timeout(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli_module = dagster_private.dagster_daemon_cli_module
+    made: list[object] = []
+    monkeypatch.setattr(
+        cli_module, "daemon_controller_from_instance", lambda instance, **kw: made.append(instance)
+    )
+    assert daemon.keep_storage_connections() is True
+    instance = _Instance()
+    cli_module.daemon_controller_from_instance(instance, log_level="info")
+    assert made == [instance]
+    assert instance.kept == {"statement_timeout": 0, "pool_recycle": 3600, "max_overflow": 20}
+
+
+def test_the_daemons_storage_connections_are_dagsters_when_told(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli_module = dagster_private.dagster_daemon_cli_module
+    original = cli_module.daemon_controller_from_instance
+    monkeypatch.setenv(daemon.KEEP_CONNECTIONS_ENV, "new")
+    assert daemon.keep_storage_connections() is False
+    assert cli_module.daemon_controller_from_instance is original
