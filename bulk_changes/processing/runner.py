@@ -39,11 +39,13 @@ from bulk_changes.domain.settings import Tenant
 from bulk_changes.domain.state_machine import DeviceStatus
 from bulk_changes.domain.step_plans import UPDATE_AMOP, Stage, Step, plan_for
 from bulk_changes.processing import stopping
+from bulk_changes.processing.device_lanes import DeviceLanes
 from bulk_changes.processing.memory import freeze_startup_objects, limit_arenas
 from bulk_changes.processing.recorder import ExchangeRecorder
 from bulk_changes.processing.steps import HANDLERS, VERIFIERS, StepContext
 
 _pools: dict[int, ThreadPoolExecutor] = {}
+_lanes: dict[int, DeviceLanes] = {}
 _pools_lock = threading.Lock()
 
 
@@ -61,7 +63,15 @@ def device_pool(workers: int) -> ThreadPoolExecutor:
             limit_arenas()  # before the threads that would each get one
             freeze_startup_objects()
             pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="device")
+            _lanes[workers] = DeviceLanes(pool, workers)
         return pool
+
+
+def device_lanes(workers: int) -> DeviceLanes:
+    """The devices of every batch on the pool of ``workers`` threads, as many at once as
+    keep the interpreter busy (processing.device_lanes)."""
+    device_pool(workers)
+    return _lanes[workers]
 
 
 class ClientsFactory(Protocol):
@@ -145,8 +155,8 @@ class StageRunner:
             work.append((change, devices.get(change.device_id or -1) or {}, set(done[change.id])))
         if not work:
             return report
-        pool = device_pool(self.max_workers)
-        futures = [pool.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
+        lanes = device_lanes(self.max_workers)
+        futures = [lanes.submit(self._run_device, c, d, s, stages, report) for c, d, s in work]
         self._futures = futures
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
