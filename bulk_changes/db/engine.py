@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 # Each pooled connection keeps a page cache of its own (SQLite's default: 2 MB), filled
@@ -103,7 +105,13 @@ def _make_sqlite_writes_wait(engine: Engine) -> None:
     def _on_begin(connection):  # type: ignore[no-untyped-def]
         writer.acquire()
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # on the driver's connection: through SQLAlchemy's execution the BEGIN cost
+            # a sixth of a short transaction's CPU (about 10 us)
+            connection.connection.driver_connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            writer.release()
+            # told as SQLAlchemy tells the driver's errors (store_errors translates them)
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
         except BaseException:
             writer.release()
             raise
