@@ -85,6 +85,8 @@ class DeviceWork(ConfigurableResource):
         # Only the accounts this change calls: a device status change on Jasper never calls
         # Rev.io, and threads beyond the calls it can make only contend for the
         # interpreter lock (unconstrained, 16 threads instead of 3 cost a fifth more CPU).
+        # The pool's size: how many of them work at once follows the run worker's CPU
+        # (processing/device_lanes.py).
         in_flight = tenant.carrier_account(bulk.integration).rate_limit.max_in_flight
         plan = PLANS[(ChangeType(bulk.change_type), Integration(bulk.integration))]
         if tenant.revio is not None and any(step.system == "revio" for step in plan):
