@@ -1,15 +1,17 @@
 """How many device threads of a run worker work at once: as many as keep its interpreter
 busy, up to the pool's size (what the accounts' calls in flight could use).
 
-Device threads wait on the network (a call's answer, a limiter turn) or run Python, one at
-a time under the interpreter lock. While the process uses well under a core, the threads
-wait on the vendors, and more at work can have more calls in flight: twice as many are
-let at work. Once the process uses most of a core, the interpreter is the bottleneck: one
-more thread adds no call a second, only lock hand-offs and kernel thread switches (16
-threads against 4 on a local unconstrained server: a sixth more CPU per device), so one
-fewer is. At the carriers' limits a run worker uses a few per cent of a core and the
-number reaches the pool's size after its first few calls: the accounts see what a fixed
-pool of that size gave them.
+Device threads wait on the network (a call's answer, a limiter turn, a page of Rev.io
+services) or run Python, one at a time under the interpreter lock. A run worker starts
+with the whole pool at work, as a fixed pool of that size would: at the carriers' limits
+it uses a few per cent of a core, and its threads wait on the vendors (at the start of a
+run several of them wait for the first pages of the billing account's services while
+another keeps the carrier busy; starting with two lanes, both could stand there and the
+carrier's one-in-flight account sat idle 1-4 s, measured with 20 accounts at once). Once
+the process uses most of a core, the interpreter is the bottleneck: one more thread adds
+no call a second, only lock hand-offs and kernel thread switches (16 threads against 4 on
+a local unconstrained server: a sixth more CPU per device), so half as many are let at
+work, down to ``LEAST``; under half a core twice as many again.
 
 Devices wait in one queue, oldest first (two batch steps at once: the next batch's
 devices after the other's). A lane is a pool thread's loop over that queue: it takes the
@@ -29,7 +31,7 @@ from typing import Any
 
 # Sampled at most this often (process CPU against the wall clock over the interval).
 SAMPLE_SECONDS = 0.2
-# A core's share under which twice the lanes run, and over which one fewer.
+# A core's share under which twice the lanes run, and over which half as many.
 GROW_BELOW = 0.5
 SHRINK_ABOVE = 0.8
 # The fewest at work: one in a call while another prepares the next (a limiter turn handed
@@ -39,9 +41,9 @@ LEAST = 2
 
 class DeviceLanes:
     """Runs submitted device work on at most ``limit`` threads of ``pool`` at once;
-    ``limit`` moves between ``least`` and ``most`` (the pool's size) with the process's
-    CPU use, sampled as lanes finish devices: doubled under ``GROW_BELOW`` of a core, one
-    fewer over ``SHRINK_ABOVE``."""
+    ``limit`` starts at ``most`` (the pool's size) and moves between ``least`` and ``most``
+    with the process's CPU use, sampled as lanes finish devices: halved over
+    ``SHRINK_ABOVE`` of a core, doubled under ``GROW_BELOW``."""
 
     def __init__(
         self,
@@ -56,7 +58,7 @@ class DeviceLanes:
         self.pool = pool
         self.most = max(1, most)
         self.least = max(1, min(least, self.most))
-        self.limit = self.least
+        self.limit = self.most
         self.lanes = 0
         self._cpu, self._clock = cpu, clock
         self._sample_seconds = sample_seconds
@@ -111,4 +113,4 @@ class DeviceLanes:
         if share < GROW_BELOW:
             self.limit = min(self.most, 2 * self.limit)
         elif share > SHRINK_ABOVE:
-            self.limit = max(self.least, self.limit - 1)
+            self.limit = max(self.least, self.limit // 2)
