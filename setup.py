@@ -45,6 +45,9 @@ setup(
         # The embedded default's queue is a local SQS-compatible server (moto's), so the
         # code path on one machine is the same SQS path as in production.
         "moto[server]>=5.0",
+        # imported directly (the code server's idle wait, bulk_changes/code_server.py);
+        # dagster brings it too
+        "grpcio",
     ],
     extras_require={
         "dev": [

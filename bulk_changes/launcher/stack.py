@@ -175,10 +175,14 @@ class Stack:
         raise RuntimeError("the code server did not start listening")
 
     def kill_daemon(self) -> None:
-        """kill -9 the daemon with its code server and any run worker (a host crash)."""
+        """kill -9 the daemon with its code server and any run worker (a host crash); back
+        once every process of its group is gone."""
         assert self.daemon is not None
         os.killpg(self.daemon.pid, signal.SIGKILL)
         self.daemon.wait(30)
+        # a killed process's exit is asynchronous: a run worker with a dozen threads on a
+        # loaded host can still be tearing down for a moment after the signal
+        wait_group_gone(self.daemon.pid)
         self.processes.remove(self.daemon)
         self.daemon = None
 
@@ -440,6 +444,35 @@ def stop_stack(stack: Stack) -> None:
         for name in (stack.amop_database, stack.dagster_database):
             if name:
                 drop_database(name)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies left out: a killed process
+    whose parent died too may wait for a reaper that never comes, in a container)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float = 20.0) -> None:
+    """Until no live process of group ``pgid`` is left (after a SIGKILL to the group)."""
+    deadline = time.monotonic() + timeout
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        raise RuntimeError(
+            f"processes {left} of group {pgid} still alive {timeout} s after SIGKILL"
+        )
 
 
 def run_worker_pids(run_id: str) -> list[int]:
