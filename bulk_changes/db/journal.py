@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Table, and_, bindparam, insert, select, update
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.audit import audit_rows, storable
+from bulk_changes.db.driver_statements import DriverInsert, DriverStatement
 from bulk_changes.db.store_errors import store_errors, store_errors_and_values
 from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.model import FINAL_DEVICE_VALUES, AuditEntry, StepSuccess
@@ -28,24 +29,29 @@ _OPEN = (_dc.status == DeviceStatus.NEW.value) | (_dc.status == DeviceStatus.PRO
 _NOT_FINAL = and_(*(_dc.status != value for value in FINAL_DEVICE_VALUES))
 # a step begins: its device change is PROCESSING (and counts the attempts of the step
 # recorded in the same transaction), unless an operator's stop made it final
-_BEGIN = (
+_BEGIN = DriverStatement(
     update(t.device_changes)
     .where(_dc.id == bindparam("b_id"), _OPEN)
     .values(attempts=_dc.attempts + bindparam("b_attempts"))
 )
-_ADD_ATTEMPTS = (
+_ADD_ATTEMPTS = DriverStatement(
     update(t.device_changes)
     .where(_dc.id == bindparam("b_id"))
     .values(attempts=_dc.attempts + bindparam("b_attempts"))
 )
-_FINISH = (
+_FINISH = DriverStatement(
     update(t.device_changes)
     .where(_dc.id == bindparam("b_id"), _NOT_FINAL)
     .values(attempts=_dc.attempts + bindparam("b_attempts"))
 )
-_UPDATE_DEVICE = update(t.devices).where(t.devices.c.id == bindparam("b_device_id"))
-_INSERT_AUDIT = insert(t.audit_log)
-_INSERT_NEW: dict[tuple[str, str], Any] = {}
+_UPDATE_DEVICE = DriverStatement(
+    update(t.devices).where(t.devices.c.id == bindparam("b_device_id"))
+)
+# executed on the driver's cursor (db/driver_statements.py): SQLAlchemy's execution of
+# these cost more CPU than the statements and the commits together
+_INSERT_AUDIT = DriverInsert(t.audit_log)
+_INSERT_STARTED = DriverInsert(t.step_progress, on_conflict_do_nothing=True)
+_INSERT_COMPLETED = DriverInsert(t.completed_steps, on_conflict_do_nothing=True)
 
 
 class StepJournal:
@@ -108,45 +114,31 @@ class StepJournal:
                 if bulk_change_id is None:
                     raise ValueError("a step success is recorded with its bulk change's id")
                 self._write_step_success(conn, bulk_change_id, device_change_id, after, run_id)
-            open_ = conn.execute(
-                _BEGIN,
+            open_ = _BEGIN.execute(
+                conn,
                 {
                     "b_id": device_change_id,
                     "b_attempts": attempts,
                     "status": DeviceStatus.PROCESSING.value,
                     "updated_at": now,
                 },
-            ).rowcount
+            )
             if not open_:
                 if attempts:
                     self._add_attempts(conn, device_change_id, attempts)
                 return False
-            conn.execute(
-                self._insert_new(t.step_progress),
-                {
-                    "device_change_id": device_change_id,
-                    "step": marker,
-                    "data": json.dumps({"run_id": run_id}),
-                    "updated_at": now,
-                },
+            _INSERT_STARTED.execute(
+                conn,
+                [
+                    {
+                        "device_change_id": device_change_id,
+                        "step": marker,
+                        "data": json.dumps({"run_id": run_id}),
+                        "updated_at": now,
+                    }
+                ],
             )
         return True
-
-    def _insert_new(self, table: Table) -> Any:
-        """INSERT that leaves an existing row (same primary key) as it is: one statement
-        instead of a SELECT then an INSERT, on both SQLite and PostgreSQL. Built once per
-        table and dialect."""
-        key = (self.engine.dialect.name, table.name)
-        stmt = _INSERT_NEW.get(key)
-        if stmt is None:
-            # imported here: the PostgreSQL dialect's modules cost every CLI command on
-            # SQLite 25 ms of start-up (the engine imports its own dialect anyway)
-            if self.engine.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            stmt = _INSERT_NEW[key] = dialect_insert(table).on_conflict_do_nothing()
-        return stmt
 
     @store_errors
     def record_step_success(
@@ -164,20 +156,18 @@ class StepJournal:
         success: StepSuccess,
         run_id: str | None,
     ) -> None:
-        conn.execute(
-            self._insert_new(t.completed_steps),
-            _completed_row(device_change_id, success.step, success.result, utc_now()),
+        _INSERT_COMPLETED.execute(
+            conn, [_completed_row(device_change_id, success.step, success.result, utc_now())]
         )
         if success.audit:
-            conn.execute(
-                _INSERT_AUDIT,
+            _INSERT_AUDIT.execute(
+                conn,
                 audit_rows(bulk_change_id, device_change_id, success.step, run_id, success.audit),
             )
 
     def _add_attempts(self, conn: Any, device_change_id: int, attempts: int) -> None:
-        conn.execute(
-            _ADD_ATTEMPTS,
-            {"b_id": device_change_id, "b_attempts": attempts, "updated_at": utc_now()},
+        _ADD_ATTEMPTS.execute(
+            conn, {"b_id": device_change_id, "b_attempts": attempts, "updated_at": utc_now()}
         )
 
     @store_errors
@@ -237,8 +227,8 @@ class StepJournal:
         now = utc_now()
         added = (1 if count_attempt else 0) + (after.attempts if after is not None else 0)
         with self.engine.begin() as conn:
-            moved = conn.execute(
-                _FINISH,
+            moved = _FINISH.execute(
+                conn,
                 {
                     "b_id": device_change_id,
                     "b_attempts": added,
@@ -247,7 +237,7 @@ class StepJournal:
                     "updated_at": now,
                     "finished_at": now,
                 },
-            ).rowcount
+            )
             completed: list[dict[str, Any]] = []
             rows: list[dict[str, Any]] = []
             if after is not None:
@@ -259,10 +249,9 @@ class StepJournal:
                 if after is not None and after.attempts:
                     self._add_attempts(conn, device_change_id, after.attempts)
             elif inventory_update is not None:
-                changed = conn.execute(
-                    _UPDATE_DEVICE,
-                    {**inventory_update, "updated_at": now, "b_device_id": device_id},
-                ).rowcount
+                changed = _UPDATE_DEVICE.execute(
+                    conn, {**inventory_update, "updated_at": now, "b_device_id": device_id}
+                )
                 if changed != 1:
                     # Rolls the whole transaction back: the device change stays open.
                     raise LookupError(f"device {device_id} is no longer in the inventory")
@@ -274,9 +263,9 @@ class StepJournal:
                 rows += audit_rows(bulk_change_id, device_change_id, step, run_id, audit)
             # the rows of both steps, one statement per table
             if completed:
-                conn.execute(self._insert_new(t.completed_steps), completed)
+                _INSERT_COMPLETED.execute(conn, completed)
             if rows:
-                conn.execute(_INSERT_AUDIT, rows)
+                _INSERT_AUDIT.execute(conn, rows)
         return bool(moved)
 
     @store_errors
