@@ -73,6 +73,19 @@ class DeviceChanges:
         result.sort(key=lambda c: c.id)
         return result
 
+    @store_errors
+    def revio_service_ids(self, bulk_change_id: int) -> set[int]:
+        """The Rev.io services the inventory knows for the bulk change's devices."""
+        dc, d = t.device_changes.c, t.devices.c
+        query = (
+            select(d.revio_service_id)
+            .join_from(t.device_changes, t.devices, dc.device_id == d.id)
+            .where(dc.bulk_change_id == bulk_change_id, d.revio_service_id.is_not(None))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {int(i) for i in conn.execute(query).scalars()}
+
     def device_changes_of(self, bulk_change_id: int) -> list[DeviceChange]:
         with self.engine.connect() as conn:
             rows = conn.execute(

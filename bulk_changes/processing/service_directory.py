@@ -4,12 +4,17 @@ A bulk change of N devices then costs about N/500 reads instead of N. What is re
 stale while the run goes on, which is safe: every positional patch carries a JSON Patch
 ``test`` of the field's label, and a failed test makes the caller read that one service
 again before patching.
+
+A billing account's pages can hold many more services than the run changes (a host
+serving many tenants on one Rev.io account: 20 runs of 500 devices each read 10,000
+services, about 1.9 KB each once parsed, 19 MB per run worker). Told the services its
+run wants (``wanted``), a directory keeps only those from the pages.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 PAGE_SIZE = 500
@@ -29,9 +34,11 @@ class ServiceDirectory:
     # empty
     MAX_READING = 4
 
-    def __init__(self, max_pages_per_miss: int = 4) -> None:
+    def __init__(self, max_pages_per_miss: int = 4, wanted: Iterable[int] | None = None) -> None:
         self.max_pages_per_miss = max_pages_per_miss
         self._services: dict[int, dict[str, Any]] = {}
+        # the services kept from the pages (None: all); one asked for joins them
+        self._wanted: set[int] | None = None if wanted is None else {int(i) for i in wanted}
         self._next_page = 1
         # pages whose read failed: read again before any later one
         self._unread: list[int] = []
@@ -50,6 +57,8 @@ class ServiceDirectory:
         like any other call of that op."""
         pages = 0
         with self._lock:
+            if self._wanted is not None:
+                self._wanted.add(int(service_id))
             while True:
                 found = self._services.get(service_id)
                 if found is not None:
@@ -113,9 +122,12 @@ class ServiceDirectory:
         self.pages_read += 1
         if page == 1:
             self._first_read = True
+        wanted = self._wanted
         for record in records:
             if record.get("service_id") is not None:
-                self._services.setdefault(int(record["service_id"]), record)
+                service_id = int(record["service_id"])
+                if wanted is None or service_id in wanted:
+                    self._services.setdefault(service_id, record)
         if not more or not records:
             self._exhausted = True
         self._lock.notify_all()
@@ -125,14 +137,20 @@ _directories: dict[tuple[str, str], ServiceDirectory] = {}
 _directories_lock = threading.Lock()
 
 
-def directory_for(account_name: str, run_id: str | None) -> ServiceDirectory:
-    """One directory per account and run in this process: each run reads afresh."""
+def directory_for(
+    account_name: str,
+    run_id: str | None,
+    wanted: Callable[[], Iterable[int]] | None = None,
+) -> ServiceDirectory:
+    """One directory per account and run in this process: each run reads afresh.
+    ``wanted``: the services the run will ask for (called once, when the directory is
+    made): only those are kept from the pages."""
     key = (account_name, run_id or "")
     with _directories_lock:
         directory = _directories.get(key)
         if directory is None:
             if len(_directories) > 64:  # runs of a long-lived process come and go
                 _directories.clear()
-            directory = ServiceDirectory()
+            directory = ServiceDirectory(wanted=wanted() if wanted is not None else None)
             _directories[key] = directory
         return directory

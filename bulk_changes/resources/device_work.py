@@ -76,7 +76,12 @@ class DeviceWork(ConfigurableResource):
                     tenant.carrier_account(bulk.integration), limiter, recorder
                 ),
                 lambda: revio.client(tenant.billing_account(), limiter, recorder),
-                directory_for(tenant.billing_account().name, run_id),
+                # only the services of this bulk change kept from the billing account's pages
+                directory_for(
+                    tenant.billing_account().name,
+                    run_id,
+                    lambda: self.repository().revio_service_ids(bulk.id),
+                ),
             )
 
         settings = self.processing

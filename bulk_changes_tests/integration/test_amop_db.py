@@ -207,3 +207,19 @@ def test_sqlite_connections_keep_a_small_page_cache_each(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_the_revio_services_of_a_bulk_change_are_those_its_devices_hold(any_engine):
+    repo = Repository(any_engine)
+    bulk_id, _ = make_bulk(repo, devices=3)
+    other_id, _ = make_bulk(repo, key="other", devices=1)
+    devices = repo.devices_by_key("acme", "jasper", [iccid(i) for i in range(3)])
+    with any_engine.begin() as conn:
+        for i, service_id in ((0, 700), (1, 701)):  # the third device has none
+            conn.execute(
+                t.devices.update()
+                .where(t.devices.c.id == devices[iccid(i)]["id"])
+                .values(revio_service_id=service_id)
+            )
+    assert repo.revio_service_ids(bulk_id) == {700, 701}
+    assert repo.revio_service_ids(other_id) == {700}  # its one device is the first

@@ -84,3 +84,21 @@ def test_a_page_whose_read_failed_is_read_again_by_the_next_miss():
         directory.get(1, account)
     assert directory.get(1, account) == {"service_id": 1}
     assert account.reads[1] == 2
+
+
+def test_a_directory_told_its_runs_services_keeps_only_those_from_the_pages():
+    account = PagedAccount(3)
+    directory = ServiceDirectory(wanted=[2, 5])
+    assert directory.get(5, account) == {"service_id": 5}  # pages 1-3
+    assert directory.get(2, account) == {"service_id": 2}
+    assert sum(account.reads.values()) == 3 and account.single_reads == []
+    # on page 1 too, but not kept from it
+    assert directory.get(1, account) == {"service_id": 1, "alone": True}
+
+
+def test_a_service_asked_for_beyond_the_runs_is_kept_from_the_pages_read_after():
+    account = PagedAccount(3)
+    directory = ServiceDirectory(wanted=[])
+    assert directory.get(3, account) == {"service_id": 3}  # page 2
+    assert directory.get(3, account) == {"service_id": 3}
+    assert sum(account.reads.values()) == 2 and account.single_reads == []
