@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,16 @@ def test_the_setting_keeps_dagsters_engines(
     monkeypatch.setenv(sqlite_engines.SETTING_ENV, "new")
     assert not sqlite_engines.reuse_sqlite_engines()
     assert not any(isinstance(m.create_engine, EngineCache) for m in MODULES)
+
+
+def test_run_workers_forked_from_the_preloaded_server_keep_their_sqlite_engines() -> None:
+    check = (
+        "import bulk_changes.run_worker_preload\n"
+        "from bulk_changes import dagster_private as p\n"
+        "from bulk_changes.sqlite_engines import EngineCache\n"
+        "print(isinstance(p.sqlite_event_log_module.create_engine, EngineCache))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "True"
