@@ -301,7 +301,9 @@ def run_scenario(
             start = offsets.get((send.tenant, send.integration), 0)
             rows = inventory(index, send.integration, send.devices, start)
             offsets[(send.tenant, send.integration)] = start + send.devices
-            stack.import_devices(send.tenant, rows)
+            # a Rev.io account lists only its own services, as a tenant's would
+            revio_login = login("revio", account_name("revio", send.tenant, scenario))
+            stack.import_devices(send.tenant, rows, revio_account=revio_login)
             planned.append((send, request_rows(send.change_type, send.integration, rows)))
         calls_before = {
             s: len(sim.calls()) for s, sim in zip(SYSTEMS, stack.sims.all(), strict=True)

@@ -194,10 +194,18 @@ class Stack:
         """The tenants file the stack runs with (the packaged default without one)."""
         return load_settings(self.env.get("BULK_CHANGES_TENANTS") or None)
 
-    def import_devices(self, tenant: str, rows: list[dict[str, str]], source: str = "e2e") -> int:
-        """Devices into the AMOP inventory and the simulators alike. -> how many were new."""
+    def import_devices(
+        self,
+        tenant: str,
+        rows: list[dict[str, str]],
+        source: str = "e2e",
+        *,
+        revio_account: str | None = None,
+    ) -> int:
+        """Devices into the AMOP inventory and the simulators alike (``revio_account``: the
+        Rev.io login whose services these are; None: every account's). -> how many were new."""
         inserted, _ = self.repo.upsert_devices(tenant, inventory_rows(rows, source))
-        seed_from_inventory_rows(self.sims, rows)
+        seed_from_inventory_rows(self.sims, rows, revio_account=revio_account)
         return int(inserted)
 
     def submit(

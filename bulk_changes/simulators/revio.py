@@ -12,7 +12,10 @@ Choices where the documentation is silent (all [guess]):
   replaced and any member tested;
 - list filters are equality on ``number`` and the other scalar ids; an unknown query
   parameter is 400; ``record_count`` is the number of matching records (all pages);
-- paths are matched without regard to case (``/Services`` or ``/services``).
+- paths are matched without regard to case (``/Services`` or ``/services``);
+- a service seeded with an ``account`` (the login ``user@clientcode``) belongs to that
+  account: other accounts neither list it nor find it (404), as a Rev.io client's API user
+  sees only its own client's services; a service seeded without one is every account's.
 """
 
 from __future__ import annotations
@@ -174,6 +177,12 @@ class RevioSimulator(Simulator):
 
     def reset_state(self) -> None:
         self.services: dict[int, dict[str, Any]] = {}
+        # service_id -> the one account that sees it (absent: every account)
+        self.owners: dict[int, str] = {}
+
+    def _visible(self, service_id: int, account: str) -> bool:
+        owner = self.owners.get(service_id)
+        return owner is None or owner == account
 
     def authenticate(self, request: Request) -> str | None:
         pair = request.basic_auth()
@@ -212,16 +221,16 @@ class RevioSimulator(Simulator):
             route("GET", r"(?i)/v1/services", "GET /Services", self.list_services),
         ]
 
-    def _find(self, raw_id: str) -> dict[str, Any] | Response:
+    def _find(self, raw_id: str, account: str) -> dict[str, Any] | Response:
         service = self.services.get(int(raw_id)) if raw_id.isdigit() else None
-        if service is None:
+        if service is None or not self._visible(service["service_id"], account):
             return self.error(404, f"Service {raw_id} not found")
         return service
 
     # -- vendor calls ------------------------------------------------------------------
 
     def get_service(self, call: Call) -> Response:
-        found = self._find(call.params["service_id"])
+        found = self._find(call.params["service_id"], call.account)
         if isinstance(found, Response):
             return found
         return Response(200, {"ok": True, **copy.deepcopy(found)})
@@ -230,7 +239,7 @@ class RevioSimulator(Simulator):
         content_type = (call.request.headers.get("Content-Type") or "").split(";")[0].strip()
         if content_type.lower() != PATCH_CONTENT_TYPE:
             return self.error(415, f"Content-Type must be {PATCH_CONTENT_TYPE}")
-        found = self._find(call.params["service_id"])
+        found = self._find(call.params["service_id"], call.account)
         if isinstance(found, Response):
             return found
         try:
@@ -259,8 +268,9 @@ class RevioSimulator(Simulator):
         filters = {k: v for k, v in query.items() if k in FILTERS}
         matches = [
             s
-            for _, s in sorted(self.services.items())
-            if all(_text(s[k]) == v for k, v in filters.items())
+            for service_id, s in sorted(self.services.items())
+            if self._visible(service_id, call.account)
+            and all(_text(s[k]) == v for k, v in filters.items())
         ]
         records = copy.deepcopy(matches[(page - 1) * size : page * size])
         return Response(
@@ -276,12 +286,17 @@ class RevioSimulator(Simulator):
     # -- in-process control ------------------------------------------------------------
 
     def seed(self, payload: Any) -> int:
-        """``{"services": [...]}`` or a list of services (``service_id`` required)."""
+        """``{"services": [...]}`` or a list of services (``service_id`` required; an
+        ``account``, the login ``user@clientcode``, makes the service that account's only)."""
         records = payload.get("services", []) if isinstance(payload, dict) else payload
-        services = [new_service(record) for record in records]
+        services = [(new_service(record), record.get("account")) for record in records]
         with self.lock:
-            for service in services:
+            for service, account in services:
                 self.services[service["service_id"]] = service
+                if account:
+                    self.owners[service["service_id"]] = str(account)
+                else:
+                    self.owners.pop(service["service_id"], None)
         return len(services)
 
     def state(self, key: str) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ username, cost_center_1, cost_center_2, cost_center_3, revio_service_id, tenant.
 - every row with a ``revio_service_id`` seeds a Rev.io service whose number is the ICCID
   (Jasper) or the MSISDN (Telegence), with custom fields "Username", "Cost Center 1..3" in
   an order that differs between services (a shuffle seeded by the service id), so that
-  clients must find fields by label.
+  clients must find fields by label; with ``revio_account`` (a login ``user@clientcode``)
+  the services are that Rev.io account's only (the others neither list nor find them).
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def seed_from_inventory_rows(
     rows: list[dict[str, Any]],
     *,
     jasper_username_field: str = "accountCustom1",
+    revio_account: str | None = None,
 ) -> dict[str, int]:
     """Seed devices, lines and services from inventory rows; returns counts per system."""
-    payloads = seed_payloads(rows, jasper_username_field=jasper_username_field)
+    payloads = seed_payloads(
+        rows, jasper_username_field=jasper_username_field, revio_account=revio_account
+    )
     return {
         "jasper": sims.jasper.seed(payloads["jasper"]),
         "telegence": sims.telegence.seed(payloads["telegence"]),
@@ -172,9 +176,13 @@ def seed_running_simulators(
 
 
 def seed_payloads(
-    rows: list[dict[str, Any]], *, jasper_username_field: str = "accountCustom1"
+    rows: list[dict[str, Any]],
+    *,
+    jasper_username_field: str = "accountCustom1",
+    revio_account: str | None = None,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """The ``/_sim/seed`` body of each system for these inventory rows."""
+    """The ``/_sim/seed`` body of each system for these inventory rows (``revio_account``:
+    the Rev.io login the services belong to; None: every account's)."""
     devices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
@@ -193,7 +201,10 @@ def seed_payloads(
             else:
                 raise ValueError(f"unknown integration {integration!r}")
             if _get(row, "revio_service_id"):
-                services.append(_service(row, service_number))
+                service = _service(row, service_number)
+                if revio_account:
+                    service["account"] = revio_account
+                services.append(service)
         except ValueError as exc:
             raise ValueError(f"inventory row {number}: {exc}") from exc
     return {

@@ -215,6 +215,44 @@ def test_revio_list_filters_by_number(sims: SimulatorSet) -> None:
     assert [r["service_id"] for r in answer["records"]] == [8]
 
 
+def revio_list_ids(sims: SimulatorSet, auth: tuple[str, str]) -> list[int]:
+    answer = requests.get(
+        f"{sims.revio_url}/Services",
+        params={"page": 1, "page_size": 500},
+        auth=auth,
+        headers=REVIO_HEADERS,
+        timeout=5,
+    ).json()
+    return [r["service_id"] for r in answer["records"]]
+
+
+OTHER_REVIO_AUTH = ("other@otherclient", "other-password")
+
+
+def test_revio_service_seeded_for_an_account_is_listed_to_that_account_only(
+    sims: SimulatorSet,
+) -> None:
+    sims.revio.add_credentials({OTHER_REVIO_AUTH[0]: (OTHER_REVIO_AUTH[1], "sim-subscription-key")})
+    sims.revio.seed(
+        {"services": [{"service_id": 8, "number": OTHER_ICCID, "account": "other@otherclient"}]}
+    )
+
+    assert revio_list_ids(sims, REVIO_AUTH) == [7]
+    assert revio_list_ids(sims, OTHER_REVIO_AUTH) == [7, 8]
+
+
+def test_revio_service_of_another_account_is_404(sims: SimulatorSet) -> None:
+    sims.revio.seed(
+        {"services": [{"service_id": 8, "number": OTHER_ICCID, "account": "other@otherclient"}]}
+    )
+
+    answer = requests.get(
+        f"{sims.revio_url}/Services/8", auth=REVIO_AUTH, headers=REVIO_HEADERS, timeout=5
+    )
+
+    assert answer.status_code == 404
+
+
 def test_telegence_activation_completes_after_polling(sims: SimulatorSet) -> None:
     base = f"{sims.telegence_url}/sp/mobilityactivations/api/v1/serviceactivation"
     body = {
@@ -307,6 +345,18 @@ def test_seed_from_inventory_rows_shuffles_revio_field_order(sims: SimulatorSet)
     assert services[0]["number"] == rows[0]["iccid"]  # type: ignore[index]
     assert services[1]["number"] == rows[1]["msisdn"]  # type: ignore[index]
     assert sims.jasper.state(rows[0]["iccid"])["accountCustom1"] == "user1"  # type: ignore[index]
+
+
+def test_seed_from_inventory_rows_gives_the_services_to_the_revio_account(
+    sims: SimulatorSet,
+) -> None:
+    sims.revio.add_credentials({OTHER_REVIO_AUTH[0]: (OTHER_REVIO_AUTH[1], "sim-subscription-key")})
+    rows = [{"iccid": OTHER_ICCID, "integration": "jasper", "revio_service_id": "9"}]
+
+    seed_from_inventory_rows(sims, rows, revio_account="other@otherclient")
+
+    assert revio_list_ids(sims, OTHER_REVIO_AUTH) == [7, 9]
+    assert revio_list_ids(sims, REVIO_AUTH) == [7]
 
 
 def test_timed_out_call_does_not_hold_the_in_flight_slot(sims: SimulatorSet) -> None:
