@@ -19,6 +19,12 @@ start: restart the code server to load new code or settings, as a deployment doe
 Its gRPC server's main thread wakes once a second, not ten times, while it waits to be
 stopped (``wait_for_grpc_stop_calmly``).
 
+Every sensor tick it evaluates uses one Dagster instance and one set of built resources,
+made at the first tick that needs them and kept while the process lives
+(``reuse_sensor_instance_and_resources``): Dagster builds both again for every tick
+(from the instance's reference, and each ``ConfigurableResource`` from its config schema),
+most of a tick's CPU in the code server when there is nothing to do.
+
 On the embedded SQLite instance it also keeps one SQLAlchemy engine per database
 (``bulk_changes.sqlite_engines``): each sensor tick builds an instance whose storage
 otherwise makes a new engine, and compiles its statements again, for every query.
@@ -115,12 +121,83 @@ def wait_for_grpc_stop_calmly(seconds: float = GRPC_WAIT_SECONDS) -> None:
     grpc._common.MAXIMUM_WAIT_TIMEOUT = seconds
 
 
+def reuse_sensor_instance_and_resources(context_class: Any = None) -> None:
+    """Give each sensor tick the process's one instance for its instance reference, and
+    the resources built once for the same resource definitions.
+
+    Dagster makes a ``SensorEvaluationContext`` per tick whose ``instance`` and
+    ``resources`` are built when first read and closed when the tick ends: an instance
+    from its reference (storages, run launcher, compute log manager) and each resource
+    from its config (schema inference, validation, ``EnvVar`` resolution, set-up), most of
+    an idle code server's CPU per tick (docs/benchmarks.md). Here they are built once and
+    kept. That holds for this project's sensor resources: their set-up keeps nothing per
+    tick (engines and the tenants file are cached by the process anyway, the file read
+    again when it changes) and the environment they read does not change while the
+    process lives (restart the code server to change it, as for the fork server), and
+    none has a teardown. Contexts given an instance rather than its reference (tests)
+    build theirs as before.
+
+    ``context_class``: Dagster's ``SensorEvaluationContext`` (a subclass in tests)."""
+    from bulk_changes.dagster_private import SensorEvaluationContext
+
+    cls = context_class or SensorEvaluationContext
+    if cls.__dict__.get("_bulk_changes_shared", False):
+        return
+    import threading
+
+    from dagster import DagsterInstance, build_resources
+
+    instance_getter = SensorEvaluationContext.instance.fget
+    resources_getter = SensorEvaluationContext.resources.fget
+    lock = threading.Lock()
+    instances: dict[str, Any] = {}
+    # (instance reference, resource names and definitions' ids) -> (the resources, the
+    # definitions: kept so that their ids are not reused)
+    built: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+    def instance(self: Any) -> Any:
+        ref = self._instance_ref
+        if self._instance is None and ref is not None:
+            key = repr(ref)
+            with lock:
+                shared = instances.get(key)
+                if shared is None:
+                    shared = instances[key] = DagsterInstance.from_ref(ref)
+            self._instance = shared
+        return instance_getter(self)
+
+    def resources(self: Any) -> Any:
+        defs, ref = self._resource_defs, self._instance_ref
+        if self._resources or not defs or ref is None:
+            return resources_getter(self)
+        shared = instance(self)
+        if shared is not instances.get(repr(ref)):  # an instance given, not its reference
+            return resources_getter(self)
+        key = (repr(ref), tuple(sorted((name, id(value)) for name, value in defs.items())))
+        with lock:
+            known = built.get(key)
+        if known is None:
+            # never left: the resources live with the process (nested resources make a
+            # context manager of the whole set, whose exit would call each resource's
+            # teardown: none of the project's resources has one, test_code_server)
+            made = build_resources(resources=defs, instance=shared).__enter__()
+            with lock:
+                known = built.setdefault(key, (made, dict(defs)))
+        self._resources = known[0]
+        return resources_getter(self)
+
+    cls.instance = property(instance)
+    cls.resources = property(resources)
+    cls._bulk_changes_shared = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bulk_changes.dagster_private import dagster_cli
     from bulk_changes.schema_checks import remember_schema_checks
     from bulk_changes.sqlite_engines import reuse_sqlite_engines
 
     read_migrations_once()
+    reuse_sensor_instance_and_resources()
     remember_schema_checks()
     wait_for_grpc_stop_calmly()
     reuse_sqlite_engines()

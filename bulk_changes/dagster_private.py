@@ -14,7 +14,7 @@ the executor, then update ``SIGNATURES``.
 
 from __future__ import annotations
 
-from dagster import QueuedRunCoordinator
+from dagster import QueuedRunCoordinator, SensorEvaluationContext
 from dagster._cli import cli as dagster_cli
 from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
@@ -59,6 +59,7 @@ __all__ = [
     "ActiveExecution",
     "DagsterApiServer",
     "IntervalDaemon",
+    "SensorEvaluationContext",  # public; the private attributes its properties fill are used
     "QueuedRunCoordinator",  # public; its submit_run's signature is checked
     "QueuedRunCoordinatorDaemon",
     "SpanMarker",
@@ -226,4 +227,10 @@ ATTRIBUTES: list[str] = [
     # (its columns: test_dagster_private)
     "RunsTable.name",
     "SpanMarker.END_SPAN",
+    # bulk_changes.code_server gives every sensor tick of the code server one instance and
+    # one set of built resources: it fills the context's ``_instance`` and ``_resources``
+    # (read from ``_instance_ref`` and ``_resource_defs``) before these properties run
+    # (their code: test_dagster_private)
+    "SensorEvaluationContext.instance",
+    "SensorEvaluationContext.resources",
 ]

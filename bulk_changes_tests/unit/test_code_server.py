@@ -6,8 +6,17 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from dagster import (
+    ConfigurableResource,
+    DagsterInstance,
+    InitResourceContext,
+    SensorEvaluationContext,
+)
 
 from bulk_changes import code_server
 from bulk_changes.dagster_private import DagsterApiServer
@@ -131,3 +140,90 @@ def test_a_stopped_grpc_server_still_ends_its_wait(restored_grpc_wait: None) -> 
     server.stop(grace=None)
     waiter.join(timeout=60)  # a wait of 600 s between looks: only the stop ends it
     assert not waiter.is_alive()
+
+
+class _Counted(ConfigurableResource):
+    builds: ClassVar[list[int]] = []
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self.builds.append(1)
+
+
+@pytest.fixture
+def shared_context(tmp_path: Path) -> Iterator[tuple[type, Any]]:
+    class Context(SensorEvaluationContext):
+        pass
+
+    code_server.reuse_sensor_instance_and_resources(Context)
+    _Counted.builds.clear()
+    with DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
+        yield Context, instance
+
+
+def _instance_ref(tmp_path: Path) -> Any:
+    home = tmp_path / "home"
+    home.mkdir()
+    return DagsterInstance.local_temp(str(home)).get_ref()
+
+
+def _tick(context_class: type, ref: Any, resources: dict[str, Any]) -> tuple[Any, Any]:
+    with context_class(ref, resources=resources, sensor_name="s") as context:
+        return context.instance, context.resources.counted
+
+
+def test_sensor_ticks_of_the_code_server_share_one_instance(
+    shared_context: tuple[type, Any], tmp_path: Path
+) -> None:
+    context_class, _ = shared_context
+    ref = _instance_ref(tmp_path)
+    resources = {"counted": _Counted()}
+
+    first, _ = _tick(context_class, ref, resources)
+    second, _ = _tick(context_class, ref, resources)
+
+    assert first is second
+
+
+def test_sensor_ticks_of_the_code_server_build_their_resources_once(
+    shared_context: tuple[type, Any], tmp_path: Path
+) -> None:
+    context_class, _ = shared_context
+    ref = _instance_ref(tmp_path)
+    resources = {"counted": _Counted()}
+
+    _, first = _tick(context_class, ref, resources)
+    _, second = _tick(context_class, ref, resources)
+
+    assert first is second and len(_Counted.builds) == 1
+
+
+def test_a_sensor_context_given_an_instance_builds_its_own_resources(
+    shared_context: tuple[type, Any],
+) -> None:
+    context_class, instance = shared_context
+    resources = {"counted": _Counted()}
+
+    for _ in range(2):
+        with context_class(
+            None, instance=instance, resources=resources, sensor_name="s"
+        ) as context:
+            assert context.resources.counted is not None
+
+    assert len(_Counted.builds) == 2
+
+
+def test_no_resource_of_the_project_has_a_teardown() -> None:
+    # the code server keeps its sensors' resources built for the life of the process:
+    # a resource that tears something down after each tick would need building per tick
+    import bulk_changes.definitions as definitions
+
+    def kept_as_built(resource: Any) -> bool:
+        cls = getattr(resource, "resource_cls", type(resource))  # configured at launch
+        return all(
+            getattr(cls, name) is getattr(ConfigurableResource, name)
+            for name in ("teardown_after_execution", "yield_for_execution")
+        )
+
+    resources = definitions.defs.resources or {}
+    offenders = [key for key, resource in resources.items() if not kept_as_built(resource)]
+    assert resources and offenders == []

@@ -116,3 +116,14 @@ def test_the_runs_table_has_the_columns_the_run_queue_reads() -> None:
     # bulk_changes.run_queue looks for a queued run with its own connection on PostgreSQL
     columns = dagster_private.RunsTable.c
     assert {"run_id", "status"} <= set(columns.keys())
+
+
+def test_sensor_context_properties_use_what_the_code_server_fills() -> None:
+    # bulk_changes.code_server fills ``_instance`` and ``_resources`` (from ``_instance_ref``
+    # and ``_resource_defs``) and then lets these properties answer: they must still build
+    # only what is not there
+    context = dagster_private.SensorEvaluationContext
+    instance = inspect.getsource(context.instance.fget)
+    assert "if not self._instance:" in instance and "self._instance_ref" in instance
+    resources = inspect.getsource(context.resources.fget)
+    assert "if not self._resources:" in resources and "self._resource_defs" in resources
