@@ -33,6 +33,8 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+from dagster._core.remote_representation.code_location import GrpcServerCodeLocation
 from dagster._core.storage import sql as dagster_storage_sql
 from dagster._core.storage.event_log.sqlite import (
     consolidated_sqlite_event_log as consolidated_sqlite_event_log_module,
@@ -44,6 +46,7 @@ from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStor
 from dagster._core.storage.schedules.sqlite import (
     sqlite_schedule_storage as sqlite_schedule_storage_module,
 )
+from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon import cli as dagster_daemon_cli_module
 from dagster._daemon import controller as dagster_daemon_controller
 from dagster._daemon.cli import cli as dagster_daemon_cli
@@ -58,6 +61,9 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 __all__ = [
     "ActiveExecution",
     "DagsterApiServer",
+    "GrpcServerCodeLocation",
+    "GrpcServerCodeLocationOrigin",
+    "WorkspaceProcessContext",
     "IntervalDaemon",
     "SensorEvaluationContext",  # public; the private attributes its properties fill are used
     "QueuedRunCoordinator",  # public; its submit_run's signature is checked
@@ -184,6 +190,11 @@ SIGNATURES: dict[str, list[str]] = {
     "SqlScheduleStorage.has_instigators_table": ["self"],
     "SqlScheduleStorage.has_secondary_index_table": ["self"],
     "SqlScheduleStorage.has_built_index": ["self", "migration_name"],
+    # bulk_changes.daemon: the daemon's minutely workspace refresh reloads a long-lived
+    # code server's location only when its server id changed (test_dagster_private reads
+    # the controller's call and the client's call)
+    "WorkspaceProcessContext.refresh_workspace": ["self"],
+    "WorkspaceProcessContext.get_current_workspace": ["self"],
 }
 
 # Attributes read, not called (properties and enum members).
@@ -233,4 +244,10 @@ ATTRIBUTES: list[str] = [
     # (their code: test_dagster_private)
     "SensorEvaluationContext.instance",
     "SensorEvaluationContext.resources",
+    # bulk_changes.daemon (the workspace refresh): the origins the workspace file names,
+    # and a loaded location's server id and gRPC client (``client``, set in __init__)
+    "WorkspaceProcessContext._origins",
+    "GrpcServerCodeLocation.server_id",
+    "GrpcServerCodeLocationOrigin.location_name",
+    "dagster_daemon_controller.RELOAD_WORKSPACE_INTERVAL",
 ]

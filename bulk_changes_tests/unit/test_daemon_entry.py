@@ -3,6 +3,8 @@ SQLite engine per database."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from bulk_changes import daemon, dagster_private
@@ -35,6 +37,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         controller, "QueuedRunCoordinatorDaemon", controller.QueuedRunCoordinatorDaemon
     )
+    workspace = dagster_private.WorkspaceProcessContext
+    monkeypatch.setattr(workspace, "refresh_workspace", workspace.refresh_workspace)
 
 
 def test_the_daemon_runs_dagsters_daemon_command(
@@ -110,3 +114,78 @@ def test_the_daemons_storage_connections_are_dagsters_when_told(
     monkeypatch.setenv(daemon.KEEP_CONNECTIONS_ENV, "new")
     assert daemon.keep_storage_connections() is False
     assert cli_module.daemon_controller_from_instance is original
+
+
+class _Client:
+    def __init__(self, server_id: str | Exception) -> None:
+        self.server_id = server_id
+
+    def get_server_id(self, timeout: int) -> str:
+        if isinstance(self.server_id, Exception):
+            raise self.server_id
+        return self.server_id
+
+
+class _Workspace:
+    """What the refresh reads of Dagster's WorkspaceProcessContext: one location served
+    by a long-lived code server loaded with id "a", whose server now answers ``now``."""
+
+    def __init__(self, now: str | Exception, load_error: object = None) -> None:
+        origin = dagster_private.GrpcServerCodeLocationOrigin(
+            host="127.0.0.1", port=4266, location_name="bulk_changes"
+        )
+        location = object.__new__(dagster_private.GrpcServerCodeLocation)
+        location._server_id = "a"
+        location.client = _Client(now)
+        entry = SimpleNamespace(origin=origin, code_location=location, load_error=load_error)
+        self._origins = [origin]
+        self.entries = {"bulk_changes": entry}
+        self.refreshed = 0
+
+    def get_current_workspace(self) -> SimpleNamespace:
+        return SimpleNamespace(code_location_entries=self.entries)
+
+
+def test_a_code_server_answering_its_id_is_not_reloaded() -> None:
+    assert daemon.code_servers_unchanged(_Workspace(now="a"))
+
+
+def test_a_replaced_code_server_is_reloaded() -> None:
+    assert not daemon.code_servers_unchanged(_Workspace(now="b"))
+
+
+def test_an_unreachable_code_server_is_reloaded() -> None:
+    assert not daemon.code_servers_unchanged(_Workspace(now=ConnectionError("down")))
+
+
+def test_a_location_that_failed_to_load_is_reloaded() -> None:
+    assert not daemon.code_servers_unchanged(_Workspace(now="a", load_error="boom"))
+
+
+def test_a_location_added_to_the_workspace_file_is_loaded() -> None:
+    workspace = _Workspace(now="a")
+    workspace._origins = [
+        *workspace._origins,
+        dagster_private.GrpcServerCodeLocationOrigin(
+            host="127.0.0.1", port=4267, location_name="other"
+        ),
+    ]
+
+    assert not daemon.code_servers_unchanged(workspace)
+
+
+def test_the_daemons_workspace_refresh_runs_dagsters_only_when_something_changed(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dagsters(self: _Workspace) -> None:
+        self.refreshed += 1
+
+    workspace_class = dagster_private.WorkspaceProcessContext
+    monkeypatch.setattr(workspace_class, "refresh_workspace", dagsters)
+    daemon.main(["--help"])
+    same, replaced = _Workspace(now="a"), _Workspace(now="b")
+
+    workspace_class.refresh_workspace(same)  # type: ignore[arg-type]
+    workspace_class.refresh_workspace(replaced)  # type: ignore[arg-type]
+
+    assert (same.refreshed, replaced.refreshed) == (0, 1)

@@ -127,3 +127,14 @@ def test_sensor_context_properties_use_what_the_code_server_fills() -> None:
     assert "if not self._instance:" in instance and "self._instance_ref" in instance
     resources = inspect.getsource(context.resources.fget)
     assert "if not self._resources:" in resources and "self._resource_defs" in resources
+
+
+def test_the_daemon_controller_refreshes_its_workspace_through_the_method() -> None:
+    # bulk_changes.daemon replaces WorkspaceProcessContext.refresh_workspace, which the
+    # controller calls every minute; it reads a loaded location's gRPC ``client``
+    freshness = inspect.getsource(
+        dagster_private.dagster_daemon_controller.DagsterDaemonController.check_workspace_freshness
+    )
+    assert "self._workspace_process_context.refresh_workspace()" in freshness
+    init = inspect.getsource(dagster_private.GrpcServerCodeLocation.__init__)
+    assert "self.client = DagsterGrpcClient(" in init
