@@ -26,8 +26,10 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
   one connection open, as Dagster's webserver does (``optimize_for_webserver``, without a
   statement timeout): dagster-postgres otherwise opens a new connection for every
   statement, 40% of the idle daemon's CPU on PostgreSQL. Threads that need one while it
-  is in use open their own, as before. ``BULK_CHANGES_DAEMON_DB_CONNECTIONS=new`` keeps
-  Dagster's way.
+  is in use open their own, as before. On SQLite storage the runs and schedules
+  databases' connections are kept likewise (``bulk_changes.sqlite_engines``:
+  ``keep_sqlite_connections``). ``BULK_CHANGES_DAEMON_DB_CONNECTIONS=new`` keeps
+  Dagster's way for both.
 
 - every minute Dagster's daemon reloads its workspace: for a long-lived code server
   (a ``grpc_server`` workspace) a new connection, the repositories' whole snapshot
@@ -69,7 +71,7 @@ def code_servers_unchanged(context: Any) -> bool:
     """True when every location of the workspace is a loaded long-lived code server
     (``grpc_server``) that still answers with the id it had when it was loaded, and the
     workspace file names the same locations: a reload would change nothing."""
-    from bulk_changes.dagster_private import GrpcServerCodeLocation, GrpcServerCodeLocationOrigin
+    from bulk_changes.dagster_private import GrpcServerCodeLocationOrigin
 
     entries = context.get_current_workspace().code_location_entries
     origins = context._origins
@@ -79,10 +81,11 @@ def code_servers_unchanged(context: Any) -> bool:
         return False
     for entry in entries.values():
         location = entry.code_location
+        # a loaded grpc_server origin's location is a GrpcServerCodeLocation
         if (
             not isinstance(entry.origin, GrpcServerCodeLocationOrigin)
             or entry.load_error is not None
-            or not isinstance(location, GrpcServerCodeLocation)
+            or location is None
         ):
             return False
         try:
@@ -140,11 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bulk_changes.interval_loops import calm_interval_daemons
     from bulk_changes.run_queue import use_quiet_run_queue
     from bulk_changes.schema_checks import remember_schema_checks
-    from bulk_changes.sqlite_engines import reuse_sqlite_engines
+    from bulk_changes.sqlite_engines import keep_sqlite_connections, reuse_sqlite_engines
 
     reuse_sqlite_engines()
     remember_schema_checks()
-    keep_storage_connections()
+    if keep_storage_connections():
+        keep_sqlite_connections()
     calm_interval_daemons()
     use_quiet_run_queue()
     watch_code_servers_every(WATCH_SECONDS)

@@ -116,6 +116,21 @@ def test_the_daemons_storage_connections_are_dagsters_when_told(
     assert cli_module.daemon_controller_from_instance is original
 
 
+def test_the_daemon_keeps_its_sqlite_runs_and_schedules_connections(restored: None) -> None:
+    daemon.main(["--help"])
+    assert dagster_private.sqlite_run_storage_module.create_engine.keep_connections
+    assert dagster_private.sqlite_schedule_storage_module.create_engine.keep_connections
+    assert not dagster_private.sqlite_event_log_module.create_engine.keep_connections
+
+
+def test_the_daemons_sqlite_connections_are_dagsters_when_told(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(daemon.KEEP_CONNECTIONS_ENV, "new")
+    daemon.main(["--help"])
+    assert not dagster_private.sqlite_run_storage_module.create_engine.keep_connections
+
+
 class _Client:
     def __init__(self, server_id: str | Exception) -> None:
         self.server_id = server_id
@@ -134,9 +149,7 @@ class _Workspace:
         origin = dagster_private.GrpcServerCodeLocationOrigin(
             host="127.0.0.1", port=4266, location_name="bulk_changes"
         )
-        location = object.__new__(dagster_private.GrpcServerCodeLocation)
-        location._server_id = "a"
-        location.client = _Client(now)
+        location = SimpleNamespace(server_id="a", client=_Client(now))
         entry = SimpleNamespace(origin=origin, code_location=location, load_error=load_error)
         self._origins = [origin]
         self.entries = {"bulk_changes": entry}

@@ -113,3 +113,73 @@ def test_run_workers_forked_from_the_preloaded_server_keep_their_sqlite_engines(
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "True"
+
+
+class Kwargs(Made):
+    def __call__(self, url: str, **kwargs: object) -> object:
+        self.kwargs = kwargs
+        return super().__call__(url, **kwargs)
+
+
+def test_kept_connections_make_a_pool_any_thread_can_use() -> None:
+    from sqlalchemy.pool import QueuePool
+
+    make = Kwargs()
+    cache = EngineCache(make)
+    cache.keep_connections = True
+    cache("sqlite:///a.db", poolclass=NullPool)
+
+    assert make.kwargs["poolclass"] is QueuePool
+    assert make.kwargs["connect_args"] == {"check_same_thread": False}
+
+
+def test_a_kept_connection_sees_what_another_connection_committed(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    cache = EngineCache(create_engine)
+    cache.keep_connections = True
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    with cache(url, poolclass=NullPool).begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    other = sqlite3.connect(tmp_path / "kept.db")
+    other.execute("INSERT INTO t VALUES (1)")
+    other.commit()
+    other.close()
+
+    with cache(url, poolclass=NullPool).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+
+
+def test_an_instance_with_kept_connections_stores_runs_and_reads_them_from_threads(
+    tmp_path: Path, restored_modules: None
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dagster import DagsterInstance, RunsFilter, job, op
+
+    from bulk_changes.paths import default_instance_yaml
+
+    assert sqlite_engines.reuse_sqlite_engines() and sqlite_engines.keep_sqlite_connections()
+
+    @op
+    def hello() -> int:
+        return 1
+
+    @job
+    def greet() -> None:
+        hello()
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(default_instance_yaml(), home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as instance:
+        for _ in range(2):
+            assert greet.execute_in_process(instance=instance).success
+
+        def count(_: int) -> int:
+            return len(instance.get_runs(RunsFilter(job_name="greet")))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(count, range(8))) == [2] * 8
