@@ -17,7 +17,8 @@ start: restart the code server to load new code or settings, as a deployment doe
 ``BULK_CHANGES_RUN_WORKER_START=spawn`` keeps Dagster's own way.
 
 Its gRPC server's main thread wakes once a second, not ten times, while it waits to be
-stopped (``wait_for_grpc_stop_calmly``).
+stopped (``wait_for_grpc_stop_calmly``), and its cleanup thread looks for dead run
+workers every 5 s, not twice a second (``look_for_dead_run_workers_every``).
 
 Every sensor tick it evaluates uses one Dagster instance and one set of built resources,
 made at the first tick that needs them and kept while the process lives
@@ -191,6 +192,19 @@ def reuse_sensor_instance_and_resources(context_class: Any = None) -> None:
     cls._bulk_changes_shared = True
 
 
+# How often the code server's cleanup thread looks for run workers it started that have
+# died, to mark their runs failed: Dagster's 0.5 s, twice a second for the life of the
+# server, now every 5 s (a stop still ends its wait at once; dead_run_worker_sensor looks
+# too, every minute).
+CLEANUP_SECONDS = 5.0
+
+
+def look_for_dead_run_workers_every(seconds: float = CLEANUP_SECONDS) -> None:
+    from bulk_changes.dagster_private import dagster_grpc_server_module
+
+    dagster_grpc_server_module.CLEANUP_TICK = seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bulk_changes.dagster_private import dagster_cli
     from bulk_changes.schema_checks import remember_schema_checks
@@ -200,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse_sensor_instance_and_resources()
     remember_schema_checks()
     wait_for_grpc_stop_calmly()
+    look_for_dead_run_workers_every()
     reuse_sqlite_engines()
     use_forked_run_workers(run_worker_context())
     args = list(sys.argv[1:] if argv is None else argv)

@@ -37,7 +37,9 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
   watch thread. It now first asks each such code server for its id (one small call) and
   reloads only when a location has an error, an id changed or the workspace file names
   other locations (``refresh_changed_code_servers_only``); a replaced code server is
-  still seen within ``WATCH_SECONDS`` by the location's watch thread, as before.
+  still seen within ``WATCH_SECONDS`` by the location's watch thread, as before;
+- run retries' event log consumer writes its cursors only when they changed
+  (``persist_changed_cursors_only``).
 
 ``BULK_CHANGES_SQLITE_ENGINES=new`` keeps Dagster's engines; ``dagster-daemon run`` works
 as well (it only costs more).
@@ -113,6 +115,33 @@ def refresh_changed_code_servers_only() -> None:
     WorkspaceProcessContext.refresh_workspace = refresh_workspace  # type: ignore[method-assign]
 
 
+def persist_changed_cursors_only() -> None:
+    """Run retries' event log consumer writes its cursors (one per event type it follows)
+    after every look, every 15 s, changed or not: a write and a commit each time. Written
+    now only when they differ from what this process last wrote for that storage."""
+    import threading
+
+    from bulk_changes.dagster_private import event_log_consumer_module as module
+
+    persist = module._persist_cursors
+    if getattr(persist, "_bulk_changes_changed_only", False):
+        return
+    lock = threading.Lock()
+    written: dict[int, dict[Any, int]] = {}
+
+    def _persist_cursors(instance: Any, cursors: Any) -> None:
+        key = id(instance.daemon_cursor_storage)
+        with lock:
+            if written.get(key) == dict(cursors):
+                return
+        persist(instance, cursors)
+        with lock:
+            written[key] = dict(cursors)
+
+    _persist_cursors._bulk_changes_changed_only = True  # type: ignore[attr-defined]
+    module._persist_cursors = _persist_cursors
+
+
 def keep_storage_connections() -> bool:
     """Make ``dagster-daemon run`` give its instance's storage kept connections before it
     starts the daemons (nothing changes on SQLite storage). False when told not to."""
@@ -153,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_quiet_run_queue()
     watch_code_servers_every(WATCH_SECONDS)
     refresh_changed_code_servers_only()
+    persist_changed_cursors_only()
     args = list(sys.argv[1:] if argv is None else argv)
     result = dagster_daemon_cli.main(
         args=args, prog_name="dagster-daemon", standalone_mode=False, obj={}

@@ -49,11 +49,13 @@ from dagster._core.storage.schedules.sqlite import (
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._daemon import cli as dagster_daemon_cli_module
 from dagster._daemon import controller as dagster_daemon_controller
+from dagster._daemon.auto_run_reexecution import event_log_consumer as event_log_consumer_module
 from dagster._daemon.cli import cli as dagster_daemon_cli
 from dagster._daemon.daemon import IntervalDaemon, SpanMarker
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
+from dagster._grpc import server as dagster_grpc_server_module
 from dagster._grpc import server_watcher as dagster_server_watcher
 from dagster._grpc.server import DagsterApiServer
 from dagster._utils.error import serializable_error_info_from_exc_info
@@ -91,6 +93,8 @@ __all__ = [
     "dagster_cli",
     "dagster_daemon_cli",
     "dagster_server_watcher",
+    "dagster_grpc_server_module",
+    "event_log_consumer_module",
     "dagster_event_sequence_for_step",
     "dagster_storage_sql",
     "sqlite_run_storage_module",
@@ -195,6 +199,9 @@ SIGNATURES: dict[str, list[str]] = {
     # the controller's call and the client's call)
     "WorkspaceProcessContext.refresh_workspace": ["self"],
     "WorkspaceProcessContext.get_current_workspace": ["self"],
+    # bulk_changes.daemon: run retries' event log consumer writes its cursors only when
+    # they changed (run_iteration calls the module's function: test_dagster_private)
+    "event_log_consumer_module._persist_cursors": ["instance", "cursors"],
 }
 
 # Attributes read, not called (properties and enum members).
@@ -250,4 +257,7 @@ ATTRIBUTES: list[str] = [
     "GrpcServerCodeLocation.server_id",
     "GrpcServerCodeLocationOrigin.location_name",
     "dagster_daemon_controller.RELOAD_WORKSPACE_INTERVAL",
+    # bulk_changes.code_server: how often the code server looks for run workers that died
+    # (read by its cleanup thread at each wait: test_dagster_private)
+    "dagster_grpc_server_module.CLEANUP_TICK",
 ]

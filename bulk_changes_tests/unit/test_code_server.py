@@ -227,3 +227,13 @@ def test_no_resource_of_the_project_has_a_teardown() -> None:
     resources = definitions.defs.resources or {}
     offenders = [key for key, resource in resources.items() if not kept_as_built(resource)]
     assert resources and offenders == []
+
+
+def test_the_code_server_looks_for_dead_run_workers_every_five_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bulk_changes.dagster_private import dagster_grpc_server_module
+
+    monkeypatch.setattr(dagster_grpc_server_module, "CLEANUP_TICK", 0.5)
+    code_server.look_for_dead_run_workers_every()
+    assert dagster_grpc_server_module.CLEANUP_TICK == code_server.CLEANUP_SECONDS == 5.0

@@ -39,6 +39,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     workspace = dagster_private.WorkspaceProcessContext
     monkeypatch.setattr(workspace, "refresh_workspace", workspace.refresh_workspace)
+    consumer = dagster_private.event_log_consumer_module
+    monkeypatch.setattr(consumer, "_persist_cursors", consumer._persist_cursors)
 
 
 def test_the_daemon_runs_dagsters_daemon_command(
@@ -202,3 +204,23 @@ def test_the_daemons_workspace_refresh_runs_dagsters_only_when_something_changed
     workspace_class.refresh_workspace(replaced)  # type: ignore[arg-type]
 
     assert (same.refreshed, replaced.refreshed) == (0, 1)
+
+
+class _CursorInstance:
+    def __init__(self) -> None:
+        self.daemon_cursor_storage = object()
+
+
+def test_run_retries_write_their_cursors_only_when_they_changed(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = dagster_private.event_log_consumer_module
+    written: list[dict[str, int]] = []
+    monkeypatch.setattr(consumer, "_persist_cursors", lambda i, c: written.append(dict(c)))
+    daemon.persist_changed_cursors_only()
+    instance = _CursorInstance()
+
+    for cursors in ({"RUN_FAILURE": 5}, {"RUN_FAILURE": 5}, {"RUN_FAILURE": 7}):
+        consumer._persist_cursors(instance, cursors)
+
+    assert written == [{"RUN_FAILURE": 5}, {"RUN_FAILURE": 7}]

@@ -138,3 +138,16 @@ def test_the_daemon_controller_refreshes_its_workspace_through_the_method() -> N
     assert "self._workspace_process_context.refresh_workspace()" in freshness
     init = inspect.getsource(dagster_private.GrpcServerCodeLocation.__init__)
     assert "self.client = DagsterGrpcClient(" in init
+
+
+def test_the_code_servers_cleanup_thread_reads_the_module_tick_at_each_wait() -> None:
+    # bulk_changes.code_server sets the module's CLEANUP_TICK
+    cleanup = inspect.getsource(dagster_private.DagsterApiServer._cleanup_thread)
+    assert "self._server_termination_event.wait(CLEANUP_TICK)" in cleanup
+
+
+def test_run_retries_persist_their_cursors_through_the_module_function() -> None:
+    # bulk_changes.daemon replaces the module's _persist_cursors
+    module = dagster_private.event_log_consumer_module
+    iteration = inspect.getsource(module.EventLogConsumerDaemon.run_iteration)
+    assert "_persist_cursors(instance, new_cursors)" in iteration
