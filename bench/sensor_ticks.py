@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.shared:
             code_server.reuse_sensor_instance_and_resources()
         from dagster import DagsterInstance
-        from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
-        from dagster._grpc.impl import get_external_sensor_execution
 
         import bulk_changes.definitions as definitions
+        from bulk_changes.dagster_private import (
+            GrpcServerCodeLocationOrigin,
+            get_external_sensor_execution,
+        )
 
         repo = definitions.defs.get_repository_def()
         ref = DagsterInstance.get().get_ref()

@@ -57,6 +57,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 )
 from dagster._grpc import server as dagster_grpc_server_module
 from dagster._grpc import server_watcher as dagster_server_watcher
+from dagster._grpc.impl import get_external_sensor_execution
 from dagster._grpc.server import DagsterApiServer
 from dagster._utils.error import serializable_error_info_from_exc_info
 
@@ -95,6 +96,7 @@ __all__ = [
     "dagster_server_watcher",
     "dagster_grpc_server_module",
     "event_log_consumer_module",
+    "get_external_sensor_execution",
     "dagster_event_sequence_for_step",
     "dagster_storage_sql",
     "sqlite_run_storage_module",
@@ -202,6 +204,18 @@ SIGNATURES: dict[str, list[str]] = {
     # bulk_changes.daemon: run retries' event log consumer writes its cursors only when
     # they changed (run_iteration calls the module's function: test_dagster_private)
     "event_log_consumer_module._persist_cursors": ["instance", "cursors"],
+    # bench.sensor_ticks calls a sensor as the code server does for a tick
+    "get_external_sensor_execution": [
+        "repo_def",
+        "code_location_origin",
+        "instance_ref",
+        "sensor_name",
+        "last_tick_completion_timestamp",
+        "last_run_key",
+        "cursor",
+        "log_key",
+        "last_sensor_start_timestamp",
+    ],
 }
 
 # Attributes read, not called (properties and enum members).
