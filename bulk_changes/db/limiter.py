@@ -12,14 +12,17 @@ Every op, run, process and host that calls an account goes through the same two 
 
 from __future__ import annotations
 
+import atexit
+import math
 import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -114,6 +117,24 @@ _Call = tuple[float, float | None]
 DEAD_HOLDER_PAUSE = 1.0
 
 
+class _TurnRun:
+    """Several in flight: consecutive turns of the account's clock taken in one
+    transaction for this process's calls (see ``DbLimiter._take_turns``): the turn ``i``
+    is ``first + i * spacing``, ``next`` the first not yet handed out."""
+
+    __slots__ = ("first", "spacing", "next", "count", "taken_at", "leased_until")
+
+    def __init__(
+        self, first: float, spacing: float, count: int, taken_at: float, leased_until: float
+    ) -> None:
+        self.first, self.spacing, self.next, self.count = first, spacing, 0, count
+        # every slot of the account this process held, leased until then at least
+        self.taken_at, self.leased_until = taken_at, leased_until
+
+    def left(self) -> int:
+        return self.count - self.next
+
+
 class Departure:
     """What ``slot`` yields: the caller tells it when its request really left, when a
     successful answer came back, and whether the answer was a throttled one."""
@@ -200,6 +221,16 @@ class AccountPace:
         self.extra = min(self.max_extra, self.extra + self.widen_by)
 
 
+def _give_back_at_exit(ref: weakref.ReferenceType[DbLimiter]) -> None:
+    """At the interpreter's exit, the slots a limiter parked go back to the account at
+    once (a process killed leaves them to a waiter on this host or to their lease)."""
+    limiter = ref()
+    if limiter is None:
+        return
+    with suppress(Exception):
+        limiter.give_back_parked()
+
+
 def _result_or_none(future: Future[float | None] | None) -> float | None:
     """A turn taken ahead, or None if none was taken or taking it failed (the release
     then frees the slot as usual)."""
@@ -229,6 +260,8 @@ class DbLimiter:
         widen_seconds: float = 0.05,
         narrow_calls: int = 200,
         max_extra_seconds: float = 0.5,
+        park_seconds: float = 0.5,
+        batch_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -300,6 +333,32 @@ class DbLimiter:
         self.late_pushes = 0
         self.waited_seconds = 0.0
         self.calls = 0
+        # Several in flight (see docs/reliability.md, "Several in flight: a slot parked
+        # and turns taken ahead"): a slot whose call ended with no thread of this process
+        # queued for it stays this process's for ``park_seconds`` (parked, given back
+        # after that by the keeper thread), and a transaction that takes a turn takes the
+        # next turns for this process's next calls too, as many as fit in
+        # ``batch_seconds`` and keep the account's late-call bound (_batch_room).
+        self.park_seconds = park_seconds
+        self.batch_seconds = batch_seconds
+        # account -> slots parked: (holder, slot, hand-ons so far, leased until, since)
+        self._parked: dict[str, deque[tuple[str, int, int, float, float]]] = {}
+        # account -> runs of turns taken ahead, oldest first
+        self._turns: dict[str, deque[_TurnRun]] = {}
+        # account -> the slots of the account this process holds in the database
+        # (several in flight: in use, handed on or parked)
+        self._held: Counter[str] = Counter()
+        # account -> the turns a held slot may carry (see _batch_room)
+        self._per_slot: dict[str, int] = {}
+        # account -> until when every slot of the account this process holds is leased
+        # at least (see _hand_on)
+        self._all_leased: dict[str, float] = {}
+        self._keeper: threading.Thread | None = None
+        self._keeper_wake = threading.Event()
+        self.parks = 0
+        self.turns_ahead = 0
+        self.given_back = 0
+        atexit.register(_give_back_at_exit, weakref.ref(self))
 
     # ---- public --------------------------------------------------------------------
 
@@ -334,13 +393,19 @@ class DbLimiter:
                     self._promised[account_name] -= 1
             one = limit.max_in_flight == 1
             # one in flight, the slot is leased for the calls a chain hands on without
-            # renewing the lease too (see _must_look)
-            granted = lease + self._lease_pad() if one else lease
+            # renewing the lease too (see _must_look); several, for the turns taken ahead
+            # and a slot parked (see _take_turns)
+            granted = lease + self._lease_pad()
+            if handed is None and not one:
+                handed = self._unpark(account_name, limit, lease, granted)
             if handed is None:
                 self._ensure_rows(account_name, limit)
                 holder, slot, start_at, found = self._take_slot_and_turn(
                     account_name, limit, granted
                 )
+                if not one:
+                    with self._local:
+                        self._held[account_name] += 1
                 chain = 0
                 looked_at, leased_until = self.clock(), start_at + granted
                 history: deque[_Call] | None = self._chains.get(account_name)
@@ -385,7 +450,12 @@ class DbLimiter:
                         start_at = self._push_late(account_name, start_at)
                         self.late_pushes += 1
                     else:
-                        start_at = self._retake_turn(account_name, limit, slot, holder, lease)
+                        # a turn taken ahead that is still to come, else a fresh one
+                        ahead = self._turn_ahead(account_name, leased_until, lease)
+                        if ahead is not None:
+                            start_at, taken_at = ahead
+                        else:
+                            start_at = self._retake_turn(account_name, limit, slot, holder, lease)
                         self.retakes += 1
                 self.waited_seconds += sent_at - started
                 self.calls += 1
@@ -456,7 +526,24 @@ class DbLimiter:
                 hand_on = promised = self._promise_hand_on(account_name, limit, chain)
                 # a throttled answer's push reaches the account's clock at once
                 throttled = departure.throttled_for is not None
+                if throttled and not one:
+                    self._drop_turns(account_name)
                 next_start: float | None = None
+                # several in flight, nothing out of the way (no throttled answer, no late
+                # departure, nobody else waiting lately): the slot stays this process's
+                calm = (
+                    not one
+                    and not throttled
+                    and push <= 0
+                    and chain < self.max_handoffs
+                    and not self._is_contended(account_name)
+                )
+                ahead = (
+                    self._turn_ahead(account_name, leased_until, lease)
+                    if calm and hand_on
+                    else None
+                )
+                ahead_taken: float | None = None
                 if hand_on and not throttled and reserved is not None:
                     next_start = max(reserved, not_before, self.clock())
                     looked_at, leased_until = looking_at, reserved + granted
@@ -477,26 +564,39 @@ class DbLimiter:
                     # chain_check_seconds before this turn, and the lease covers it
                     next_start = max(not_before, self.clock())
                     self.local_handoffs += 1
+                elif ahead is not None:
+                    # several in flight: handed on with a turn taken ahead, in this process
+                    next_start, ahead_taken = ahead
+                    self.local_handoffs += 1
+                elif calm and not hand_on:
+                    # several in flight, no thread of this process queued: parked for the
+                    # next call of this process (given back if none comes, see _park)
+                    self._park(account_name, holder, slot, chain, leased_until)
                 else:
                     # the turn taken ahead (if any) goes unused: it only delays a later call
                     looking_at = self.clock()
-                    next_start = self._release(
-                        account_name,
-                        slot,
-                        holder,
-                        # the next holder may be another process, pacing call by call:
-                        # the clock starts it where that pacing keeps every window
-                        max(not_before, self._horizon(history, limit, account_name))
-                        if one
-                        else not_before,
-                        hand_on_lease=(
-                            granted if hand_on and (reserving is None or throttled) else None
-                        ),
-                        # several in flight: the next turn from the clock, as a fresh one
-                        spacing=CHAIN_STEP if one else self.spacing(limit, account_name),
-                        push=push,
-                        own_next=not_before if one else None,
-                    )
+                    try:
+                        next_start = self._release(
+                            account_name,
+                            slot,
+                            holder,
+                            # the next holder may be another process, pacing call by call:
+                            # the clock starts it where that pacing keeps every window
+                            max(not_before, self._horizon(history, limit, account_name))
+                            if one
+                            else not_before,
+                            hand_on_lease=(
+                                granted if hand_on and (reserving is None or throttled) else None
+                            ),
+                            # several in flight: the next turn from the clock, as a fresh one
+                            spacing=CHAIN_STEP if one else self.spacing(limit, account_name),
+                            push=push,
+                            own_next=not_before if one else None,
+                            limit=limit,
+                        )
+                    finally:
+                        if not one and next_start is None:
+                            self._let_go(account_name)  # given back (or lost)
                     if next_start is not None:
                         looked_at, leased_until = looking_at, next_start + granted
                 if next_start is not None:
@@ -511,7 +611,7 @@ class DbLimiter:
                                 chain + 1,
                                 looked_at,
                                 leased_until,
-                                self.clock(),
+                                ahead_taken if ahead_taken is not None else self.clock(),
                             )
                         )
                         self.handoffs += 1
@@ -662,6 +762,7 @@ class DbLimiter:
     def _contended(self, account_name: str) -> None:
         """Another run wants the account: every hand-on looks at the database for a while."""
         self._contended_until[account_name] = self.clock() + self.contended_seconds
+        self._drop_turns(account_name)
 
     def _reserver(self) -> ThreadPoolExecutor:
         with self._local:
@@ -692,7 +793,15 @@ class DbLimiter:
         not_before: float,
         spacing: float,
         lease: float,
+        *,
+        limit: RateLimit | None = None,
+        runs: list[_TurnRun] | None = None,
     ) -> float | None:
+        """The holder's next turn, its slot kept and its lease extended (the account's
+        clock locked first): -> its start; None when another run waits for the account
+        or the slot is no longer the holder's. With ``runs`` (several in flight), the
+        turns after it that ``_batch_room`` allows are taken for this process too and
+        appended to ``runs`` as one run, to be queued once the transaction commits."""
         next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
         waiting = conn.execute(
             _WAITERS_AHEAD,
@@ -701,10 +810,236 @@ class DbLimiter:
         if waiting:
             self._contended(account_name)
             return None
-        start_at, kept = self._turn_keeping_slot(
-            conn, account_name, slot, holder, max(float(next_free), not_before), spacing, lease
+        extra = (
+            self._batch_room(account_name, limit, spacing)
+            if runs is not None and limit is not None
+            else 0
         )
+        start_at, kept = self._turn_keeping_slot(
+            conn,
+            account_name,
+            slot,
+            holder,
+            max(float(next_free), not_before),
+            spacing,
+            lease,
+            extra,
+        )
+        if kept and extra and runs is not None:
+            # the process's other slots may take these turns: their leases cover them too
+            # (only rows still this limiter's and not run out are extended)
+            now = self.clock()
+            conn.execute(
+                update(t.rate_limit_slots)
+                .where(
+                    _slots.account == account_name,
+                    _slots.holder.startswith(self._holder_prefix, autoescape=True),
+                    _slots.expires_at >= now,
+                    _slots.expires_at < start_at + lease,
+                )
+                .values(expires_at=start_at + lease)
+            )
+            runs.append(_TurnRun(start_at + spacing, spacing, extra, now, start_at + lease))
         return start_at if kept else None
+
+    # ---- several in flight: slots parked, turns taken ahead ------------------------
+
+    def _is_contended(self, account_name: str) -> bool:
+        return self.clock() < self._contended_until.get(account_name, -_FOREVER)
+
+    def _batch_room(self, account_name: str, limit: RateLimit, spacing: float) -> int:
+        """How many turns after the one being taken this process may take ahead now.
+
+        With n the calls of a window and m the account's slots, each slot this process
+        holds in the database carries at most ``n // m`` turns taken and not yet used
+        (the one of its call included), so all processes together never have more than
+        n (the bound a late call's push relies on, see _push_late): the turns queued here
+        stay within ``(n // m - 1)`` times the slots held. And no more than fit in
+        ``batch_seconds``: another run that waits for the account is kept out no longer
+        than that by turns taken ahead. None while the account is contended."""
+        per_slot = max(1, self._per_window(limit) // max(1, limit.max_in_flight))
+        self._per_slot[account_name] = per_slot
+        if per_slot < 2 or spacing <= 0 or self._is_contended(account_name):
+            return 0
+        with self._local:
+            held = max(1, self._held[account_name])
+            queued = sum(run.left() for run in self._turns.get(account_name, ()))
+        room = (per_slot - 1) * held - queued
+        return max(0, min(room, int(self.batch_seconds / spacing) - 1))
+
+    def _queue_turns(self, account_name: str, runs: list[_TurnRun]) -> None:
+        with self._local:
+            self._turns.setdefault(account_name, deque()).extend(runs)
+            for run in runs:
+                leased = self._all_leased.get(account_name, 0.0)
+                self._all_leased[account_name] = max(leased, run.leased_until)
+
+    def _shift_turns(self, account_name: str, seconds: float) -> None:
+        """The account's clock was pushed by ``seconds``: this process's turns taken
+        ahead move on with it (safe as the push itself: see _push_late)."""
+        if seconds <= 0:
+            return
+        with self._local:
+            for run in self._turns.get(account_name, ()):
+                run.first += seconds
+
+    def _drop_turns(self, account_name: str) -> None:
+        """The turns taken ahead go unused (a throttled answer, another run waiting):
+        unused turns only leave the account idle for a moment."""
+        with self._local:
+            self._turns.pop(account_name, None)
+
+    def _turn_ahead(
+        self, account_name: str, leased_until: float, lease: float
+    ) -> tuple[float, float] | None:
+        """The next turn taken ahead for this process that a call can still leave on,
+        and that the slot's lease covers for the call's whole ``lease``: -> (the turn,
+        when it was taken); None if there is none. A turn up to 0.4 of the margin in the
+        past is on time (the caller's check of its departure keeps half the margin); the
+        one up to a spacing in the past (all slots were busy when it came) is late, and
+        the caller moves the later turns on by its lateness as for a late wake-up
+        (_push_late) instead of losing it; turns gone by before are dropped unused."""
+        now = self.clock()
+        with self._local:
+            runs = self._turns.get(account_name)
+            while runs:
+                run = runs[0]
+                oldest = now - max(0.4 * self.margin_seconds, run.spacing)
+                i = max(run.next, math.ceil((oldest - run.first) / run.spacing))
+                if i >= run.count:
+                    runs.popleft()
+                    continue
+                turn = run.first + i * run.spacing
+                if turn + lease > max(leased_until, self._all_leased.get(account_name, 0.0)):
+                    return None
+                run.next = i + 1
+                if run.next >= run.count:
+                    runs.popleft()
+                self.turns_ahead += 1
+                return turn, run.taken_at
+        return None
+
+    def _unpark(
+        self, account_name: str, limit: RateLimit, lease: float, granted: float
+    ) -> tuple[str, int, float, int, float, float, float] | None:
+        """A slot parked by this process, with its turn (taken ahead, or from the
+        account's clock in one transaction that takes turns ahead too): -> as a slot
+        handed on; None if none is parked, or another run waits for the account (the
+        slot is then given back: the caller takes one in line, as everyone does)."""
+        with self._local:
+            parked = self._parked.get(account_name)
+            if not parked:
+                return None
+            holder, slot, chain, leased_until, _ = parked.pop()
+        ahead = self._turn_ahead(account_name, leased_until, lease)
+        if ahead is not None:
+            return (holder, slot, ahead[0], chain + 1, 0.0, leased_until, ahead[1])
+        runs: list[_TurnRun] = []
+        start_at: float | None = None
+        try:
+            with self.engine.begin() as conn:
+                start_at = self._hand_on(
+                    conn,
+                    account_name,
+                    slot,
+                    holder,
+                    0.0,
+                    self.spacing(limit, account_name),
+                    granted,
+                    limit=limit,
+                    runs=runs,
+                )
+        finally:
+            if start_at is None:
+                self._give_back(account_name, holder, slot)
+        self._queue_turns(account_name, runs)
+        now = self.clock()
+        return (holder, slot, start_at, chain + 1, now, start_at + granted, now)
+
+    def _park(
+        self, account_name: str, holder: str, slot: int, chain: int, leased_until: float
+    ) -> None:
+        """Keep the slot for this process's next call on the account; the keeper thread
+        gives it back if none takes it within ``park_seconds``."""
+        with self._local:
+            self._parked.setdefault(account_name, deque()).append(
+                (holder, slot, chain, leased_until, self.clock())
+            )
+            self.parks += 1
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(
+                    target=self._keep_parked, name="parked-slots", daemon=True
+                )
+                self._keeper.start()
+
+    def _keep_parked(self) -> None:
+        """Give back the slots parked longer than ``park_seconds``; ends when none is."""
+        while True:
+            now = self.clock()
+            expired: list[tuple[str, str, int]] = []
+            with self._local:
+                for account_name, parked in self._parked.items():
+                    while parked and now - parked[0][4] >= self.park_seconds:
+                        holder, slot, *_ = parked.popleft()
+                        expired.append((account_name, holder, slot))
+                if not expired and not any(self._parked.values()):
+                    self._keeper = None
+                    return
+            for account_name, holder, slot in expired:
+                with suppress(Exception):  # its lease ends it
+                    self._give_back(account_name, holder, slot)
+            self._keeper_wake.wait(self.park_seconds / 2)
+
+    def turns_ahead_and_slots(self, account_name: str) -> tuple[int, int]:
+        """Several in flight: (turns this process took ahead and has not handed out yet,
+        the account's slots it holds in the database)."""
+        with self._local:
+            ahead = sum(run.left() for run in self._turns.get(account_name, ()))
+            return ahead, self._held[account_name]
+
+    def give_back_parked(self) -> int:
+        """Give back every slot parked now (at exit); -> how many."""
+        with self._local:
+            parked = [
+                (account_name, holder, slot)
+                for account_name, slots in self._parked.items()
+                for holder, slot, *_ in slots
+            ]
+            self._parked.clear()
+        for account_name, holder, slot in parked:
+            self._give_back(account_name, holder, slot)
+        return len(parked)
+
+    def _give_back(self, account_name: str, holder: str, slot: int) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
+                )
+            self.given_back += 1
+        finally:
+            self._let_go(account_name)
+
+    def _let_go(self, account_name: str) -> None:
+        """One slot of the account less held by this process: the turns queued ahead
+        shrink to what the slots still held may carry (see _batch_room)."""
+        with self._local:
+            held = self._held[account_name] = max(0, self._held[account_name] - 1)
+            runs = self._turns.get(account_name)
+            if not runs:
+                return
+            if held == 0:
+                self._turns.pop(account_name, None)
+                return
+            per_slot = self._per_slot.get(account_name, 1)
+            keep = (per_slot - 1) * held
+            while runs and sum(run.left() for run in runs) > keep:
+                last = runs[-1]
+                excess = sum(run.left() for run in runs) - keep
+                if last.left() <= excess:
+                    runs.pop()
+                else:
+                    last.count -= excess
 
     def _anchor(self, turn: float, sent_at: float) -> float:
         """Where the next turn is counted from. A call that left within a quarter of the
@@ -760,6 +1095,8 @@ class DbLimiter:
             conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
             now = self.clock()
             conn.execute(_CLOCK_ADD, {"b_account": account_name, "b_push": max(0.0, now - turn)})
+        # this process's turns taken ahead move on with the clock
+        self._shift_turns(account_name, max(0.0, now - turn))
         return max(now, turn)
 
     def _retake_turn(
@@ -788,12 +1125,17 @@ class DbLimiter:
         earliest: float,
         spacing: float,
         lease: float,
+        extra: int = 0,
     ) -> tuple[float, bool]:
         """The next turn (not before ``earliest``, the account's clock locked by the
-        caller) for the holder of ``slot``, whose lease it extends to the turn.
+        caller) for the holder of ``slot``, whose lease it extends to the turn, and
+        ``extra`` turns after it, a spacing apart (the clock moves past them all).
         -> (its start, whether the slot was still the holder's)."""
         start_at = max(earliest, self.clock())
-        conn.execute(_SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + spacing})
+        conn.execute(
+            _SET_CLOCK,
+            {"b_account": account_name, "b_next_free": start_at + (1 + extra) * spacing},
+        )
         kept = conn.execute(
             _KEEP_SLOT,
             {
@@ -1008,6 +1350,7 @@ class DbLimiter:
         spacing: float = 0.0,
         push: float = 0.0,
         own_next: float | None = None,
+        limit: RateLimit | None = None,
     ) -> float | None:
         """Free the slot; and if this call left late (a busy machine woke its thread after
         its turn), move the clock so the next turn keeps a full interval from the real
@@ -1020,7 +1363,12 @@ class DbLimiter:
 
         ``own_next``: where this process's chain places its own next call (``not_before``
         is where a successor from the clock may start): used if this process is the next
-        to take a turn (see _take_slot_and_turn)."""
+        to take a turn (see _take_slot_and_turn).
+
+        Several in flight (``limit`` given and ``spacing`` not CHAIN_STEP), the hand-on
+        takes turns ahead for this process's next calls too (see _take_turns)."""
+        runs: list[_TurnRun] | None = [] if limit is not None and limit.max_in_flight > 1 else None
+        handed_at: float | None = None
         with self.engine.begin() as conn:
             pushed = False
             if hand_on_lease is not None:
@@ -1031,26 +1379,41 @@ class DbLimiter:
                         {"b_account": account_name, "b_now": self.clock(), "b_push": push},
                     )
                     pushed = True
-                start_at = self._hand_on(
-                    conn, account_name, slot, holder, not_before, spacing, hand_on_lease
+                handed_at = self._hand_on(
+                    conn,
+                    account_name,
+                    slot,
+                    holder,
+                    not_before,
+                    spacing,
+                    hand_on_lease,
+                    limit=limit,
+                    runs=runs,
                 )
-                if start_at is not None:
-                    return start_at
-                # someone waits, or the lease had run out and someone took the slot:
-                # release as usual (the clock moved on by one turn at most, which is safe)
-            conn.execute(_CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before})
-            if push > 0 and not pushed:
+            if handed_at is None:
+                # nobody to hand on to, someone waits, or the lease had run out and someone
+                # took the slot: release as usual (the clock moved on by one turn at most,
+                # which is safe)
                 conn.execute(
-                    _CLOCK_PUSH, {"b_account": account_name, "b_now": self.clock(), "b_push": push}
+                    _CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before}
                 )
-            conn.execute(
-                _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
-            )
-            self._left_clock[account_name] = float(
-                conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
-            )
-            self._own_next[account_name] = own_next if push <= 0 else None
-        return None
+                if push > 0 and not pushed:
+                    conn.execute(
+                        _CLOCK_PUSH,
+                        {"b_account": account_name, "b_now": self.clock(), "b_push": push},
+                    )
+                conn.execute(
+                    _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
+                )
+                self._left_clock[account_name] = float(
+                    conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+                )
+                self._own_next[account_name] = own_next if push <= 0 else None
+        if push > 0:
+            self._shift_turns(account_name, push)
+        if handed_at is not None and runs:
+            self._queue_turns(account_name, runs)  # committed: the clock has moved past them
+        return handed_at
 
 
 # A slot's holder names its process: ``host:pid:start:boot:`` (``ProcessIdentity``),
