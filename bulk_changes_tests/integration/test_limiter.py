@@ -519,8 +519,9 @@ def test_several_in_flight_a_call_that_wakes_later_than_a_spacing_takes_a_fresh_
     starts, spacing, limiter = _calls_with_a_late_wake(
         any_engine, "stalled-multi", late_by=0.2, calls=2, max_in_flight=2
     )
-    assert (limiter.late_pushes, limiter.retakes) == (0, 1)
-    # it leaves on a turn still to come when it woke (one taken ahead, or a fresh one)
+    assert limiter.retakes == 1
+    # it leaves on another turn, within a spacing of waking: a fresh one, or one taken
+    # ahead (if that one is late too, the later turns move on by its lateness)
     woke = 1000.0 + spacing + 0.2
     assert woke - 1e-6 <= starts[1] <= woke + spacing + 1e-6
 
