@@ -43,9 +43,7 @@ CASES = {
     # run worker's pool for a one-in-flight account is 3 threads
     "jasper": Case(RateLimit(calls_per_second=5, max_in_flight=1), 3, 150, (0.15, 0.2), 0.003),
     "revio": Case(RateLimit(calls_per_second=20, max_in_flight=8), 16, 300, (0.25, 0.35), 0.003),
-    "telegence": Case(
-        RateLimit(calls_per_second=10, max_in_flight=4), 16, 150, (0.2, 0.25), 0.003
-    ),
+    "telegence": Case(RateLimit(calls_per_second=10, max_in_flight=4), 16, 150, (0.2, 0.25), 0.003),
     "unconstrained": Case(
         RateLimit(calls_per_second=100000, max_in_flight=64), 2, 3000, (0.005, 0.01), 0.001
     ),
