@@ -346,8 +346,13 @@ def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_t
     and one transaction takes the turns of the next calls, each a spacing after the last."""
     from sqlalchemy import event
 
+    now = {"t": 1000.0}
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds
+
     limit = RateLimit(calls_per_second=50, max_in_flight=4)
-    limiter = DbLimiter(any_engine)
+    limiter = DbLimiter(any_engine, clock=lambda: now["t"], sleep=sleep)
     limiter._ensure_rows("parked", limit)
     transactions = itertools.count()
 
@@ -359,13 +364,13 @@ def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_t
     try:
         for _ in range(10):
             with limiter.slot("parked", limit):
-                starts.append(time.time())
+                starts.append(now["t"])
     finally:
         event.remove(any_engine, "begin", counted)
-    assert next(transactions) <= 3  # the first slot and turn, then the turns ahead
-    assert limiter.turns_ahead >= 7
+    assert next(transactions) == 2  # the first slot and turn, then the turns ahead
+    assert limiter.turns_ahead == 8
     spacing = limiter.spacing(limit, "parked")
-    assert all(b - a >= spacing - 0.005 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(abs(b - a - spacing) < 1e-6 for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_several_in_flight_a_parked_slot_is_given_back_when_no_call_takes_it(any_engine):
@@ -405,7 +410,7 @@ def test_several_in_flight_another_run_gets_a_slot_parked_by_a_busy_process(any_
     asked = time.time()
     with b.slot("parked-shared", limit):
         got = time.time()
-    assert got - asked < 0.3 + 1.0
+    assert got - asked < 0.3 + 1.5
 
 
 @settings(
