@@ -952,6 +952,10 @@ class DbLimiter:
         finally:
             if start_at is None:
                 self._give_back(account_name, holder, slot)
+        if start_at is None:
+            # another run waits for the account, or the slot is no longer ours (its lease
+            # ran out): given back above; the caller takes a slot in line
+            return None
         self._queue_turns(account_name, runs)
         now = self.clock()
         return (holder, slot, start_at, chain + 1, now, start_at + granted, now)

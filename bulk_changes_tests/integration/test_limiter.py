@@ -12,7 +12,7 @@ import time
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
@@ -396,6 +396,31 @@ def test_several_in_flight_slots_parked_are_given_back_at_exit(any_engine):
         pass
     assert limiter.give_back_parked() == 1
     assert all(holder is None for _, holder in _slot_rows(any_engine, "exit-parked"))
+
+
+def test_several_in_flight_a_parked_slot_lost_meanwhile_gives_way_to_a_slot_taken_in_line(
+    any_engine,
+):
+    """The parked slot's lease ran out and another process holds its row now: the
+    process's next call takes a free slot in line instead of failing."""
+    limit = RateLimit(calls_per_second=20, max_in_flight=2)
+    limiter = DbLimiter(any_engine, park_seconds=60.0)
+    with limiter.slot("lost-parked", limit):
+        pass
+    with any_engine.begin() as conn:
+        conn.execute(
+            update(t.rate_limit_slots)
+            .where(
+                t.rate_limit_slots.c.account == "lost-parked",
+                t.rate_limit_slots.c.holder.is_not(None),
+            )
+            .values(holder="another-process", expires_at=time.time() + 60)
+        )
+    limiter._turns.clear()  # no turn taken ahead left: the parked slot's hand-on is asked
+    with limiter.slot("lost-parked", limit):
+        holders = [holder for _, holder in _slot_rows(any_engine, "lost-parked")]
+    assert "another-process" in holders
+    assert all(holder is not None for holder in holders)
 
 
 def test_several_in_flight_another_run_gets_a_slot_parked_by_a_busy_process(any_engine):
