@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.pool import NullPool
@@ -63,15 +66,13 @@ def test_the_least_recently_used_engine_is_dropped_beyond_the_limit() -> None:
     assert make.calls == 3
 
 
-def test_an_instance_on_patched_sqlite_storage_stores_and_reads_runs(
-    tmp_path: Path, restored_modules: None
-) -> None:
-    from dagster import DagsterInstance, RunsFilter, job, op
+@contextmanager
+def _instance_with_two_runs(tmp_path: Path) -> Iterator[Any]:
+    """An instance of the embedded instance file in ``tmp_path``, with two runs of a
+    one-op job ``greet`` stored."""
+    from dagster import DagsterInstance, job, op
 
     from bulk_changes.paths import default_instance_yaml
-
-    assert sqlite_engines.reuse_sqlite_engines()
-    assert all(isinstance(m.create_engine, EngineCache) for m in MODULES)
 
     @op
     def hello() -> int:
@@ -87,6 +88,18 @@ def test_an_instance_on_patched_sqlite_storage_stores_and_reads_runs(
     with DagsterInstance.from_config(str(home)) as instance:
         for _ in range(2):
             assert greet.execute_in_process(instance=instance).success
+        yield instance
+
+
+def test_an_instance_on_patched_sqlite_storage_stores_and_reads_runs(
+    tmp_path: Path, restored_modules: None
+) -> None:
+    from dagster import RunsFilter
+
+    assert sqlite_engines.reuse_sqlite_engines()
+    assert all(isinstance(m.create_engine, EngineCache) for m in MODULES)
+
+    with _instance_with_two_runs(tmp_path) as instance:
         runs = instance.get_runs(RunsFilter(job_name="greet"))
         assert len(runs) == 2
         assert all(instance.all_logs(run.run_id) for run in runs)
@@ -157,26 +170,11 @@ def test_an_instance_with_kept_connections_stores_runs_and_reads_them_from_threa
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from dagster import DagsterInstance, RunsFilter, job, op
-
-    from bulk_changes.paths import default_instance_yaml
+    from dagster import RunsFilter
 
     assert sqlite_engines.reuse_sqlite_engines() and sqlite_engines.keep_sqlite_connections()
 
-    @op
-    def hello() -> int:
-        return 1
-
-    @job
-    def greet() -> None:
-        hello()
-
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(default_instance_yaml(), home / "dagster.yaml")
-    with DagsterInstance.from_config(str(home)) as instance:
-        for _ in range(2):
-            assert greet.execute_in_process(instance=instance).success
+    with _instance_with_two_runs(tmp_path) as instance:
 
         def count(_: int) -> int:
             return len(instance.get_runs(RunsFilter(job_name="greet")))
