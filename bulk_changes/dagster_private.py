@@ -274,4 +274,8 @@ ATTRIBUTES: list[str] = [
     # bulk_changes.code_server: how often the code server looks for run workers that died
     # (read by its cleanup thread at each wait: test_dagster_private)
     "dagster_grpc_server_module.CLEANUP_TICK",
+    # bulk_changes.code_server: a stop looks for run workers left at once (what cleanup
+    # and the look do with the server's events: test_dagster_private)
+    "DagsterApiServer.cleanup",
+    "DagsterApiServer._check_for_orphaned_runs",
 ]

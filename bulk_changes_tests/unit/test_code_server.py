@@ -237,3 +237,65 @@ def test_the_code_server_looks_for_dead_run_workers_every_five_seconds(
     monkeypatch.setattr(dagster_grpc_server_module, "CLEANUP_TICK", 0.5)
     code_server.look_for_dead_run_workers_every()
     assert dagster_grpc_server_module.CLEANUP_TICK == code_server.CLEANUP_SECONDS == 5.0
+
+
+@pytest.fixture
+def restored_server_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulk_changes.dagster_private import dagster_grpc_server_module
+
+    # the patches are process-wide: undone after each test
+    monkeypatch.setattr(DagsterApiServer, "cleanup", DagsterApiServer.cleanup)
+    monkeypatch.setattr(dagster_grpc_server_module, "CLEANUP_TICK", 3600.0)
+
+
+def server_with_no_run(executions: dict[str, Any]) -> DagsterApiServer:
+    """A DagsterApiServer's state as it serves (its cleanup thread looking), without gRPC."""
+    import contextlib
+
+    server = object.__new__(DagsterApiServer)
+    server._shutdown_once_executions_finish_event = threading.Event()
+    server._server_termination_event = threading.Event()
+    server._execution_lock = threading.Lock()
+    server._executions = executions
+    server._exit_stack = contextlib.ExitStack()
+    server._DagsterApiServer__heartbeat_thread = None  # type: ignore[attr-defined]
+    looking = threading.Thread(target=server._cleanup_thread, daemon=True)
+    server._DagsterApiServer__cleanup_thread = looking  # type: ignore[attr-defined]
+    looking.start()
+    return server
+
+
+def test_a_stop_with_no_run_left_ends_the_code_server_before_the_next_cleanup_look(
+    restored_server_cleanup: None,
+) -> None:
+    # the cleanup thread's next look is an hour away: only a look made by the stop ends it
+    code_server.stop_without_waiting_for_a_cleanup_tick()
+    server = server_with_no_run({})
+    stopping = threading.Thread(target=server.cleanup, daemon=True)
+    stopping.start()
+    stopping.join(30)
+    assert not stopping.is_alive()
+    assert server._server_termination_event.is_set()
+
+
+def test_a_stop_with_a_run_worker_alive_waits_for_it(
+    restored_server_cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulk_changes.dagster_private import dagster_grpc_server_module
+
+    monkeypatch.setattr(dagster_grpc_server_module, "CLEANUP_TICK", 1.0)
+
+    class Alive:
+        def is_alive(self) -> bool:
+            return True
+
+    code_server.stop_without_waiting_for_a_cleanup_tick()
+    server = server_with_no_run({"a-run": (Alive(), None)})
+    stopping = threading.Thread(target=server.cleanup, daemon=True)
+    stopping.start()
+    stopping.join(1)
+    assert stopping.is_alive() and not server._server_termination_event.is_set()
+    with server._execution_lock:
+        server._executions.clear()  # the run worker ended and was cleared
+    stopping.join(30)
+    assert not stopping.is_alive()

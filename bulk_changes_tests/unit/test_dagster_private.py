@@ -146,6 +146,17 @@ def test_the_code_servers_cleanup_thread_reads_the_module_tick_at_each_wait() ->
     assert "self._server_termination_event.wait(CLEANUP_TICK)" in cleanup
 
 
+def test_a_code_server_stop_ends_once_a_look_finds_no_run_left() -> None:
+    # bulk_changes.code_server looks at once when the server stops: the look ends the
+    # server when it is stopping and no run is left; cleanup joins the thread that looks
+    cleanup = inspect.getsource(dagster_private.DagsterApiServer.cleanup)
+    assert "self._shutdown_once_executions_finish_event.set()" in cleanup
+    assert "self.__cleanup_thread.join()" in cleanup
+    look = inspect.getsource(dagster_private.DagsterApiServer._check_for_orphaned_runs)
+    assert "if self._shutdown_once_executions_finish_event.is_set():" in look
+    assert "self._server_termination_event.set()" in look
+
+
 def test_run_retries_persist_their_cursors_through_the_module_function() -> None:
     # bulk_changes.daemon replaces the module's _persist_cursors
     module = dagster_private.event_log_consumer_module
