@@ -225,6 +225,10 @@ def stop_without_waiting_for_a_cleanup_tick() -> None:
         return
 
     def cleanup(self: Any) -> None:
+        from bulk_changes.sensors.long_poll import stop_long_polls
+
+        # the queue sensor's tick in flight ends its long poll: the server waits for it
+        stop_long_polls()
         dagster_grpc_server_module.CLEANUP_TICK = STOPPING_CLEANUP_SECONDS
         self._shutdown_once_executions_finish_event.set()
         # with no run left this sets the event the cleanup thread waits on: it ends now

@@ -70,6 +70,7 @@ from bulk_changes.run_tags import (  # noqa: F401 - TAG_* are read from here too
     bulk_change_tags,
 )
 from bulk_changes.schemas.queue_messages import parse_message
+from bulk_changes.sensors import long_poll
 
 SENSOR_NAME = "bulk_change_queue_sensor"
 RUN_KEY_TAG = "dagster/run_key"
@@ -306,7 +307,7 @@ class QueueTick:
             budget -= len(messages)
             for message in messages:
                 self.handle_safely(message)
-            if self._failed or (not messages and not cut):
+            if self._failed or (not messages and not cut) or long_poll.stopping():
                 return
 
     def _receive(self, wait: int, at_most: int) -> list[QueueMessage]:
@@ -315,7 +316,7 @@ class QueueTick:
         if self._failed:
             return []
         try:
-            messages = list(self.queue.receive(min(10, at_most), wait_time_seconds=wait))
+            messages = long_poll.receive(self.queue, min(10, at_most), wait)
         except Exception as exc:
             if not self.out.run_requests and not self.out.received:
                 raise  # nothing done yet: a failed tick is the visible answer

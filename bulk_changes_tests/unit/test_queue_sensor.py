@@ -414,6 +414,31 @@ def test_unexpected_error_on_the_last_receive_dead_letters_with_the_error(
     assert "failed 3 times" in reason and "database is down" in reason
 
 
+def test_a_tick_listening_when_the_code_server_stops_ends_at_once_and_leaves_the_queue_as_it_was(
+    queue: SqsQueue, repo: FakeRepository, submit: FakeSubmit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from bulk_changes.sensors import long_poll
+
+    monkeypatch.setattr(long_poll, "_stopping", False)
+    results: list[SensorResult] = []
+    # 50 s to listen: three receives of up to 20 s each, unless the stop ends them
+    listening = threading.Thread(
+        target=lambda: results.append(
+            tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=50)
+        ),
+        daemon=True,
+    )
+    listening.start()
+    time.sleep(0.5)
+    long_poll.stop_long_polls()
+    listening.join(10)
+    assert not listening.is_alive()
+    assert requests_of(results[0]) == []
+    assert in_flight(queue) == (0, 0)
+
+
 @dataclass
 class WaitRecordingQueue:
     """An empty queue that records how long each receive was asked to wait."""
