@@ -55,8 +55,8 @@ QUICK_LOOPS = {
     "BULK_CHANGES_MAX_ATTEMPTS": "10",
     "BULK_CHANGES_RUN_WORKER_CHECK_INTERVAL": "2",
     # the code's defaults before they were lengthened for an idle daemon's CPU (60 s and
-    # 58.5 s): the tests wait for a sweep as before, and a stopped daemon, which waits for
-    # the queue sensor's tick in flight, stops within 20 s
+    # 58.5 s): the tests wait for a sweep as before, and a daemon stopped before its code
+    # server, which waits for the queue sensor's tick in flight, stops within 20 s
     "BULK_CHANGES_NOTIFY_INTERVAL": "30",
     "BULK_CHANGES_SENSOR_LONG_POLL": "18.5",
 }
