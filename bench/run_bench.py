@@ -428,6 +428,12 @@ def collect(stack, scenario, scale, sent, first, finished, calls_before, root) -
     per_device: dict[str, float] = {}
     for system, sim in zip(SYSTEMS, stack.sims.all(), strict=True):
         calls = sim.calls(calls_before[system])
+        dump = os.environ.get("BENCH_DUMP_CALLS")  # a directory: each system's call log
+        if dump:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            (Path(dump) / f"{scenario.name}-{system}.json").write_text(
+                json.dumps([{k: v for k, v in c.items() if k != "body"} for c in calls])
+            )
         per_device[system] = round(len(calls) / devices, 3)
         by_account: dict[str, list[dict[str, Any]]] = {}
         for call in calls:

@@ -119,6 +119,14 @@ def scenarios(devices: int, memory_devices: int, accounts: int = 60) -> dict[str
                 [Send("t1", "device_status", "jasper", big)],
                 constrained=False,
             ),
+            Scenario(
+                "telegence_unconstrained",
+                f"{big} carrier_rate_plan on Telegence, simulators unconstrained (no latency, no "
+                "limits): the per-device cost of the several-in-flight path",
+                ["t1"],
+                [Send("t1", "carrier_rate_plan", "telegence", big)],
+                constrained=False,
+            ),
             many_accounts("twenty_accounts", 20, big),
             many_accounts("forty_accounts", 40, big),
             many_accounts("eighty_accounts", 80, big),

@@ -373,6 +373,31 @@ def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_t
     assert all(abs(b - a - spacing) < 1e-6 for a, b in zip(starts, starts[1:], strict=False))
 
 
+def test_several_in_flight_a_call_that_finds_no_slot_of_its_process_free_takes_a_turn_ahead(
+    any_engine,
+):
+    """A second call while the first is in flight (nothing handed on, nothing parked):
+    it takes a free slot for the next turn the process took ahead, a spacing after the
+    first call, instead of a fresh turn from the clock past the turns taken ahead."""
+    now = {"t": 1000.0}
+
+    def sleep(seconds: float) -> None:
+        now["t"] += seconds
+
+    limit = RateLimit(calls_per_second=50, max_in_flight=4)
+    limiter = DbLimiter(any_engine, clock=lambda: now["t"], sleep=sleep)
+    with limiter.slot("ahead-new-slot", limit):
+        pass  # parked: the next call's hand-on takes turns ahead
+    with limiter.slot("ahead-new-slot", limit):
+        first = now["t"]
+        assert limiter.turns_ahead_and_slots("ahead-new-slot")[0] > 0
+        with limiter.slot("ahead-new-slot", limit):
+            second = now["t"]
+            held = [h for _, h in _slot_rows(any_engine, "ahead-new-slot") if h is not None]
+    assert abs(second - first - limiter.spacing(limit, "ahead-new-slot")) < 1e-6
+    assert len(held) == 2
+
+
 def test_several_in_flight_a_parked_slot_is_given_back_when_no_call_takes_it(any_engine):
     limit = RateLimit(calls_per_second=50, max_in_flight=2)
     limiter = DbLimiter(any_engine, park_seconds=0.2)
@@ -456,10 +481,16 @@ def test_several_in_flight_another_run_gets_a_slot_parked_by_a_busy_process(any_
         min_size=10,
         max_size=40,
     ),
+    st.booleans(),  # a process may have several calls in flight at once
 )
-@example(2, 10.0, [(0, 0.01, 0.0), (1, 0.01, 0.0)] * 8)
+@example(2, 10.0, [(0, 0.01, 0.0), (1, 0.01, 0.0)] * 8, False)
+@example(4, 10.0, [(0, 0.3, 0.0)] * 3 + [(1, 0.01, 0.0), (0, 0.01, 0.0)] * 6, True)
 def test_several_in_flight_turns_taken_ahead_by_all_processes_stay_under_a_windows_worth(
-    any_engine, in_flight: int, per_second: float, calls: list[tuple[int, float, float]]
+    any_engine,
+    in_flight: int,
+    per_second: float,
+    calls: list[tuple[int, float, float]],
+    several: bool,
 ):
     """Two processes calling one account on a fake clock, parking slots and taking turns
     ahead: the turns taken and not yet used (ahead, or held by a call about to leave)
@@ -490,7 +521,9 @@ def test_several_in_flight_turns_taken_ahead_by_all_processes_stay_under_a_windo
     with ExitStack() as stack:
         open_calls: list[tuple[float, int, ExitStack]] = []
         for which, in_flight_for, late in calls:
-            if len(open_calls) == in_flight or any(w == which for _, w, _ in open_calls):
+            if len(open_calls) == in_flight or (
+                not several and any(w == which for _, w, _ in open_calls)
+            ):
                 open_calls.sort(key=lambda c: c[0])
                 answered, _, call = open_calls.pop(0)
                 now["t"] = max(now["t"], answered)
