@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, update
 
+from bulk_changes.db import limiter as limiter_module
 from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
 from bulk_changes.db.limiter import AccountPace, DbLimiter, release_dead_holders
@@ -1035,12 +1036,18 @@ def test_one_in_flight_a_chain_of_hand_offs_places_each_call_by_its_own_answer(a
 
 
 def _chain_on_a_fake_clock(
-    engine, account: str, calls: int, limit: RateLimit, *, throttle_call: int | None = None
+    engine,
+    account: str,
+    calls: int,
+    limit: RateLimit,
+    *,
+    throttle_call: int | None = None,
+    answer_after: float = 0.05,
 ):
     """One process, one in flight: a first call holds the slot until four threads are
     queued for the account, then the queued threads make ``calls`` calls, handed the
-    slot from one to the next (a chain), each answered 50 ms after it left, on a fake
-    clock (only the slot's holder sleeps). Call ``throttle_call`` is answered throttled
+    slot from one to the next (a chain), each answered ``answer_after`` (50 ms) after it
+    left, on a fake clock (only the slot's holder sleeps). Call ``throttle_call`` is answered throttled
     (1 s). -> (transactions begun once the first call had its turn, the limiter, per
     call: (when it left, the account's clock in the database while it was in flight))."""
     from sqlalchemy import event
@@ -1077,7 +1084,7 @@ def _chain_on_a_fake_clock(
                 with lock:
                     index = len(seen)
                 seen.append((left, clock_in_db()))
-                now["t"] += 0.05
+                now["t"] += answer_after
                 if index == throttle_call:
                     departure.throttled(1.0)
                 else:
@@ -1115,6 +1122,34 @@ def test_one_in_flight_a_chain_of_hand_ons_within_a_second_touches_the_database_
     assert breaks <= 3
     assert limiter.local_handoffs == limiter.handoffs
     assert len(begun) <= 1 + 2 * breaks, (len(begun), breaks)
+
+
+def test_one_in_flight_a_thread_handing_on_a_turn_well_ahead_goes_on_without_a_switch(
+    any_engine, monkeypatch
+):
+    """5 calls a second, each answered 50 ms after it left: the turn handed on is some
+    150 ms after the answer, so the handing thread goes on with its device instead of
+    giving up the interpreter lock (a switch out and back, a wake-up a call)."""
+    let_run: list[int] = []
+    monkeypatch.setattr(limiter_module, "_let_run", lambda: let_run.append(1))
+    limit = RateLimit(calls_per_second=5, max_in_flight=1)
+    _, limiter, _ = _chain_on_a_fake_clock(any_engine, "far-turns", 8, limit)
+    assert limiter.handoffs >= 5
+    assert let_run == []
+
+
+def test_one_in_flight_a_thread_handing_on_a_turn_due_now_lets_the_next_call_run_at_once(
+    any_engine, monkeypatch
+):
+    """5 calls a second, each answered 300 ms after it left: the turn handed on is due at
+    once, and the handing thread gives up the interpreter lock to the next call."""
+    let_run: list[int] = []
+    monkeypatch.setattr(limiter_module, "_let_run", lambda: let_run.append(1))
+    limit = RateLimit(calls_per_second=5, max_in_flight=1)
+    _, limiter, _ = _chain_on_a_fake_clock(any_engine, "due-turns", 8, limit, answer_after=0.3)
+    assert limiter.handoffs >= 5
+    # every hand-on but the set-up call's (it takes no time: its next turn is ahead)
+    assert len(let_run) == limiter.handoffs - 1
 
 
 def test_one_in_flight_a_long_chain_looks_at_the_database_about_once_a_second(any_engine):

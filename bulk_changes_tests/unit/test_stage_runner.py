@@ -392,3 +392,51 @@ def test_device_already_up_to_date_costs_no_revio_write(repo, settings, fake_key
     changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
     assert changes[rows[0]["iccid"]].status == "PROCESSED"
     assert "patch_service" not in fake_systems(fake_key)["revio"].names()
+
+
+def test_a_batch_waits_for_its_devices_once_not_device_by_device(
+    repo, settings, fake_key, jasper_devices, monkeypatch
+):
+    """The batch's thread is woken once its devices are all done (one wake-up a batch),
+    not as each device ends: no device's outcome is looked at before every one is done."""
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from bulk_changes.processing import runner as runner_module
+
+    looked_at_pending: list[bool] = []
+
+    class SpyFuture(Future):
+        def exception(self, timeout=None):
+            looked_at_pending.append(not self.done())
+            return super().exception(timeout)
+
+    class OneByOneLanes:
+        """Devices one after the other on a thread of their own, each a little late."""
+
+        def submit(self, fn, *args):
+            future = SpyFuture()
+
+            def work():
+                time.sleep(0.005)
+                future.set_running_or_notify_cancel()
+                future.set_result(fn(*args))
+
+            previous = getattr(self, "last", None)
+
+            def after():
+                if previous is not None:
+                    previous.join()
+                work()
+
+            self.last = threading.Thread(target=after)
+            self.last.start()
+            return future
+
+    monkeypatch.setattr(runner_module, "device_lanes", lambda workers: OneByOneLanes())
+    rows = [{"iccid": d, "username": "ann", "cost_center_1": "CC-9"} for d in jasper_devices]
+    result = submit(repo, settings, "username_cost_center", "jasper", rows)
+    changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
+    assert {c.status for c in changes.values()} == {"PROCESSED"}
+    assert looked_at_pending and not any(looked_at_pending)
