@@ -57,6 +57,8 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
 )
 from dagster._grpc import server as dagster_grpc_server_module
 from dagster._grpc import server_watcher as dagster_server_watcher
+from dagster._grpc import utils as dagster_grpc_utils
+from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.impl import get_external_sensor_execution
 from dagster._grpc.server import DagsterApiServer
 from dagster._utils.error import serializable_error_info_from_exc_info
@@ -64,6 +66,7 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 __all__ = [
     "ActiveExecution",
     "DagsterApiServer",
+    "DagsterGrpcClient",
     "GrpcServerCodeLocation",
     "GrpcServerCodeLocationOrigin",
     "WorkspaceProcessContext",
@@ -94,6 +97,7 @@ __all__ = [
     "dagster_cli",
     "dagster_daemon_cli",
     "dagster_server_watcher",
+    "dagster_grpc_utils",
     "dagster_grpc_server_module",
     "event_log_consumer_module",
     "get_external_sensor_execution",
@@ -204,6 +208,11 @@ SIGNATURES: dict[str, list[str]] = {
     # bulk_changes.daemon: run retries' event log consumer writes its cursors only when
     # they changed (run_iteration calls the module's function: test_dagster_private)
     "event_log_consumer_module._persist_cursors": ["instance", "cursors"],
+    # bulk_changes.daemon: the daemon's gRPC client keeps one channel per code server
+    # (every call goes through _channel: test_dagster_private reads the callers)
+    "DagsterGrpcClient._channel": ["self"],
+    "dagster_grpc_utils.max_rx_bytes": [],
+    "dagster_grpc_utils.max_send_bytes": [],
     # bench.sensor_ticks calls a sensor as the code server does for a tick
     "get_external_sensor_execution": [
         "repo_def",

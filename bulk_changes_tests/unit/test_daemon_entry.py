@@ -41,6 +41,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workspace, "refresh_workspace", workspace.refresh_workspace)
     consumer = dagster_private.event_log_consumer_module
     monkeypatch.setattr(consumer, "_persist_cursors", consumer._persist_cursors)
+    client = dagster_private.DagsterGrpcClient
+    monkeypatch.setattr(client, "_channel", client._channel)
 
 
 def test_the_daemon_runs_dagsters_daemon_command(
@@ -224,3 +226,73 @@ def test_run_retries_write_their_cursors_only_when_they_changed(
         consumer._persist_cursors(instance, cursors)
 
     assert written == [{"RUN_FAILURE": 5}, {"RUN_FAILURE": 7}]
+
+
+class _CodeServer:
+    """A gRPC server on ``port`` answering Dagster's GetServerId with ``server_id``."""
+
+    def __init__(self, port: int, server_id: str) -> None:
+        from concurrent import futures
+
+        import grpc
+        from dagster._grpc.__generated__ import dagster_api_pb2
+
+        def get_server_id(request: object, context: object) -> object:
+            return dagster_api_pb2.GetServerIdReply(server_id=server_id)
+
+        handler = grpc.method_handlers_generic_handler(
+            "api.DagsterApi",
+            {
+                "GetServerId": grpc.unary_unary_rpc_method_handler(
+                    get_server_id,
+                    request_deserializer=dagster_api_pb2.Empty.FromString,
+                    response_serializer=dagster_api_pb2.GetServerIdReply.SerializeToString,
+                )
+            },
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None).wait()
+
+
+def test_the_daemons_grpc_calls_share_one_channel_per_code_server(restored: None) -> None:
+    daemon.main(["--help"])
+    client = dagster_private.DagsterGrpcClient
+    with client(port=4266, host="127.0.0.1")._channel() as first:
+        pass
+    with client(port=4266, host="127.0.0.1")._channel() as again:
+        pass
+    with client(port=4267, host="127.0.0.1")._channel() as other:
+        pass
+    assert again is first
+    assert other is not first
+
+
+def test_a_kept_channel_reaches_a_restarted_code_server(restored: None) -> None:
+    import time
+
+    from dagster._core.errors import DagsterUserCodeUnreachableError
+
+    daemon.keep_grpc_channels()
+    server = _CodeServer(0, "first")
+    client = dagster_private.DagsterGrpcClient(port=server.port, host="127.0.0.1")
+    try:
+        assert client.get_server_id(timeout=5) == "first"
+        server.stop()
+        with pytest.raises(DagsterUserCodeUnreachableError):
+            client.get_server_id(timeout=5)
+        server = _CodeServer(server.port, "second")
+        answers = []
+        deadline = time.monotonic() + 10
+        while not answers and time.monotonic() < deadline:
+            try:
+                answers.append(client.get_server_id(timeout=5))
+            except DagsterUserCodeUnreachableError:
+                time.sleep(0.1)
+        assert answers == ["second"]
+    finally:
+        server.stop()

@@ -162,3 +162,20 @@ def test_run_retries_persist_their_cursors_through_the_module_function() -> None
     module = dagster_private.event_log_consumer_module
     iteration = inspect.getsource(module.EventLogConsumerDaemon.run_iteration)
     assert "_persist_cursors(instance, new_cursors)" in iteration
+
+
+def test_the_grpc_client_makes_every_call_on_its_channel_with_dagsters_options() -> None:
+    # bulk_changes.daemon replaces DagsterGrpcClient._channel with one that yields a kept
+    # channel made with the same options: every synchronous call must go through it
+    client = dagster_private.DagsterGrpcClient
+    for method in (client._get_response, client._get_streaming_response):
+        assert "with self._channel() as channel:" in inspect.getsource(method)
+    channel = inspect.getsource(client._channel)
+    for option in (
+        '("grpc.max_receive_message_length", max_rx_bytes())',
+        '("grpc.max_send_message_length", max_send_bytes())',
+        "compression=grpc.Compression.Gzip",
+    ):
+        assert option in channel
+    # the two options, the two kinds of channel, two compressions, its type: nothing new
+    assert channel.count("grpc.") == 7, "Dagster's channel changed: keep what it adds"
