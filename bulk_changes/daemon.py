@@ -227,7 +227,7 @@ def keep_grpc_channels() -> None:
         yield kept_channel(self)
 
     _channel._bulk_changes_kept = True  # type: ignore[attr-defined]
-    DagsterGrpcClient._channel = _channel  # type: ignore[method-assign, assignment]
+    DagsterGrpcClient._channel = _channel  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
