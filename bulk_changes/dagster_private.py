@@ -36,10 +36,15 @@ from dagster._core.executor.base import Executor
 from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 from dagster._core.remote_representation.code_location import GrpcServerCodeLocation
 from dagster._core.storage import sql as dagster_storage_sql
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.event_log.sqlite import (
     consolidated_sqlite_event_log as consolidated_sqlite_event_log_module,
 )
 from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
+from dagster._core.storage.local_compute_log_manager import (
+    IO_TYPE_EXTENSION,
+    LocalComputeLogManager,
+)
 from dagster._core.storage.runs.schema import RunsTable
 from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_storage_module
 from dagster._core.storage.schedules.sql_schedule_storage import SqlScheduleStorage
@@ -94,6 +99,10 @@ __all__ = [
     "RetryMode",
     "RunFailureReason",
     "create_compute_log_file_key",
+    "CapturedLogContext",
+    "ComputeIOType",
+    "IO_TYPE_EXTENSION",
+    "LocalComputeLogManager",
     "dagster_cli",
     "dagster_daemon_cli",
     "dagster_server_watcher",
@@ -118,6 +127,17 @@ SIGNATURES: dict[str, list[str]] = {
     "dagster_event_sequence_for_step": ["step_context", "force_local_execution"],
     "trigger_hook": ["step_context", "step_event_list"],
     "create_compute_log_file_key": [],
+    # bulk_changes.compute_log_files: the local manager's paths, and the context it yields
+    "LocalComputeLogManager.get_captured_local_path": ["self", "log_key", "extension", "partial"],
+    "LocalComputeLogManager.complete_artifact_path": ["self", "log_key"],
+    "CapturedLogContext.__new__": [
+        "cls",
+        "log_key",
+        "external_stdout_url",
+        "external_stderr_url",
+        "external_url",
+        "shell_cmd",
+    ],
     "ExecuteRunWithPlanIterable.__init__": [
         "self",
         "execution_plan",
@@ -287,4 +307,8 @@ ATTRIBUTES: list[str] = [
     # and the look do with the server's events: test_dagster_private)
     "DagsterApiServer.cleanup",
     "DagsterApiServer._check_for_orphaned_runs",
+    # bulk_changes.compute_log_files: the local manager's streams and their file extensions
+    "ComputeIOType.STDOUT",
+    "ComputeIOType.STDERR",
+    "IO_TYPE_EXTENSION",
 ]

@@ -29,6 +29,7 @@ from typing import Any
 
 from dagster import Field, executor
 
+from bulk_changes.compute_log_files import capture_logs
 from bulk_changes.dagster_private import (
     DagsterEvent,
     DagsterExecutionInterruptedError,
@@ -113,7 +114,7 @@ def _threaded_iterator(
         log_key = compute_log_manager.build_log_key_for_run(
             job_context.run_id, create_compute_log_file_key()
         )
-        log_context = stack.enter_context(compute_log_manager.capture_logs(log_key))
+        log_context = stack.enter_context(capture_logs(compute_log_manager, log_key))
         yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
 
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
