@@ -242,10 +242,13 @@ def test_the_code_server_looks_for_dead_run_workers_every_five_seconds(
 @pytest.fixture
 def restored_server_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
     from bulk_changes.dagster_private import dagster_grpc_server_module
+    from bulk_changes.sensors import long_poll
 
-    # the patches are process-wide: undone after each test
+    # the patches are process-wide: undone after each test (a stop also ends this
+    # process's long polls: later tests' sensors listen again)
     monkeypatch.setattr(DagsterApiServer, "cleanup", DagsterApiServer.cleanup)
     monkeypatch.setattr(dagster_grpc_server_module, "CLEANUP_TICK", 3600.0)
+    monkeypatch.setattr(long_poll, "_stopping", False)
 
 
 def server_with_no_run(executions: dict[str, Any]) -> DagsterApiServer:
