@@ -22,7 +22,7 @@ from dagster import (
 from bulk_changes.domain.messages import SubmitMessage
 from bulk_changes.intake import IntakeError
 from bulk_changes.resources.local_sqs import LocalSqsServer, local_credentials
-from bulk_changes.resources.queue import SqsQueue
+from bulk_changes.resources.queue import QueueMessage, SqsQueue
 from bulk_changes.sensors.sqs_sensor import QueueTick, build_queue_sensor, load_cursor
 
 
@@ -422,20 +422,26 @@ def test_a_tick_listening_when_the_code_server_stops_ends_at_once_and_leaves_the
     from bulk_changes.sensors import long_poll
 
     monkeypatch.setattr(long_poll, "_stopping", False)
-    results: list[SensorResult] = []
-    # 50 s to listen: three receives of up to 20 s each, unless the stop ends them
-    listening = threading.Thread(
-        target=lambda: results.append(
-            tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=50)
-        ),
-        daemon=True,
-    )
-    listening.start()
-    time.sleep(0.5)
-    long_poll.stop_long_polls()
-    listening.join(10)
-    assert not listening.is_alive()
-    assert requests_of(results[0]) == []
+    waits: list[int] = []
+    receive = SqsQueue.receive
+
+    answered: list[int] = []
+
+    def recorded(self: SqsQueue, *args: Any, **kwargs: Any) -> list[QueueMessage]:
+        waits.append(kwargs.get("wait_time_seconds", 0))
+        messages = receive(self, *args, **kwargs)
+        answered.append(len(messages))
+        return messages
+
+    monkeypatch.setattr(SqsQueue, "receive", recorded)
+    stop = threading.Timer(0.5, long_poll.stop_long_polls)
+    stop.start()
+    # 50 s to listen: receives of 20, 20 and 10 s, unless the stop ends them
+    result = tick(queue, repo, submit, DagsterInstance.ephemeral(), long_poll_seconds=50)
+    stop.join()
+    # one receive, given up while SQS still held it (it answers up to 20 s later)
+    assert waits == [20] and answered == []
+    assert requests_of(result) == []
     assert in_flight(queue) == (0, 0)
 
 
