@@ -49,17 +49,20 @@ def receive(queue: Any, at_most: int, wait: int) -> list[QueueMessage]:
     def listen() -> None:
         messages: list[QueueMessage] = []
         error: Exception | None = None
+        # the tick waits for this thread without a timeout: it is answered whatever happens
         try:
-            messages = list(queue.receive(at_most, wait_time_seconds=wait))
-        except Exception as exc:  # handed to the tick, which decides
-            error = exc
-        with _lock:
-            given_up = outcome.setdefault("given_up", False)
-            if not given_up:
-                outcome["messages"], outcome["error"] = messages, error
-        if given_up:
-            give_back(queue, messages)
-        answered.set()
+            try:
+                messages = list(queue.receive(at_most, wait_time_seconds=wait))
+            except Exception as exc:  # handed to the tick, which decides
+                error = exc
+            with _lock:
+                given_up = outcome.setdefault("given_up", False)
+                if not given_up:
+                    outcome["messages"], outcome["error"] = messages, error
+            if given_up:
+                give_back(queue, messages)
+        finally:
+            answered.set()
 
     with _lock:
         if _stopping:
