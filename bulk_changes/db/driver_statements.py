@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import Connection, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
@@ -65,8 +65,9 @@ def _compile(statement: Any, dialect: Dialect, keys: Sequence[str]) -> _Form:
 
 
 class DriverStatement:
-    """``statement`` (an UPDATE or INSERT of SQLAlchemy Core, its parameters by name)
-    executed on the driver's cursor of a SQLAlchemy connection in a transaction."""
+    """``statement`` (an UPDATE or INSERT of SQLAlchemy Core, its parameters by name; or
+    a SELECT, see ``column``) executed on the driver's cursor of a SQLAlchemy connection
+    in a transaction."""
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
@@ -87,6 +88,13 @@ class DriverStatement:
         """-> the rows the statement changed."""
         form = self._form(conn.dialect, tuple(params))
         return _run(conn, form, form.parameters(params))
+
+    def column(self, conn: Connection, params: Params) -> list[Any]:
+        """A SELECT's first column, row by row, as the driver gives it (no result type's
+        conversion: for columns whose driver values are already the ones wanted, e.g.
+        Float and Integer)."""
+        form = self._form(conn.dialect, tuple(params))
+        return _run(conn, form, form.parameters(params), fetch=True)
 
 
 class DriverInsert:
@@ -137,13 +145,20 @@ class DriverInsert:
         return _run(conn, form, form.parameters(params))
 
 
-def _run(conn: Connection, form: _Form, parameters: Any) -> int:
+@overload
+def _run(conn: Connection, form: _Form, parameters: Any, fetch: Literal[False] = False) -> int: ...
+@overload
+def _run(conn: Connection, form: _Form, parameters: Any, fetch: Literal[True]) -> list[Any]: ...
+def _run(conn: Connection, form: _Form, parameters: Any, fetch: bool = False) -> int | list[Any]:
+    """-> the rows changed; with ``fetch``, the first column of the rows selected."""
     fairy = conn.connection  # the pool's connection, in the transaction SQLAlchemy began
     dialect = conn.dialect
     dbapi = dialect.loaded_dbapi
     cursor = fairy.cursor()
     try:
         cursor.execute(form.sql, parameters)
+        if fetch:
+            return [row[0] for row in cursor.fetchall()]
         return int(cursor.rowcount)
     except dbapi.Error as exc:
         lost = dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)

@@ -23,28 +23,34 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 
 from bulk_changes.db import schema as t
+from bulk_changes.db.driver_statements import DriverStatement
 from bulk_changes.domain.settings import RateLimit
 from bulk_changes.processes import ProcessIdentity
 
 # The statements of every call, built once (building and keying them per call was a
-# tenth of a run worker's CPU under py-spy).
+# tenth of a run worker's CPU under py-spy), and executed on the driver's cursor inside
+# SQLAlchemy's transaction (db/driver_statements.py): through SQLAlchemy's execution each
+# cost about 45 us of CPU, and a turn's transaction runs four or five of them.
 _FOREVER = float("inf")
 _clock, _slots, _waiters = t.rate_limit_clock.c, t.rate_limit_slots.c, t.rate_limit_waiters.c
-_CLOCK_LOCKED = (
+_CLOCK_LOCKED = DriverStatement(
     select(_clock.next_free_at).where(_clock.account == bindparam("b_account")).with_for_update()
 )
-_WAITERS_AHEAD = select(func.count()).where(
-    _waiters.account == bindparam("b_account"),
-    _waiters.holder != bindparam("b_holder"),
-    _waiters.expires_at >= bindparam("b_now"),
-    _waiters.since < bindparam("b_since"),
+_WAITERS_AHEAD = DriverStatement(
+    select(func.count()).where(
+        _waiters.account == bindparam("b_account"),
+        _waiters.holder != bindparam("b_holder"),
+        _waiters.expires_at >= bindparam("b_now"),
+        _waiters.since < bindparam("b_since"),
+    )
 )
-_FREE_SLOTS = (
+_FREE_SLOTS = DriverStatement(
     select(_slots.slot)
     .where(
         _slots.account == bindparam("b_account"),
@@ -53,12 +59,12 @@ _FREE_SLOTS = (
     .order_by(_slots.slot)
     .limit(bindparam("b_n"))
 )
-_TAKE_SLOT = (
+_TAKE_SLOT = DriverStatement(
     update(t.rate_limit_slots)
     .where(_slots.account == bindparam("b_account"), _slots.slot == bindparam("b_slot"))
     .values(holder=bindparam("b_holder"), expires_at=bindparam("b_expires"))
 )
-_SET_CLOCK = (
+_SET_CLOCK = DriverStatement(
     update(t.rate_limit_clock)
     .where(_clock.account == bindparam("b_account"))
     .values(next_free_at=bindparam("b_next_free"))
@@ -68,9 +74,9 @@ _HELD_SLOT = update(t.rate_limit_slots).where(
     _slots.slot == bindparam("b_slot"),
     _slots.holder == bindparam("b_holder"),
 )
-_KEEP_SLOT = _HELD_SLOT.values(expires_at=bindparam("b_expires"))
-_FREE_SLOT = _HELD_SLOT.values(holder=None, expires_at=0.0)
-_CLOCK_NOT_BEFORE = (
+_KEEP_SLOT = DriverStatement(_HELD_SLOT.values(expires_at=bindparam("b_expires")))
+_FREE_SLOT = DriverStatement(_HELD_SLOT.values(holder=None, expires_at=0.0))
+_CLOCK_NOT_BEFORE = DriverStatement(
     update(t.rate_limit_clock)
     .where(
         _clock.account == bindparam("b_account"), _clock.next_free_at < bindparam("b_not_before")
@@ -80,14 +86,14 @@ _CLOCK_NOT_BEFORE = (
 
 # Every turn not yet handed out moves on by ``b_push`` (an idle clock too: turns are never
 # before the moment they are taken anyway)
-_CLOCK_ADD = (
+_CLOCK_ADD = DriverStatement(
     update(t.rate_limit_clock)
     .where(_clock.account == bindparam("b_account"))
     .values(next_free_at=_clock.next_free_at + bindparam("b_push"))
 )
 
 # Every turn not yet handed out moves on by ``b_push`` (from now, if the clock is idle)
-_CLOCK_PUSH = (
+_CLOCK_PUSH = DriverStatement(
     update(t.rate_limit_clock)
     .where(_clock.account == bindparam("b_account"))
     .values(
@@ -98,6 +104,22 @@ _CLOCK_PUSH = (
         + bindparam("b_push")
     )
 )
+
+
+def _one(conn: Connection, statement: DriverStatement, params: dict[str, Any]) -> Any:
+    """The one value a SELECT of one row and column finds (SQLAlchemy's ``scalar_one``)."""
+    found = statement.column(conn, params)
+    if not found:
+        raise NoResultFound("No row was found when one was required")
+    if len(found) > 1:
+        raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+    return found[0]
+
+
+def _first(conn: Connection, statement: DriverStatement, params: dict[str, Any]) -> Any:
+    """The first value a SELECT finds, None if none (SQLAlchemy's ``scalar``)."""
+    found = statement.column(conn, params)
+    return found[0] if found else None
 
 
 MAX_RETAKES = 3
@@ -287,6 +309,19 @@ class DbLimiter:
         self.clock = clock
         self.sleep = sleep
         self._holder_prefix = f"{holder_prefix(ProcessIdentity.current())}{uuid.uuid4().hex[:8]}"
+        # Several in flight, turns taken ahead: every slot of the account this limiter
+        # holds (not run out) leased until ``b_until`` at least (see _hand_on). Built once:
+        # built and keyed per batch, it cost more than the transaction's other statements.
+        self._extend_leases = DriverStatement(
+            update(t.rate_limit_slots)
+            .where(
+                _slots.account == bindparam("b_account"),
+                _slots.holder.startswith(self._holder_prefix, autoescape=True),
+                _slots.expires_at >= bindparam("b_now"),
+                _slots.expires_at < bindparam("b_until"),
+            )
+            .values(expires_at=bindparam("b_until"))
+        )
         # when the holders of a full account were last checked for dead processes
         self._reclaim_checked: dict[str, float] = {}
         self.reclaim_every = reclaim_every
@@ -821,11 +856,12 @@ class DbLimiter:
         or the slot is no longer the holder's. With ``runs`` (several in flight), the
         turns after it that ``_batch_room`` allows are taken for this process too and
         appended to ``runs`` as one run, to be queued once the transaction commits."""
-        next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
-        waiting = conn.execute(
+        next_free = _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
+        waiting = _one(
+            conn,
             _WAITERS_AHEAD,
             {"b_account": account_name, "b_holder": "", "b_now": self.clock(), "b_since": _FOREVER},
-        ).scalar_one()
+        )
         if waiting:
             self._contended(account_name)
             return None
@@ -848,15 +884,8 @@ class DbLimiter:
             # the process's other slots may take these turns: their leases cover them too
             # (only rows still this limiter's and not run out are extended)
             now = self.clock()
-            conn.execute(
-                update(t.rate_limit_slots)
-                .where(
-                    _slots.account == account_name,
-                    _slots.holder.startswith(self._holder_prefix, autoescape=True),
-                    _slots.expires_at >= now,
-                    _slots.expires_at < start_at + lease,
-                )
-                .values(expires_at=start_at + lease)
+            self._extend_leases.execute(
+                conn, {"b_account": account_name, "b_now": now, "b_until": start_at + lease}
             )
             runs.append(_TurnRun(start_at + spacing, spacing, extra, now, start_at + lease))
         return start_at if kept else None
@@ -1007,10 +1036,11 @@ class DbLimiter:
         turn, taken_at = ahead
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
         with self.engine.begin() as conn:
-            conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+            _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             now = self.clock()
             waiting = int(
-                conn.execute(
+                _one(
+                    conn,
                     _WAITERS_AHEAD,
                     {
                         "b_account": account_name,
@@ -1018,21 +1048,19 @@ class DbLimiter:
                         "b_now": now,
                         "b_since": _FOREVER,
                     },
-                ).scalar_one()
+                )
             )
             free = (
                 None
                 if waiting
-                else conn.execute(
-                    _FREE_SLOTS, {"b_account": account_name, "b_now": now, "b_n": 1}
-                ).scalar()
+                else _first(conn, _FREE_SLOTS, {"b_account": account_name, "b_now": now, "b_n": 1})
             )
             if free is None:
                 slot = None
             else:
                 slot = int(free)
-                conn.execute(
-                    _TAKE_SLOT,
+                _TAKE_SLOT.execute(
+                    conn,
                     {
                         "b_account": account_name,
                         "b_slot": slot,
@@ -1107,8 +1135,8 @@ class DbLimiter:
     def _give_back(self, account_name: str, holder: str, slot: int) -> None:
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
+                _FREE_SLOT.execute(
+                    conn, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
                 )
             self.given_back += 1
         finally:
@@ -1186,9 +1214,9 @@ class DbLimiter:
         this call counts from; the margin's half absorbs the delay to the real departure
         (re-checked by the caller), as for a call on time."""
         with self.engine.begin() as conn:
-            conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+            _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             now = self.clock()
-            conn.execute(_CLOCK_ADD, {"b_account": account_name, "b_push": max(0.0, now - turn)})
+            _CLOCK_ADD.execute(conn, {"b_account": account_name, "b_push": max(0.0, now - turn)})
         # this process's turns taken ahead move on with the clock
         self._shift_turns(account_name, max(0.0, now - turn))
         return max(now, turn)
@@ -1198,7 +1226,7 @@ class DbLimiter:
     ) -> float:
         """A fresh turn for the holder of ``slot``, whose own came and went; -> its start."""
         with self.engine.begin() as conn:
-            next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+            next_free = _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             start_at, _ = self._turn_keeping_slot(
                 conn,
                 account_name,
@@ -1226,19 +1254,18 @@ class DbLimiter:
         ``extra`` turns after it, a spacing apart (the clock moves past them all).
         -> (its start, whether the slot was still the holder's)."""
         start_at = max(earliest, self.clock())
-        conn.execute(
-            _SET_CLOCK,
-            {"b_account": account_name, "b_next_free": start_at + (1 + extra) * spacing},
+        _SET_CLOCK.execute(
+            conn, {"b_account": account_name, "b_next_free": start_at + (1 + extra) * spacing}
         )
-        kept = conn.execute(
-            _KEEP_SLOT,
+        kept = _KEEP_SLOT.execute(
+            conn,
             {
                 "b_account": account_name,
                 "b_slot": slot,
                 "b_holder": holder,
                 "b_expires": start_at + lease,
             },
-        ).rowcount
+        )
         return start_at, bool(kept)
 
     def penalize(self, account_name: str, seconds: float) -> None:
@@ -1338,10 +1365,11 @@ class DbLimiter:
                 # Locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE), the time
                 # read after: a turn is never handed out in the past, where it would bunch
                 # up with the turns handed out while this one waited for the lock.
-                next_free = conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+                next_free = _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
                 now = self.clock()
                 ahead = int(
-                    conn.execute(
+                    _one(
+                        conn,
                         _WAITERS_AHEAD,
                         {
                             "b_account": account_name,
@@ -1349,13 +1377,13 @@ class DbLimiter:
                             "b_now": now,
                             "b_since": waiting_since if waiting_since is not None else _FOREVER,
                         },
-                    ).scalar_one()
+                    )
                 )
                 free = [
                     int(n)
-                    for n in conn.execute(
-                        _FREE_SLOTS, {"b_account": account_name, "b_now": now, "b_n": ahead + 1}
-                    ).scalars()
+                    for n in _FREE_SLOTS.column(
+                        conn, {"b_account": account_name, "b_now": now, "b_n": ahead + 1}
+                    )
                 ]
                 if len(free) > ahead:
                     slot = free[ahead]
@@ -1367,8 +1395,8 @@ class DbLimiter:
                         # another process could start, see _horizon), and moves the clock
                         # as a hand-on does; the slot's release sets it for others again.
                         start_at, step = max(resume[1], now), CHAIN_STEP
-                    conn.execute(
-                        _TAKE_SLOT,
+                    _TAKE_SLOT.execute(
+                        conn,
                         {
                             "b_account": account_name,
                             "b_slot": slot,
@@ -1376,8 +1404,8 @@ class DbLimiter:
                             "b_expires": start_at + lease_seconds,
                         },
                     )
-                    conn.execute(
-                        _SET_CLOCK, {"b_account": account_name, "b_next_free": start_at + step}
+                    _SET_CLOCK.execute(
+                        conn, {"b_account": account_name, "b_next_free": start_at + step}
                     )
                     if waiting_since is not None:
                         conn.execute(
@@ -1468,9 +1496,8 @@ class DbLimiter:
             if hand_on_lease is not None:
                 if push > 0:
                     # a throttled answer in a chain: every turn not yet handed out moves on
-                    conn.execute(
-                        _CLOCK_PUSH,
-                        {"b_account": account_name, "b_now": self.clock(), "b_push": push},
+                    _CLOCK_PUSH.execute(
+                        conn, {"b_account": account_name, "b_now": self.clock(), "b_push": push}
                     )
                     pushed = True
                 handed_at = self._hand_on(
@@ -1488,19 +1515,18 @@ class DbLimiter:
                 # nobody to hand on to, someone waits, or the lease had run out and someone
                 # took the slot: release as usual (the clock moved on by one turn at most,
                 # which is safe)
-                conn.execute(
-                    _CLOCK_NOT_BEFORE, {"b_account": account_name, "b_not_before": not_before}
+                _CLOCK_NOT_BEFORE.execute(
+                    conn, {"b_account": account_name, "b_not_before": not_before}
                 )
                 if push > 0 and not pushed:
-                    conn.execute(
-                        _CLOCK_PUSH,
-                        {"b_account": account_name, "b_now": self.clock(), "b_push": push},
+                    _CLOCK_PUSH.execute(
+                        conn, {"b_account": account_name, "b_now": self.clock(), "b_push": push}
                     )
-                conn.execute(
-                    _FREE_SLOT, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
+                _FREE_SLOT.execute(
+                    conn, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
                 )
                 self._left_clock[account_name] = float(
-                    conn.execute(_CLOCK_LOCKED, {"b_account": account_name}).scalar_one()
+                    _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
                 )
                 self._own_next[account_name] = own_next if push <= 0 else None
         if push > 0:
@@ -1554,16 +1580,15 @@ def release_dead_holders(engine: Engine, account_name: str | None = None) -> int
         if not verdicts[key]:
             continue
         with engine.begin() as conn:
-            gone = conn.execute(
-                _FREE_SLOT, {"b_account": account, "b_slot": slot, "b_holder": holder}
-            ).rowcount
+            gone = _FREE_SLOT.execute(
+                conn, {"b_account": account, "b_slot": slot, "b_holder": holder}
+            )
             if gone:
                 # The dead process's last calls were placed by its own memory of them
                 # (made-up late answers can leave them closer than a spacing), which died
                 # with it: the next turn waits a second, a Jasper window, once.
-                conn.execute(
-                    _CLOCK_NOT_BEFORE,
-                    {"b_account": account, "b_not_before": time.time() + DEAD_HOLDER_PAUSE},
+                _CLOCK_NOT_BEFORE.execute(
+                    conn, {"b_account": account, "b_not_before": time.time() + DEAD_HOLDER_PAUSE}
                 )
             freed += gone
     return freed

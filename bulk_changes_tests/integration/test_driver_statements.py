@@ -73,6 +73,25 @@ def test_an_update_applies_the_literal_values_of_its_where_clause(engine) -> Non
     assert [(r[1], r[2]) for r in stored(engine)] == [("done", "x"), ("open", "y")]
 
 
+def test_a_select_gives_its_first_column_row_by_row_with_its_limit_and_literals(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(rows_table),
+            [{"key": k, "step": s, "data": "x", "at": WHEN} for k in (1, 2, 3) for s in "ab"],
+        )
+    # a limit taken as a parameter (SQLite adds an OFFSET of its own) and a literal value
+    keys = DriverStatement(
+        select(c.key)
+        .where(c.key >= bindparam("b_from"), c.step == "a")
+        .order_by(c.key)
+        .limit(bindparam("b_n"))
+    )
+    with engine.begin() as conn:
+        assert keys.column(conn, {"b_from": 2, "b_n": 5}) == [2, 3]
+        assert keys.column(conn, {"b_from": 1, "b_n": 1}) == [1]
+        assert keys.column(conn, {"b_from": 4, "b_n": 5}) == []
+
+
 def test_a_refused_row_fails_as_sqlalchemys_error_and_rolls_the_transaction_back(
     engine,
 ) -> None:

@@ -633,7 +633,9 @@ def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_en
 
     limit = RateLimit(calls_per_second=20, max_in_flight=1)
     limiter = DbLimiter(any_engine)
-    statements: list[tuple[int, float]] = []  # (thread, when)
+    # (thread, when): transactions begun (the limiter's statements run on the driver's
+    # cursor, without SQLAlchemy's execution events; each runs in a transaction begun)
+    statements: list[tuple[int, float]] = []
     windows: list[tuple[int, float, float]] = []  # (thread, answered, slot left)
 
     def on_execute(*_args: object) -> None:
@@ -645,12 +647,12 @@ def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_en
             answered = time.monotonic()
         windows.append((threading.get_ident(), answered, time.monotonic()))
 
-    event.listen(any_engine, "before_cursor_execute", on_execute)
+    event.listen(any_engine, "begin", on_execute)
     try:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(one, range(20)))
     finally:
-        event.remove(any_engine, "before_cursor_execute", on_execute)
+        event.remove(any_engine, "begin", on_execute)
     after_answer = [
         w for w in windows if any(t == w[0] and w[1] <= at <= w[2] for t, at in statements)
     ]
