@@ -123,8 +123,8 @@ def _first(conn: Connection, statement: DriverStatement, params: dict[str, Any])
 
 
 MAX_RETAKES = 3
-# One in flight: a turn handed on at least this far ahead does not need the handing
-# thread to give up the interpreter lock at once (twice Python's switch interval).
+# A turn handed on at least this far ahead does not need the handing thread to give up
+# the interpreter lock at once (twice Python's switch interval).
 _YIELD_UNLESS_AHEAD = 0.01
 
 
@@ -672,13 +672,15 @@ class DbLimiter:
                 with self._local:
                     self._promised[account_name] -= 1
             gate.release()
-        if handed_on and not (one and handed_start - self.clock() > _YIELD_UNLESS_AHEAD):
+        if handed_on and handed_start - self.clock() <= _YIELD_UNLESS_AHEAD:
             # Let the thread just handed the turn run now: otherwise it waits for the
             # interpreter lock while this one goes on with its device (up to the switch
-            # interval, measured 1.1 ms on average, on the account's critical path). One
-            # in flight, a turn further ahead than that is not on the critical path: the
-            # thread handed it gets the lock long before, and this one is spared a switch
-            # out and back (a wake-up a call at the documented limits).
+            # interval, measured 1.1 ms on average, on the account's critical path). A
+            # turn further ahead than that is not on the critical path: the thread handed
+            # it gets the lock long before, and this one is spared a switch out and back
+            # (a wake-up a call at the documented limits: one in flight, the next turn is
+            # a spacing after this call's; several, a slot's turns are the account's
+            # turns of the slots' calls in flight apart, or taken ahead).
             _let_run()
 
     @staticmethod

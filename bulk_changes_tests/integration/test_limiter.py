@@ -340,6 +340,39 @@ def _slot_rows(engine, account: str) -> list[tuple[int, str | None]]:
         ]
 
 
+def test_several_in_flight_a_thread_handing_on_a_turn_well_ahead_goes_on_without_a_switch(
+    any_engine, monkeypatch
+):
+    """10 calls a second, 2 in flight, each call 10 ms: the turn handed on is the other
+    slot's turns further on (some 190 ms), so the handing thread goes on with its device
+    instead of giving up the interpreter lock (a switch out and back a call)."""
+    let_run: list[int] = []
+    monkeypatch.setattr(limiter_module, "_let_run", lambda: let_run.append(1))
+    limit = RateLimit(calls_per_second=10, max_in_flight=2)
+    spans, limiter, _ = _threads_calling(
+        any_engine, "far-turns-multi", limit, threads=6, held=[0.01] * 12
+    )
+    assert len(spans) == 12
+    assert limiter.handoffs >= 5
+    assert let_run == []
+
+
+def test_several_in_flight_a_thread_handing_on_a_turn_due_now_lets_the_next_call_run(
+    any_engine, monkeypatch
+):
+    """The same with calls of 250 ms: the turn handed on is due at once, and the handing
+    thread gives up the interpreter lock to the next call."""
+    let_run: list[int] = []
+    monkeypatch.setattr(limiter_module, "_let_run", lambda: let_run.append(1))
+    limit = RateLimit(calls_per_second=10, max_in_flight=2)
+    spans, limiter, _ = _threads_calling(
+        any_engine, "due-turns-multi", limit, threads=6, held=[0.25] * 12
+    )
+    assert len(spans) == 12
+    assert limiter.handoffs >= 5
+    assert len(let_run) >= limiter.handoffs - 2
+
+
 def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_taken_ahead(
     any_engine,
 ):
