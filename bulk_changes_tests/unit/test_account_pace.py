@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bulk_changes.db.limiter import AccountPace
 
 
@@ -88,3 +91,26 @@ def test_a_faster_round_trip_lowers_the_fastest_at_once():
         p.answered(0.2)
     p.answered(0.12)
     assert p.floor == 0.12
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=700))
+def test_the_spread_and_the_fastest_are_those_of_the_recent_round_trips(rtts):
+    """Kept up to date answer by answer, they are what the recent samples give: the 5th
+    to 95th percentile spread of the last SAMPLES, the fastest of the last FLOOR_SAMPLES
+    (once enough are known)."""
+    p = pace()
+    for i, rtt in enumerate(rtts):
+        p.answered(rtt)
+        seen = rtts[: i + 1]
+        recent = sorted(seen[-AccountPace.SAMPLES :])
+        if len(recent) >= AccountPace.MIN_SAMPLES:
+            low = recent[int(0.05 * (len(recent) - 1))]
+            high = recent[int(round(0.95 * (len(recent) - 1)))]
+            assert p.jitter == min(0.25, high - low)
+        else:
+            assert p.jitter == 0.05
+        if len(seen) >= AccountPace.MIN_FLOOR_SAMPLES:
+            assert p.floor == min(seen[-AccountPace.FLOOR_SAMPLES :])
+        else:
+            assert p.floor is None
