@@ -39,7 +39,9 @@ daemon's CPU (docs/benchmarks.md, "Idle"):
   other locations (``refresh_changed_code_servers_only``); a replaced code server is
   still seen within ``WATCH_SECONDS`` by the location's watch thread, as before;
 - run retries' event log consumer writes its cursors only when they changed
-  (``persist_changed_cursors_only``);
+  (``persist_changed_cursors_only``), and on SQLite storage reads them and the new run
+  events only when run events were written since its last look
+  (``read_run_events_when_written``);
 - its gRPC client keeps one channel per code server for all its calls
   (``keep_grpc_channels``): Dagster's opens a new channel, a new connection to the code
   server, for every call (the sensor ticks, the watches for a replaced code server, the
@@ -146,6 +148,59 @@ def persist_changed_cursors_only() -> None:
     module._persist_cursors = _persist_cursors
 
 
+def sqlite_event_index_database(instance: Any) -> str | None:
+    """The SQLite file that Dagster's SQLite event log storage mirrors every run status
+    event into (the file ``get_logs_for_all_runs_by_log_id`` reads), or None."""
+    from bulk_changes.dagster_private import (
+        consolidated_sqlite_event_log_module,
+        sqlite_event_log_module,
+    )
+
+    storage = instance.event_log_storage
+    if isinstance(storage, sqlite_event_log_module.SqliteEventLogStorage):
+        return str(storage.path_for_shard(sqlite_event_log_module.INDEX_SHARD_NAME))
+    if isinstance(storage, consolidated_sqlite_event_log_module.ConsolidatedSqliteEventLogStorage):
+        conn_string = str(getattr(storage, "_conn_string", ""))
+        prefix = "sqlite:///"
+        return conn_string[len(prefix) :] if conn_string.startswith(prefix) else None
+    return None
+
+
+def read_run_events_when_written() -> None:
+    """Run retries' event log consumer reads its cursors and the new run failures and
+    successes every 15 s (``RUN_RETRY_CHECK_SECONDS``): on the embedded SQLite storage it
+    now does so only when something was written to the file those events are mirrored into
+    since its last look (``PRAGMA data_version``, as the run queue does: a few microseconds
+    instead of three statements). A run's step events go to the run's own file, so this
+    holds during a run too, but for its start and end. A look that fails leaves the next
+    one to read. Other storages are read every time, as before."""
+    from bulk_changes.dagster_private import event_log_consumer_module as module
+    from bulk_changes.run_queue import SqliteWrites
+
+    consumer = module.EventLogConsumerDaemon
+    run_iteration = consumer.run_iteration
+    if getattr(run_iteration, "_bulk_changes_when_written", False):
+        return
+
+    def run_iteration_when_written(self: Any, workspace_process_context: Any) -> Iterator[Any]:
+        writes = self.__dict__.get("_bulk_changes_index_writes")
+        if writes is None:
+            path = sqlite_event_index_database(workspace_process_context.instance)
+            writes = self._bulk_changes_index_writes = SqliteWrites(path) if path else False
+        # read before the look: an event written during it is seen at the next one
+        if writes and not writes():
+            return
+        try:
+            yield from run_iteration(self, workspace_process_context)
+        except BaseException:
+            if writes:
+                writes.close()  # the next look reads, whatever was written
+            raise
+
+    run_iteration_when_written._bulk_changes_when_written = True  # type: ignore[attr-defined]
+    consumer.run_iteration = run_iteration_when_written  # type: ignore[method-assign]
+
+
 def keep_storage_connections() -> bool:
     """Make ``dagster-daemon run`` give its instance's storage kept connections before it
     starts the daemons (nothing changes on SQLite storage). False when told not to."""
@@ -248,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     watch_code_servers_every(WATCH_SECONDS)
     refresh_changed_code_servers_only()
     persist_changed_cursors_only()
+    read_run_events_when_written()
     keep_grpc_channels()
     args = list(sys.argv[1:] if argv is None else argv)
     result = dagster_daemon_cli.main(

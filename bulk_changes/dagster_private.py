@@ -228,6 +228,11 @@ SIGNATURES: dict[str, list[str]] = {
     # bulk_changes.daemon: run retries' event log consumer writes its cursors only when
     # they changed (run_iteration calls the module's function: test_dagster_private)
     "event_log_consumer_module._persist_cursors": ["instance", "cursors"],
+    # bulk_changes.daemon: on SQLite storage its look runs only when the event index changed
+    "event_log_consumer_module.EventLogConsumerDaemon.run_iteration": [
+        "self",
+        "workspace_process_context",
+    ],
     # bulk_changes.daemon: the daemon's gRPC client keeps one channel per code server
     # (every call goes through _channel: test_dagster_private reads the callers)
     "DagsterGrpcClient._channel": ["self"],
@@ -275,6 +280,10 @@ ATTRIBUTES: list[str] = [
     "sqlite_schedule_storage_module.create_engine",
     "sqlite_event_log_module.create_engine",
     "consolidated_sqlite_event_log_module.create_engine",
+    # bulk_changes.daemon: the file run status events are mirrored into (run retries read it)
+    "sqlite_event_log_module.SqliteEventLogStorage",
+    "sqlite_event_log_module.INDEX_SHARD_NAME",
+    "consolidated_sqlite_event_log_module.ConsolidatedSqliteEventLogStorage",
     # bulk_changes.daemon runs `dagster-daemon`, watching code servers less often (the
     # module's WATCH_INTERVAL is read when a watch thread starts)
     "dagster_daemon_cli.main",

@@ -41,6 +41,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workspace, "refresh_workspace", workspace.refresh_workspace)
     consumer = dagster_private.event_log_consumer_module
     monkeypatch.setattr(consumer, "_persist_cursors", consumer._persist_cursors)
+    reader = consumer.EventLogConsumerDaemon
+    monkeypatch.setattr(reader, "run_iteration", reader.run_iteration)
     client = dagster_private.DagsterGrpcClient
     monkeypatch.setattr(client, "_channel", client._channel)
 
@@ -226,6 +228,85 @@ def test_run_retries_write_their_cursors_only_when_they_changed(
         consumer._persist_cursors(instance, cursors)
 
     assert written == [{"RUN_FAILURE": 5}, {"RUN_FAILURE": 7}]
+
+
+def _reads(instance: object, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The run events read from ``instance``'s event log from now on."""
+    storage = instance.event_log_storage  # type: ignore[attr-defined]
+    read = storage.get_logs_for_all_runs_by_log_id
+    calls: list[object] = []
+
+    def get_logs_for_all_runs_by_log_id(*args: object, **kwargs: object) -> object:
+        found = read(*args, **kwargs)
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(storage, "get_logs_for_all_runs_by_log_id", get_logs_for_all_runs_by_log_id)
+    return calls
+
+
+def test_run_retries_read_the_run_events_only_when_some_were_written(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import DagsterRun, instance_for_test
+
+    daemon.read_run_events_when_written()
+    consumer = dagster_private.event_log_consumer_module.EventLogConsumerDaemon(interval_seconds=1)
+    with instance_for_test() as instance:
+        context = SimpleNamespace(instance=instance)
+        reads = _reads(instance, monkeypatch)
+        list(consumer.run_iteration(context))  # the first look reads (and sets the cursors)
+        assert len(reads) == 2  # run failures, run successes
+        list(consumer.run_iteration(context))
+        list(consumer.run_iteration(context))
+        assert len(reads) == 2  # nothing written: not read again
+
+        run = instance.add_run(
+            DagsterRun(job_name="job", run_id="a" * 8 + "-0000-0000-0000-" + "0" * 12)
+        )
+        instance.report_run_failed(run)
+        list(consumer.run_iteration(context))
+        assert len(reads) == 4
+        assert any(found for found in reads[2:])  # the failure was read
+        list(consumer.run_iteration(context))
+        assert len(reads) == 4
+
+
+def test_run_retries_read_again_after_a_look_that_failed(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import DagsterRun, instance_for_test
+
+    daemon.read_run_events_when_written()
+    consumer = dagster_private.event_log_consumer_module.EventLogConsumerDaemon(interval_seconds=1)
+    with instance_for_test() as instance:
+        context = SimpleNamespace(instance=instance)
+        list(consumer.run_iteration(context))
+        reads = _reads(instance, monkeypatch)
+        storage = instance.event_log_storage
+        working = storage.get_logs_for_all_runs_by_log_id
+        failing = [True]
+
+        def locked_once(*args: object, **kwargs: object) -> object:
+            if failing.pop() if failing else False:
+                raise RuntimeError("database is locked")
+            return working(*args, **kwargs)
+
+        monkeypatch.setattr(storage, "get_logs_for_all_runs_by_log_id", locked_once)
+        run = instance.add_run(
+            DagsterRun(job_name="job", run_id="b" * 8 + "-0000-0000-0000-" + "0" * 12)
+        )
+        instance.report_run_failed(run)
+        with pytest.raises(RuntimeError):
+            list(consumer.run_iteration(context))
+        list(consumer.run_iteration(context))  # nothing written since: read all the same
+        assert len(reads) == 2
+        assert any(reads)
+
+
+def test_run_retries_read_every_time_on_other_storage() -> None:
+    instance = SimpleNamespace(event_log_storage=object())
+    assert daemon.sqlite_event_index_database(instance) is None
 
 
 class _CodeServer:
