@@ -16,8 +16,8 @@ multi-threaded gRPC server itself would not be safe). It reads the environment o
 start: restart the code server to load new code or settings, as a deployment does anyway.
 ``BULK_CHANGES_RUN_WORKER_START=spawn`` keeps Dagster's own way.
 
-Its gRPC server's main thread wakes once a second, not ten times, while it waits to be
-stopped (``wait_for_grpc_stop_calmly``), and its cleanup thread looks for dead run
+Its gRPC server's main thread wakes once a minute, not ten times a second, while it waits
+to be stopped (``wait_for_grpc_stop_calmly``), and its cleanup thread looks for dead run
 workers every 5 s, not twice a second (``look_for_dead_run_workers_every``).
 
 Every sensor tick it evaluates uses one Dagster instance and one set of built resources,
@@ -108,9 +108,11 @@ def read_migrations_once() -> None:
 
 # How long the gRPC server's main thread sleeps between looks at whether the server has
 # stopped: grpcio's 0.1 s (ten wake-ups a second, 0.1% of a core while idle) is there for
-# Ctrl+C where a wait cannot be interrupted by a signal; on Linux it can, and a stop sets
-# the event the thread waits on, so it still ends at once.
-GRPC_WAIT_SECONDS = 1.0
+# Ctrl+C where a wait cannot be interrupted by a signal; on Linux it can (a SIGTERM or
+# SIGINT handler runs, and raises, during the wait), and a stop sets the event the thread
+# waits on, so it still ends at once. Once a second cost 0.01-0.02% of a core
+# (per-thread CPU, docs/benchmarks.md): nothing needs it sooner.
+GRPC_WAIT_SECONDS = 60.0
 
 
 def wait_for_grpc_stop_calmly(seconds: float = GRPC_WAIT_SECONDS) -> None:

@@ -120,11 +120,43 @@ def restored_grpc_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT", grpc._common.MAXIMUM_WAIT_TIMEOUT)
 
 
-def test_the_grpc_servers_wait_wakes_once_a_second(restored_grpc_wait: None) -> None:
+def test_the_grpc_servers_wait_wakes_once_a_minute(restored_grpc_wait: None) -> None:
     import grpc._common
 
     code_server.wait_for_grpc_stop_calmly()
-    assert grpc._common.MAXIMUM_WAIT_TIMEOUT == code_server.GRPC_WAIT_SECONDS == 1.0
+    assert grpc._common.MAXIMUM_WAIT_TIMEOUT == code_server.GRPC_WAIT_SECONDS == 60.0
+
+
+def test_a_signal_ends_the_grpc_servers_wait_at_once(restored_grpc_wait: None) -> None:
+    # the code server's stop on SIGTERM / Ctrl+C: its handler runs during the long wait
+    import os
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    code_server.wait_for_grpc_stop_calmly()
+    server = grpc.server(ThreadPoolExecutor(1))
+    server.start()
+    previous = signal.signal(signal.SIGTERM, stop)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    try:
+        timer.start()
+        with pytest.raises(Stopped):
+            server.wait_for_termination()
+        assert time.monotonic() - started < 5
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=None)
 
 
 def test_a_stopped_grpc_server_still_ends_its_wait(restored_grpc_wait: None) -> None:
