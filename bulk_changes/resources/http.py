@@ -49,6 +49,8 @@ from bulk_changes.domain import errors
 from bulk_changes.domain.audit import Exchange, to_text
 from bulk_changes.domain.settings import RateLimit
 from bulk_changes.processing import stopping
+from bulk_changes.resources.http_connections import Answer, KeepAliveConnections, NotConnected
+from bulk_changes.resources.lean_request import HeaderCache, LeanRequest, lean_request
 from bulk_changes.resources.rate_limit import NoLimiter
 
 DEFAULT_THROTTLE_DELAY = 1.0
@@ -196,7 +198,7 @@ def _never_connected(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, NewConnectionError | ConnectionRefusedError):
+        if isinstance(current, NewConnectionError | ConnectionRefusedError | NotConnected):
             return True
         nxt = getattr(current, "reason", None)
         if not isinstance(nxt, BaseException):
@@ -249,6 +251,18 @@ class DepartureStampingAdapter(HTTPAdapter):
             "http": _StampingHTTPPool,
             "https": _StampingHTTPSPool,
         }
+
+
+def _stamp_departure(at: float) -> None:
+    _departure.at = at
+
+
+class _CookieSource:
+    """What requests' cookie jar reads of an answer: its parsed headers."""
+
+    def __init__(self, message: Any) -> None:
+        self._original_response = self
+        self.msg = message
 
 
 def forget_departure() -> None:
@@ -347,6 +361,9 @@ class HttpCaller:
         # twice a call), on again once a call has been answered.
         self._connecting_ahead = True
         self._session_settings: dict[str, Any] | None = None
+        # the session's CA settings, read once as requests reads them per call
+        self.connections = KeepAliveConnections(verify=self.session.verify)
+        self._headers = HeaderCache()
 
     # -- public -----------------------------------------------------------------------
 
@@ -381,7 +398,7 @@ class HttpCaller:
         shown_url = url
         started = 0.0
         duration_ms = 0.0
-        raw: requests.Response | None = None
+        raw: Answer | None = None
         failure: requests.RequestException | None = None
         departed: float | None = None
         penalized = False  # the limiter was told of a throttled answer inside the slot
@@ -390,14 +407,22 @@ class HttpCaller:
         lease = 2 * self.timeout_seconds + 5
         # Built before the turn, as Session.request would build it: on a one-in-flight
         # account the time from one answer to the next call is lost budget.
+        lean: LeanRequest | None = None
+        prepared: requests.PreparedRequest | None = None
+        settings: dict[str, Any] = {}
         try:
-            prepared = self._prepare(method, url, params, data, all_headers)
-            settings = self._settings(prepared)
+            lean = self._lean_request(method, url, params, data, all_headers)
+            if lean is None:
+                prepared = self._prepare(method, url, params, data, all_headers)
+                settings = self._settings(prepared)
         except requests.RequestException as exc:  # a URL requests cannot send: no call made
             failure = exc
         if failure is None and self._connecting_ahead:
             try:
-                connect_ahead(self.session, prepared, settings, self.timeout_seconds)
+                if lean is not None:
+                    self.connections.open_ahead(lean.url, self.timeout_seconds)
+                elif prepared is not None:
+                    connect_ahead(self.session, prepared, settings, self.timeout_seconds)
             except Exception:
                 self._connecting_ahead = False  # the call itself will say what is wrong
         if failure is None:
@@ -409,13 +434,13 @@ class HttpCaller:
                 started = time.perf_counter()
                 forget_departure()
                 try:
-                    raw = self.session.send(
-                        prepared, timeout=self.timeout_seconds, allow_redirects=False, **settings
-                    )
-                    # read the body inside the slot: the call is over only once it is read
-                    _ = raw.content
+                    # the body is read inside the slot: the call is over only once it is read
+                    if lean is not None:
+                        raw = self._send_lean(lean, (method, url, params, data, all_headers))
+                    elif prepared is not None:
+                        raw = self._send(prepared, settings)
                     self._connecting_ahead = True
-                    if departures is not None:
+                    if departures is not None and raw is not None:
                         penalized = self._tell(departures, raw)
                 except requests.RequestException as exc:
                     failure = exc
@@ -424,15 +449,15 @@ class HttpCaller:
                     if departures is not None and departed is not None:
                         departures.departed(departed)
                 duration_ms = (time.perf_counter() - started) * 1000.0
-        if raw is not None and raw.request is not None and raw.request.url:
-            shown_url = raw.request.url
+        if raw is not None and raw.url:
+            shown_url = raw.url
 
         if failure is not None or raw is None:
             lost = self._transport_error(failure, method, url, departed is not None)
             self._report(method, shown_url, request_text, None, None, duration_ms, lost)
             raise lost from failure
 
-        text = self._decode(raw)
+        text = raw.text
         response = ApiResponse(raw.status_code, None, text, dict(raw.headers))
         error_or_response = self._translate(method, raw, response)
         error: errors.ExternalError | None
@@ -501,12 +526,54 @@ class HttpCaller:
         """``Session.merge_environment_settings``: the same for every call of a session
         that ignores the environment (its proxies and CA read once, environment_session)."""
         if self.session.trust_env:
-            return self.session.merge_environment_settings(prepared.url, {}, None, None, None)
+            return self.session.merge_environment_settings(prepared.url or "", {}, None, None, None)
         if self._session_settings is None:
             self._session_settings = self.session.merge_environment_settings(
-                prepared.url, {}, None, None, None
+                prepared.url or "", {}, None, None, None
             )
         return dict(self._session_settings)
+
+    def _lean_request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        data: bytes | None,
+        headers: Mapping[str, str],
+    ) -> LeanRequest | None:
+        """The call as ``KeepAliveConnections`` sends it, when it can: the session is ours
+        (environment_session's adapter) and adds nothing but headers, the call needs no
+        proxy nor client certificate, and its URL and parameters are plain
+        (``lean_request``). None: requests prepares and sends it."""
+        session = self.session
+        if (
+            not self._plain_session()
+            or session.cert
+            or not isinstance(session.get_adapter(url), DepartureStampingAdapter)
+            or (session.proxies and requests.utils.select_proxy(url, session.proxies))
+        ):
+            return None
+        merged = self._headers.merged(session.headers, headers)
+        return lean_request(method, url, params, data, merged)
+
+    def _send(self, prepared: requests.PreparedRequest, settings: Mapping[str, Any]) -> Answer:
+        raw = self.session.send(
+            prepared, timeout=self.timeout_seconds, allow_redirects=False, **settings
+        )
+        return Answer(raw.status_code, raw.headers, raw.content, raw.url or "")
+
+    def _send_lean(self, lean: LeanRequest, call: tuple[Any, ...]) -> Answer:
+        """Over the keep-alive connections; ``call``: the arguments of ``_prepare``, for a
+        cookie the vendor sets (requests' jar reads it off a prepared request)."""
+        answer = self.connections.send(
+            lean.method, lean.url, lean.body, lean.headers, self.timeout_seconds, _stamp_departure
+        )
+        if answer.message is not None and "Set-Cookie" in answer.headers:
+            # kept as requests keeps them; the session sends them back (through requests)
+            requests.cookies.extract_cookies_to_jar(
+                self.session.cookies, self._prepare(*call), _CookieSource(answer.message)
+            )
+        return answer
 
     def _carries_throttle_code(self, text: str) -> bool:
         """The system's own error code says throttled (read as ``_translate`` reads it)."""
@@ -519,7 +586,7 @@ class HttpCaller:
         _, code = self.error_reader(body, text)
         return code is not None and str(code) in self.throttle_codes
 
-    def _tell(self, departures: Departures, raw: requests.Response) -> bool:
+    def _tell(self, departures: Departures, raw: Answer) -> bool:
         """Tell the limiter how the call went while its slot is still held: a throttled
         answer must move the account's next turns on before anyone takes them. -> whether
         the limiter took the throttled answer (then it needs no ``penalize``)."""
@@ -541,13 +608,6 @@ class HttpCaller:
     def _audit_text(self, body: Any) -> str | None:
         text = to_text(body)
         return self.scrub(text) if text is not None else None
-
-    @staticmethod
-    def _decode(raw: requests.Response) -> str:
-        try:
-            return raw.content.decode(raw.encoding or "utf-8", errors="replace")
-        except LookupError:
-            return raw.content.decode("utf-8", errors="replace")
 
     def _transport_error(
         self,
@@ -589,7 +649,7 @@ class HttpCaller:
         )
 
     def _translate(
-        self, method: str, raw: requests.Response, response: ApiResponse
+        self, method: str, raw: Answer, response: ApiResponse
     ) -> ApiResponse | errors.ExternalError:
         status = raw.status_code
         text = response.text

@@ -1,4 +1,5 @@
-"""The HTTP caller around a call's turn (resources/http.py): it opens its connection before
+"""The HTTP caller around a call's turn (resources/http.py, over its keep-alive connections,
+resources/http_connections.py): it opens its connection before
 the turn (``connect_ahead``) and tells the limiter when the request left. A call that
 reaches the vendor late, after connecting or with its thread stalled, would crowd the
 vendor's window of the calls after it."""
@@ -10,12 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from urllib3 import HTTPConnectionPool, PoolManager
-from urllib3.connection import HTTPConnection
 
 from bulk_changes.domain import errors
 from bulk_changes.domain.settings import RateLimit
 from bulk_changes.resources.http import HttpCaller, basic_auth_header
+from bulk_changes.resources.http_connections import KeepAliveConnections
 from bulk_changes.resources.local_sqs import free_port
 from bulk_changes.simulators import SimulatorSet, start_simulators
 
@@ -23,11 +23,11 @@ DEVICE = "/devices/89011704278930000001"
 
 
 class TurnRecorder:
-    """Our limiter's protocol; at each turn, records whether the pool the call is about
-    to use holds an open connection."""
+    """Our limiter's protocol; at each turn, records whether the connections the call is
+    about to use hold an open one."""
 
     def __init__(self) -> None:
-        self.pools: PoolManager | None = None
+        self.connections: KeepAliveConnections | None = None
         self.open_at_turn: list[bool] = []
         self.turns: list[tuple[float, float]] = []  # (turn, slot left)
         self.departures: list[float] = []
@@ -36,7 +36,8 @@ class TurnRecorder:
     def slot(
         self, account_name: str, limit: RateLimit, lease_seconds: float | None = None
     ) -> Iterator[TurnRecorder]:
-        self.open_at_turn.append(any(c.is_connected for c in self.idle_connections()))
+        assert self.connections is not None
+        self.open_at_turn.append(any(c.sock is not None for c in self.connections.idle()))
         turn = time.time()
         yield self
         self.turns.append((turn, time.time()))
@@ -44,16 +45,9 @@ class TurnRecorder:
     def departed(self, at: float) -> None:
         self.departures.append(at)
 
-    def connection_pools(self) -> list[HTTPConnectionPool]:
-        assert self.pools is not None
-        pools = self.pools.pools  # iterating it raises: urllib3 only offers its keys()
-        return [pools[key] for key in pools.keys()]  # noqa: SIM118
-
-    def idle_connections(self) -> list[HTTPConnection]:
-        return [c for pool in self.connection_pools() for c in list(pool.pool.queue) if c]
-
     def connections_made(self) -> int:
-        return sum(pool.num_connections for pool in self.connection_pools())
+        assert self.connections is not None
+        return self.connections.connections_made
 
     def penalize(self, account_name: str, seconds: float) -> None:
         pass
@@ -79,7 +73,7 @@ def caller_for(base_url: str) -> tuple[HttpCaller, TurnRecorder]:
         secrets=["sim-jasper-key"],
         limiter=turns,
     )
-    turns.pools = caller.session.get_adapter(caller.url(DEVICE)).poolmanager
+    turns.connections = caller.connections
     return caller, turns
 
 
@@ -97,7 +91,8 @@ def test_a_connection_closed_since_the_last_call_is_reopened_before_the_turn(
 ) -> None:
     caller, turns = caller_for(sims.jasper_url)
     caller.request("GET", DEVICE)
-    for conn in turns.idle_connections():
+    assert turns.connections is not None
+    for conn in turns.connections.idle():
         conn.close()  # as when the vendor closes an idle connection
     caller.request("GET", DEVICE)
     assert turns.open_at_turn == [True, True]
