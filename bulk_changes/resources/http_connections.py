@@ -2,12 +2,13 @@
 
 Why not requests for the vendor calls: at the carriers' limits a run worker spends most of
 its CPU around its HTTP calls, and requests' Session.send (hooks, cookie extraction,
-urllib3's pool, retries and response objects, all per call) cost about twice the
-http.client call underneath it (``bench/http_call_cost.py``). The call path that every
-device takes therefore sends a request prepared by requests (the same bytes requests would
-send) over a connection of this pool. ``HttpCaller`` still sends through requests whatever
-this pool does not cover: a proxy, a client certificate, cookies the vendor set, a
-session with auth or hooks (``HttpCaller._lean``).
+urllib3's pool, retries and response objects, all per call) cost about as much again as
+the http.client exchange underneath it (CPU per call against a local keep-alive server:
+requests' Session 1.3-1.4 ms, http.client 0.5 ms; docs/benchmarks.md). The call path
+that every device takes therefore sends the request requests would send
+(``lean_request``) over a connection of this pool. ``HttpCaller`` still sends through
+requests whatever this pool does not cover: a proxy, a client certificate, cookies the
+vendor set, a session with auth or hooks (``HttpCaller._lean_request``).
 
 Failures come out as requests' own exceptions, so the caller translates one tree:
 
@@ -207,13 +208,6 @@ class KeepAliveConnections:
         with self._lock:
             return [c for conns in self._idle.values() for c in conns]
 
-    def close(self) -> None:
-        with self._lock:
-            conns = [c for cs in self._idle.values() for c in cs]
-            self._idle.clear()
-        for conn in conns:
-            conn.close()
-
     # -- a call -----------------------------------------------------------------------
 
     def send(
@@ -266,5 +260,7 @@ class KeepAliveConnections:
             try:
                 content = _decoded(content, coding)
             except zlib.error as exc:
-                raise requests.exceptions.ContentDecodingError(f"the answer's {coding} is broken") from exc
+                raise requests.exceptions.ContentDecodingError(
+                    f"the answer's {coding} is broken"
+                ) from exc
         return Answer(response.status, answer_headers, content, url, response.msg)
