@@ -226,3 +226,59 @@ def test_https_to_a_vendor_whose_certificate_is_unknown_is_refused_before_sendin
     assert caught.value.sent is False
     assert "certificate" in str(caught.value).lower()
     assert tls_vendor.seen == []
+
+
+def _raw_request_of(send: Any) -> bytes:
+    """The bytes a vendor receives for the one request ``send(root)`` makes (its port
+    written PORT: each call has a vendor of its own)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")),
+                0,
+            )  # fmt: skip
+            while len(body) < length:
+                body += conn.recv(65536)
+            received.append(head + b"\r\n\r\n" + body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")  # fmt: skip
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        send(f"http://127.0.0.1:{port}")
+        server.join(5)
+    finally:
+        listener.close()
+    return received[0].replace(b":%d" % port, b":PORT")
+
+
+def test_the_request_is_byte_for_byte_the_one_requests_sends() -> None:
+    def by_requests(root: str) -> None:
+        requests.Session().put(
+            root + "/rws/api/v1/devices/8901",
+            params={"page": 2},
+            data=json.dumps({"status": "A"}).encode(),
+            headers={
+                "Authorization": "Basic c2VjcmV0",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
+
+    def by_us(root: str) -> None:
+        caller_at(root).request(
+            "PUT", "/devices/8901", params={"page": 2}, json_body={"status": "A"}
+        )
+
+    assert _raw_request_of(by_us) == _raw_request_of(by_requests)
