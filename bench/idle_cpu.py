@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.measure import TICKS, TreeSampler
+from bench.measure import TICKS, TreeSampler, stop_cleanly_on_sigterm
 from bench.run_bench import wait_for_sensor
 
 SETTLE_SECONDS = 10.0
@@ -92,6 +92,7 @@ def top_functions(raw_file: Path, limit: int = 25) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

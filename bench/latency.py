@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import TreeSampler
+from bench.measure import TreeSampler, stop_cleanly_on_sigterm
 from bench.run_bench import wait_for_sensor
 from bulk_changes.defs.settings import default_long_poll
 from bulk_changes.demo import demo_iccid
@@ -79,6 +79,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

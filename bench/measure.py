@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -323,3 +325,14 @@ class HostPauses:
             "longest_ms": round(max(self.pauses_ms, default=0.0), 1),
             "over_tolerance": sum(p > self.tolerance_ms for p in self.pauses_ms),
         }
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """A SIGTERM (``timeout``, ``kill``) ends a benchmark as Ctrl+C would: its ``finally``
+    blocks stop the stack it started (daemon, code server, the SQS server, the
+    simulators) instead of leaving them running."""
+
+    def _exit(signum: int, _frame: Any) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

@@ -50,6 +50,7 @@ from bench.measure import (
     peak_memory_of,
     per_second_series,
     plot,
+    stop_cleanly_on_sigterm,
 )
 from bench.scenarios import BASE_LATENCY_MS, BASE_LIMITS, Scenario, scenarios
 from bulk_changes.demo import demo_iccid, demo_msisdn
@@ -675,6 +676,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
