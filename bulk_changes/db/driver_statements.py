@@ -1,4 +1,4 @@
-"""A few hot statements executed on the driver's cursor, inside SQLAlchemy's transaction.
+"""A few hot statements executed on the driver's cursor, inside a transaction.
 
 Every device change writes its journal (db/journal.py) with a handful of one-row
 statements. Through SQLAlchemy's execution each cost about 45 us of CPU (its execution
@@ -6,9 +6,10 @@ context, events, result set-up, the cache key of the compiled statement), agains
 10 us on the driver's cursor: more than the statements themselves and SQLite's commits
 together (a run worker's largest share after the HTTP calls). Here a statement is
 compiled by SQLAlchemy once per dialect and set of parameter names, and executed with
-the driver's own cursor on the transaction's connection. The transaction stays
-SQLAlchemy's (``engine.begin()``: the pool, SQLite's BEGIN IMMEDIATE and writer lock,
-commit, rollback on any error), and so does every value's conversion (the bind
+the driver's own cursor on the transaction's connection. The transaction is SQLAlchemy's
+(``engine.begin()``) or, for the hot ones, db/driver_transactions.py's on the driver
+with the same guarantees (the pool, SQLite's BEGIN IMMEDIATE and writer lock, commit,
+rollback on any error); every value's conversion stays SQLAlchemy's (the bind
 processors of the columns' types, e.g. UtcDateTime's). The driver's errors come out as
 SQLAlchemy's (a lost PostgreSQL connection is invalidated as SQLAlchemy would), so
 ``store_errors`` tells them as it tells any other.
@@ -20,14 +21,28 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
-from sqlalchemy import Connection, Table, bindparam, insert
+from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.expression import Executable
 
 Params = Mapping[str, Any]
+
+
+class InTransaction(Protocol):
+    """A transaction the statements run in: SQLAlchemy's Connection in ``engine.begin()``,
+    or db/driver_transactions.py's ``DriverTransaction``."""
+
+    @property
+    def connection(self) -> PoolProxiedConnection: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def invalidate(self, exception: BaseException | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,12 +99,12 @@ class DriverStatement:
                     form = self._forms[key] = _compile(self.statement, dialect, keys)
         return form
 
-    def execute(self, conn: Connection, params: Params) -> int:
+    def execute(self, conn: InTransaction, params: Params) -> int:
         """-> the rows the statement changed."""
         form = self._form(conn.dialect, tuple(params))
         return _run(conn, form, form.parameters(params))
 
-    def column(self, conn: Connection, params: Params) -> list[Any]:
+    def column(self, conn: InTransaction, params: Params) -> list[Any]:
         """A SELECT's first column, row by row, as the driver gives it (no result type's
         conversion: for columns whose driver values are already the ones wanted, e.g.
         Float and Integer)."""
@@ -135,7 +150,7 @@ class DriverInsert:
                     self._forms[key] = form
         return form
 
-    def execute(self, conn: Connection, rows: Sequence[Params]) -> int:
+    def execute(self, conn: InTransaction, rows: Sequence[Params]) -> int:
         """-> the rows inserted. Every row has the keys of the first."""
         if not rows:
             return 0
@@ -146,12 +161,14 @@ class DriverInsert:
 
 
 @overload
-def _run(conn: Connection, form: _Form, parameters: Any, fetch: Literal[False] = False) -> int: ...
+def _run(
+    conn: InTransaction, form: _Form, parameters: Any, fetch: Literal[False] = False
+) -> int: ...
 @overload
-def _run(conn: Connection, form: _Form, parameters: Any, fetch: Literal[True]) -> list[Any]: ...
-def _run(conn: Connection, form: _Form, parameters: Any, fetch: bool = False) -> int | list[Any]:
+def _run(conn: InTransaction, form: _Form, parameters: Any, fetch: Literal[True]) -> list[Any]: ...
+def _run(conn: InTransaction, form: _Form, parameters: Any, fetch: bool = False) -> int | list[Any]:
     """-> the rows changed; with ``fetch``, the first column of the rows selected."""
-    fairy = conn.connection  # the pool's connection, in the transaction SQLAlchemy began
+    fairy = conn.connection  # the pool's connection, in the transaction begun
     dialect = conn.dialect
     dbapi = dialect.loaded_dbapi
     cursor = fairy.cursor()

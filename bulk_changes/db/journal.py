@@ -13,6 +13,7 @@ from sqlalchemy import Engine, Table, and_, bindparam, insert, select, update
 from bulk_changes.db import schema as t
 from bulk_changes.db.audit import audit_rows, storable
 from bulk_changes.db.driver_statements import DriverInsert, DriverStatement
+from bulk_changes.db.driver_transactions import lean_transaction
 from bulk_changes.db.store_errors import store_errors, store_errors_and_values
 from bulk_changes.domain.clock import utc_now
 from bulk_changes.domain.model import FINAL_DEVICE_VALUES, AuditEntry, StepSuccess
@@ -48,7 +49,8 @@ _UPDATE_DEVICE = DriverStatement(
     update(t.devices).where(t.devices.c.id == bindparam("b_device_id"))
 )
 # executed on the driver's cursor (db/driver_statements.py): SQLAlchemy's execution of
-# these cost more CPU than the statements and the commits together
+# these cost more CPU than the statements and the commits together; and in a transaction
+# on the driver (db/driver_transactions.py) for the same reason
 _INSERT_AUDIT = DriverInsert(t.audit_log)
 _INSERT_STARTED = DriverInsert(t.step_progress, on_conflict_do_nothing=True)
 _INSERT_COMPLETED = DriverInsert(t.completed_steps, on_conflict_do_nothing=True)
@@ -109,7 +111,7 @@ class StepJournal:
         marker = f"{step}{STARTED}"
         now = utc_now()
         attempts = after.attempts if after is not None else 0
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             if after is not None:
                 if bulk_change_id is None:
                     raise ValueError("a step success is recorded with its bulk change's id")
@@ -144,7 +146,7 @@ class StepJournal:
     def record_step_success(
         self, bulk_change_id: int, device_change_id: int, success: StepSuccess, run_id: str | None
     ) -> None:
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             self._write_step_success(conn, bulk_change_id, device_change_id, success, run_id)
             self._add_attempts(conn, device_change_id, success.attempts)
 
@@ -226,7 +228,7 @@ class StepJournal:
         """
         now = utc_now()
         added = (1 if count_attempt else 0) + (after.attempts if after is not None else 0)
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             moved = _FINISH.execute(
                 conn,
                 {

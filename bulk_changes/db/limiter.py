@@ -26,18 +26,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 
 from bulk_changes.db import schema as t
-from bulk_changes.db.driver_statements import DriverStatement
+from bulk_changes.db.driver_statements import DriverStatement, InTransaction
+from bulk_changes.db.driver_transactions import lean_transaction
 from bulk_changes.domain.settings import RateLimit
 from bulk_changes.processes import ProcessIdentity
 
 # The statements of every call, built once (building and keying them per call was a
 # tenth of a run worker's CPU under py-spy), and executed on the driver's cursor inside
 # SQLAlchemy's transaction (db/driver_statements.py): through SQLAlchemy's execution each
-# cost about 45 us of CPU, and a turn's transaction runs four or five of them.
+# cost about 45 us of CPU, and a turn's transaction runs four or five of them. The
+# transactions of a call's turn are on the driver too (db/driver_transactions.py): the
+# Connection of ``engine.begin()`` cost more than their statements and commit together.
 _FOREVER = float("inf")
 _clock, _slots, _waiters = t.rate_limit_clock.c, t.rate_limit_slots.c, t.rate_limit_waiters.c
 _CLOCK_LOCKED = DriverStatement(
@@ -77,6 +80,11 @@ _HELD_SLOT = update(t.rate_limit_slots).where(
 )
 _KEEP_SLOT = DriverStatement(_HELD_SLOT.values(expires_at=bindparam("b_expires")))
 _FREE_SLOT = DriverStatement(_HELD_SLOT.values(holder=None, expires_at=0.0))
+# a caller waiting for a slot (see _take_slot_and_turn)
+_waiter = (_waiters.account == bindparam("b_account"), _waiters.holder == bindparam("b_holder"))
+_DROP_WAITER = DriverStatement(delete(t.rate_limit_waiters).where(*_waiter))
+_ADD_WAITER = DriverStatement(insert(t.rate_limit_waiters))
+_RENEW_WAITER = DriverStatement(update(t.rate_limit_waiters).where(*_waiter))
 _CLOCK_NOT_BEFORE = DriverStatement(
     update(t.rate_limit_clock)
     .where(
@@ -107,7 +115,7 @@ _CLOCK_PUSH = DriverStatement(
 )
 
 
-def _one(conn: Connection, statement: DriverStatement, params: dict[str, Any]) -> Any:
+def _one(conn: InTransaction, statement: DriverStatement, params: dict[str, Any]) -> Any:
     """The one value a SELECT of one row and column finds (SQLAlchemy's ``scalar_one``)."""
     found = statement.column(conn, params)
     if not found:
@@ -117,7 +125,7 @@ def _one(conn: Connection, statement: DriverStatement, params: dict[str, Any]) -
     return found[0]
 
 
-def _first(conn: Connection, statement: DriverStatement, params: dict[str, Any]) -> Any:
+def _first(conn: InTransaction, statement: DriverStatement, params: dict[str, Any]) -> Any:
     """The first value a SELECT finds, None if none (SQLAlchemy's ``scalar``)."""
     found = statement.column(conn, params)
     return found[0] if found else None
@@ -856,12 +864,12 @@ class DbLimiter:
     ) -> float | None:
         """The holder's next turn, its slot kept: -> its start; None when another run
         is waiting for the account (or the slot was lost)."""
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             return self._hand_on(conn, account_name, slot, holder, not_before, spacing, lease)
 
     def _hand_on(
         self,
-        conn: Connection,
+        conn: InTransaction,
         account_name: str,
         slot: int,
         holder: str,
@@ -1006,7 +1014,7 @@ class DbLimiter:
         runs: list[_TurnRun] = []
         start_at: float | None = None
         try:
-            with self.engine.begin() as conn:
+            with lean_transaction(self.engine) as conn:
                 start_at = self._hand_on(
                     conn,
                     account_name,
@@ -1056,7 +1064,7 @@ class DbLimiter:
             return None
         turn, taken_at = ahead
         holder = f"{self._holder_prefix}:{threading.get_ident()}"
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             now = self.clock()
             waiting = int(
@@ -1155,7 +1163,7 @@ class DbLimiter:
 
     def _give_back(self, account_name: str, holder: str, slot: int) -> None:
         try:
-            with self.engine.begin() as conn:
+            with lean_transaction(self.engine) as conn:
                 _FREE_SLOT.execute(
                     conn, {"b_account": account_name, "b_slot": slot, "b_holder": holder}
                 )
@@ -1234,7 +1242,7 @@ class DbLimiter:
         ``turn + n * spacing + lateness``: a window and the fixed margin after the moment
         this call counts from; the margin's half absorbs the delay to the real departure
         (re-checked by the caller), as for a call on time."""
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             now = self.clock()
             _CLOCK_ADD.execute(conn, {"b_account": account_name, "b_push": max(0.0, now - turn)})
@@ -1246,7 +1254,7 @@ class DbLimiter:
         self, account_name: str, limit: RateLimit, slot: int, holder: str, lease: float
     ) -> float:
         """A fresh turn for the holder of ``slot``, whose own came and went; -> its start."""
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             next_free = _one(conn, _CLOCK_LOCKED, {"b_account": account_name})
             start_at, _ = self._turn_keeping_slot(
                 conn,
@@ -1261,7 +1269,7 @@ class DbLimiter:
 
     def _turn_keeping_slot(
         self,
-        conn: Connection,
+        conn: InTransaction,
         account_name: str,
         slot: int,
         holder: str,
@@ -1378,11 +1386,10 @@ class DbLimiter:
         left, own_next = self._left_clock.get(account_name), self._own_next.get(account_name)
         resume = (left, own_next) if limit.max_in_flight == 1 and own_next is not None else None
         poll = min(self.poll_seconds, limit.interval / 4)
-        waiters = t.rate_limit_waiters.c
         waiting_since: float | None = None
         alive_until = 0.0
         while True:
-            with self.engine.begin() as conn:
+            with lean_transaction(self.engine) as conn:
                 # Locked first (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE), the time
                 # read after: a turn is never handed out in the past, where it would bunch
                 # up with the turns handed out while this one waited for the lock.
@@ -1429,34 +1436,26 @@ class DbLimiter:
                         conn, {"b_account": account_name, "b_next_free": start_at + step}
                     )
                     if waiting_since is not None:
-                        conn.execute(
-                            delete(t.rate_limit_waiters).where(
-                                waiters.account == account_name, waiters.holder == holder
-                            )
-                        )
+                        _DROP_WAITER.execute(conn, {"b_account": account_name, "b_holder": holder})
                         self._contended(account_name)
                     return holder, slot, start_at, float(next_free)
                 if waiting_since is None:
                     waiting_since, alive_until = now, now + self.waiter_lease_seconds
-                    conn.execute(
-                        delete(t.rate_limit_waiters).where(
-                            waiters.account == account_name, waiters.holder == holder
-                        )
-                    )
-                    conn.execute(
-                        insert(t.rate_limit_waiters).values(
-                            account=account_name,
-                            holder=holder,
-                            since=waiting_since,
-                            expires_at=alive_until,
-                        )
+                    _DROP_WAITER.execute(conn, {"b_account": account_name, "b_holder": holder})
+                    _ADD_WAITER.execute(
+                        conn,
+                        {
+                            "account": account_name,
+                            "holder": holder,
+                            "since": waiting_since,
+                            "expires_at": alive_until,
+                        },
                     )
                 elif alive_until - now < self.waiter_lease_seconds / 2:
                     alive_until = now + self.waiter_lease_seconds
-                    conn.execute(
-                        update(t.rate_limit_waiters)
-                        .where(waiters.account == account_name, waiters.holder == holder)
-                        .values(expires_at=alive_until)
+                    _RENEW_WAITER.execute(
+                        conn,
+                        {"b_account": account_name, "b_holder": holder, "expires_at": alive_until},
                     )
             self._reclaim_dead_holders(account_name)
             # No slot for this caller now, and none could start before the clock's next
@@ -1512,7 +1511,7 @@ class DbLimiter:
         takes turns ahead for this process's next calls too (see _take_turns)."""
         runs: list[_TurnRun] | None = [] if limit is not None and limit.max_in_flight > 1 else None
         handed_at: float | None = None
-        with self.engine.begin() as conn:
+        with lean_transaction(self.engine) as conn:
             pushed = False
             if hand_on_lease is not None:
                 if push > 0:

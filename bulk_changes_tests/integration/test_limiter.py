@@ -19,6 +19,7 @@ from bulk_changes.db import schema as t
 from bulk_changes.db.engine import make_engine
 from bulk_changes.db.limiter import AccountPace, DbLimiter, release_dead_holders
 from bulk_changes.domain.settings import RateLimit
+from bulk_changes_tests.transactions import tell_transactions
 
 LIMIT = RateLimit(calls_per_second=20, max_in_flight=2)
 
@@ -291,8 +292,6 @@ def _threads_calling(
     slot ``held[i]`` seconds. -> (each call's span, the limiter, its transactions)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sqlalchemy import event
-
     limiter = DbLimiter(engine)
     limiter._ensure_rows(account, limit)
     spans: list[tuple[float, float]] = []
@@ -307,12 +306,12 @@ def _threads_calling(
             time.sleep(seconds)
             spans.append((started, time.time()))
 
-    event.listen(engine, "begin", counted)
+    stop_telling = tell_transactions(engine, "begin", counted)
     try:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(one, held))
     finally:
-        event.remove(engine, "begin", counted)
+        stop_telling()
     return spans, limiter, next(transactions)
 
 
@@ -378,8 +377,6 @@ def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_t
 ):
     """One thread, one call after the other: the slot stays the process's between them
     and one transaction takes the turns of the next calls, each a spacing after the last."""
-    from sqlalchemy import event
-
     now = {"t": 1000.0}
 
     def sleep(seconds: float) -> None:
@@ -394,13 +391,13 @@ def test_several_in_flight_a_process_next_calls_take_its_parked_slot_and_turns_t
         next(transactions)
 
     starts = []
-    event.listen(any_engine, "begin", counted)
+    stop_telling = tell_transactions(any_engine, "begin", counted)
     try:
         for _ in range(10):
             with limiter.slot("parked", limit):
                 starts.append(now["t"])
     finally:
-        event.remove(any_engine, "begin", counted)
+        stop_telling()
     assert next(transactions) == 2  # the first slot and turn, then the turns ahead
     assert limiter.turns_ahead == 8
     spacing = limiter.spacing(limit, "parked")
@@ -662,8 +659,6 @@ def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_en
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from sqlalchemy import event
-
     limit = RateLimit(calls_per_second=20, max_in_flight=1)
     limiter = DbLimiter(any_engine)
     # (thread, when): transactions begun (the limiter's statements run on the driver's
@@ -680,12 +675,12 @@ def test_one_in_flight_the_next_turn_is_taken_while_the_call_is_in_flight(any_en
             answered = time.monotonic()
         windows.append((threading.get_ident(), answered, time.monotonic()))
 
-    event.listen(any_engine, "begin", on_execute)
+    stop_telling = tell_transactions(any_engine, "begin", on_execute)
     try:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(one, range(20)))
     finally:
-        event.remove(any_engine, "begin", on_execute)
+        stop_telling()
     after_answer = [
         w for w in windows if any(t == w[0] and w[1] <= at <= w[2] for t, at in statements)
     ]
@@ -1085,8 +1080,6 @@ def _chain_on_a_fake_clock(
     left, on a fake clock (only the slot's holder sleeps). Call ``throttle_call`` is answered throttled
     (1 s). -> (transactions begun once the first call had its turn, the limiter, per
     call: (when it left, the account's clock in the database while it was in flight))."""
-    from sqlalchemy import event
-
     now = {"t": 1000.0}
 
     def sleep(seconds: float) -> None:
@@ -1130,7 +1123,7 @@ def _chain_on_a_fake_clock(
 
     threads = [threading.Thread(target=calling) for _ in range(4)]
     with limiter.slot(account, limit):
-        event.listen(engine, "begin", count)
+        stop_telling = tell_transactions(engine, "begin", count)
         for thread in threads:
             thread.start()
         while limiter._queued[account] < 4:
@@ -1139,7 +1132,7 @@ def _chain_on_a_fake_clock(
         for thread in threads:
             thread.join(60)
     finally:
-        event.remove(engine, "begin", count)
+        stop_telling()
         reader.dispose()
     return begun, limiter, seen
 

@@ -12,6 +12,7 @@ from bulk_changes.domain.step_plans import STAGE_ORDER
 from bulk_changes.processing.runner import StageRunner
 from bulk_changes_tests.conftest import inventory, seed_services, submit
 from bulk_changes_tests.fakes import FakeClients, fake_systems
+from bulk_changes_tests.transactions import tell_transactions
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0, jitter=0.0)
 
@@ -241,8 +242,6 @@ def test_audit_rows_record_each_step(repo, settings, fake_key, jasper_devices):
 def test_a_device_commits_twice_once_before_its_call_and_once_after(
     repo, settings, fake_key, jasper_devices
 ):
-    from sqlalchemy import event
-
     requests = [{"iccid": d, "status": "DEACTIVATED"} for d in jasper_devices]
     result = submit(repo, settings, "device_status", "jasper", requests)
     commits = []
@@ -250,11 +249,11 @@ def test_a_device_commits_twice_once_before_its_call_and_once_after(
     def count(connection):
         commits.append(connection)
 
-    event.listen(repo.engine, "commit", count)
+    stop_telling = tell_transactions(repo.engine, "commit", count)
     try:
         changes = run_all_stages(repo, settings, result.id, fake_key, "jasper")
     finally:
-        event.remove(repo.engine, "commit", count)
+        stop_telling()
     assert {c.status for c in changes.values()} == {"PROCESSED"}
     # the step marked started before the call; the call's record with the device's end
     assert len(commits) == 2 * len(jasper_devices)
@@ -263,8 +262,6 @@ def test_a_device_commits_twice_once_before_its_call_and_once_after(
 def test_a_carrier_call_is_committed_before_the_billing_call_in_one_transaction_with_its_start(
     repo, settings, fake_key, jasper_devices
 ):
-    from sqlalchemy import event
-
     device = jasper_devices[0]
     request = [{"iccid": device, "username": "ann", "cost_center_1": "CC-9"}]
     result = submit(repo, settings, "username_cost_center", "jasper", request)
@@ -297,11 +294,11 @@ def test_a_carrier_call_is_committed_before_the_billing_call_in_one_transaction_
         run_id="run-1",
         sleep=lambda s: None,
     )
-    event.listen(repo.engine, "commit", count)
+    stop_telling = tell_transactions(repo.engine, "commit", count)
     try:
         runner.run([change.id], STAGE_ORDER)
     finally:
-        event.remove(repo.engine, "commit", count)
+        stop_telling()
     assert repo.device_changes_of(result.id)[0].status == "PROCESSED"
     assert seen_at_billing[0] == (
         {"jasper.set_username"},
