@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import event
 
+from bulk_changes.db.driver_transactions import listen
 from bulk_changes.db.engine import make_engine
 from bulk_changes.db.limiter import DbLimiter
 from bulk_changes.db.schema import upgrade
@@ -60,6 +61,8 @@ def run(url: str, name: str, case: Case) -> None:
         begins[0] += 1
 
     event.listen(engine, "begin", count)
+    # the transactions on the driver (db/driver_transactions.py) too
+    listen(engine, lambda told: count(None) if told == "begin" else None)
     rng = random.Random(1)
     holds = [rng.uniform(*case.held) for _ in range(case.calls)]
     starts: list[float] = []
