@@ -78,7 +78,8 @@ def open_ui(page, url):
 
 def shot(page, name):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    # a dialog that just opened fades in: its animation run to the end, not caught halfway
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), animations="disabled")
 
 
 def run_row(page, run_id):
