@@ -114,10 +114,10 @@ def caller_at(root: str, timeout: float = 5.0) -> HttpCaller:
     )
 
 
-def test_the_vendor_receives_what_requests_would_have_sent(vendor: Vendor) -> None:
-    session = requests.Session()
-    session.put(
-        vendor.root + "/rws/api/v1/devices/8901",
+def put_by_requests(root: str) -> None:
+    """The PUT ``put_by_us`` makes, sent by requests itself."""
+    requests.Session().put(
+        root + "/rws/api/v1/devices/8901",
         params={"page": 2},
         data=json.dumps({"status": "A"}).encode(),
         headers={
@@ -126,9 +126,15 @@ def test_the_vendor_receives_what_requests_would_have_sent(vendor: Vendor) -> No
             "Accept": "application/json",
         },
     )
-    caller_at(vendor.root).request(
-        "PUT", "/devices/8901", params={"page": 2}, json_body={"status": "A"}
-    )
+
+
+def put_by_us(root: str) -> None:
+    caller_at(root).request("PUT", "/devices/8901", params={"page": 2}, json_body={"status": "A"})
+
+
+def test_the_vendor_receives_what_requests_would_have_sent(vendor: Vendor) -> None:
+    put_by_requests(vendor.root)
+    put_by_us(vendor.root)
     by_requests, ours = vendor.seen
     assert ours == by_requests
 
@@ -264,21 +270,4 @@ def _raw_request_of(send: Any) -> bytes:
 
 
 def test_the_request_is_byte_for_byte_the_one_requests_sends() -> None:
-    def by_requests(root: str) -> None:
-        requests.Session().put(
-            root + "/rws/api/v1/devices/8901",
-            params={"page": 2},
-            data=json.dumps({"status": "A"}).encode(),
-            headers={
-                "Authorization": "Basic c2VjcmV0",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            },
-        )
-
-    def by_us(root: str) -> None:
-        caller_at(root).request(
-            "PUT", "/devices/8901", params={"page": 2}, json_body={"status": "A"}
-        )
-
-    assert _raw_request_of(by_us) == _raw_request_of(by_requests)
+    assert _raw_request_of(put_by_us) == _raw_request_of(put_by_requests)
