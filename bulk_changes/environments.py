@@ -128,6 +128,8 @@ def processing_leaves(make: Make) -> dict[str, Any]:
             **from_env(
                 max_attempts=("BULK_CHANGES_MAX_ATTEMPTS", int),
                 base_delay_seconds=("BULK_CHANGES_BASE_DELAY", float),
+                workers_per_slot=("BULK_CHANGES_WORKERS_PER_SLOT", int),
+                max_workers=("BULK_CHANGES_MAX_WORKERS", int),
                 switch_interval_seconds=("BULK_CHANGES_SWITCH_INTERVAL", float),
                 stop_grace_seconds=("BULK_CHANGES_STOP_GRACE", float),
             ),
