@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import tempfile
 
 # Imported by a run worker after the fork, found with py-spy and sys.modules: Dagster's
 # run execution and its SQLite storage, the project's processing path.
@@ -34,6 +35,14 @@ RUN_MODULES = (
     # the tenants file's pydantic models, imported when a run first reads its tenant
     # (``tenant_file.load_settings``): 16 ms of a run worker's CPU, its models built
     "bulk_changes.schemas.tenants_file",
+    # seen opened by a run worker under strace: its instance, run config and step threads
+    "dagster._core.instance.factory",
+    "dagster._core.storage.root",
+    "dagster._core.system_config.composite_descent",
+    "dagster._utils.test",
+    "multiprocessing.queues",
+    "multiprocessing.synchronize",
+    "multiprocessing.popen_forkserver",
 )
 
 
@@ -49,6 +58,19 @@ def read_storage_migrations() -> None:
     dagster_storage_sql.ScriptDirectory.from_config(config).as_revision_number("head")
 
 
+def make_a_upath() -> None:
+    """Every instance Dagster makes from its reference (each run worker's, at its start)
+    gets a defs-state storage on a ``UPath``: the first one imports universal_pathlib and
+    fsspec and reads every installed distribution's entry points, twice (about 50 ms of
+    a run worker's CPU, strace and a forked child's ``DagsterInstance.from_ref``). Made
+    here once, the forked worker finds them done."""
+    try:
+        from upath import UPath
+    except ImportError:  # a Dagster without it makes none
+        return
+    UPath(tempfile.gettempdir())
+
+
 def preload(modules: tuple[str, ...] = RUN_MODULES) -> list[str]:
     """Import ``modules`` (those this Dagster or environment lacks are skipped), read
     the storage's migrations and keep one engine per SQLite database
@@ -61,6 +83,7 @@ def preload(modules: tuple[str, ...] = RUN_MODULES) -> list[str]:
         except ImportError:
             missing.append(name)
     read_storage_migrations()
+    make_a_upath()
     # Dagster's SQLite storage makes a new engine, its compiled statements with it, for
     # every connection: a run worker stores each of its events so (3% of an unconstrained
     # run worker's busy samples under py-spy were the engines made and the INSERT compiled)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import bulk_changes
+
+DEFAULT_DAGSTER_YAML = Path(bulk_changes.__file__).parent / "defaults" / "dagster.yaml"
 
 
 def test_a_forked_run_worker_reads_its_tenants_file_without_importing_anything() -> None:
@@ -15,6 +21,31 @@ def test_a_forked_run_worker_reads_its_tenants_file_without_importing_anything()
         "before = set(sys.modules)\n"
         "load_settings(default_config_path())\n"
         "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_forked_run_worker_makes_its_instance_without_importing_path_libraries(
+    tmp_path: Path,
+) -> None:
+    # Dagster gives every instance made from a reference a UPath: universal_pathlib and
+    # fsspec, and every distribution's entry points read, are the fork server's
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEFAULT_DAGSTER_YAML, home / "dagster.yaml")
+    check = (
+        "import sys\n"
+        "import bulk_changes.run_worker_preload\n"
+        "from dagster import DagsterInstance\n"
+        "from dagster._core.instance.ref import InstanceRef\n"
+        f"ref = InstanceRef.from_dir({str(home)!r})\n"
+        "before = set(sys.modules)\n"
+        "DagsterInstance.from_ref(ref)\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m.split('.')[0] in ('upath', 'fsspec')))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
