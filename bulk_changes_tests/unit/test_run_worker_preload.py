@@ -51,3 +51,21 @@ def test_a_forked_run_worker_makes_its_instance_without_importing_path_libraries
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_forked_run_worker_finds_its_job_in_the_repository_the_fork_server_built() -> None:
+    check = (
+        "import sys\n"
+        "import bulk_changes.run_worker_preload\n"
+        "from dagster._core.code_pointer import CodePointer\n"
+        "from dagster._core.definitions.reconstruct import ReconstructableRepository\n"
+        "from bulk_changes.definitions import defs\n"
+        "before = set(sys.modules)\n"
+        "pointer = CodePointer.from_module('bulk_changes.definitions', 'defs', None)\n"
+        "repository = ReconstructableRepository(pointer).get_definition()\n"
+        "print(repository is defs.get_repository_def(), sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "True []"
