@@ -263,8 +263,7 @@ def finalize_bulk_change(
     context.log.info(
         f"bulk change {bulk_id} is {status}: {counts}" + ("" if changed else " (already final)")
     )
-    report_final(context, repo, bulk_id, status, counts, duration)
-    calls = repo.audit_summary(bulk_id)
+    calls = report_final(context, repo, bulk_id, status, counts, duration)
     return Output(
         {"bulk_change_id": bulk_id, "status": status, "counts": counts},
         metadata={

@@ -161,9 +161,10 @@ def report_final(
     status: str,
     counts: dict[str, int],
     duration: float | None,
-) -> None:
+) -> dict[str, dict[str, int]]:
     """Tag the run with the outcome; materialize the results and audit tables of the bulk
-    change (its partition) and evaluate the check."""
+    change (its partition) and evaluate the check. -> the calls per system and outcome
+    (the audit's summary, read once for the op's output too)."""
     tag_run(context, outcome_tags(status, counts))
     partition = str(bulk_change_id)
     failed_rows, failed_total = repo.failed_devices(bulk_change_id, UI_FAILED_DEVICES)
@@ -239,3 +240,4 @@ def report_final(
             f"bulk change {bulk_change_id}: {failed_total} device(s) not processed, e.g. row "
             f"{first['row_number']} {first['device_key']}: {first['status']}: {first['last_error']}"
         )
+    return calls
