@@ -48,6 +48,9 @@ setup(
         # imported directly (the code server's idle wait, bulk_changes/code_server.py);
         # dagster brings it too
         "grpcio",
+        # imported directly (a UPath made once in the fork server, run_worker_preload.py);
+        # dagster brings it too
+        "universal_pathlib",
     ],
     extras_require={
         "dev": [
