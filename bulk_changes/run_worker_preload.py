@@ -93,9 +93,9 @@ def make_a_upath() -> None:
 
 def preload(modules: tuple[str, ...] = RUN_MODULES) -> list[str]:
     """Import ``modules`` (those this Dagster or environment lacks are skipped), read
-    the storage's migrations and keep one engine per SQLite database
-    (``sqlite_engines``), then one full collection and ``gc.freeze()``. -> the modules
-    not found."""
+    the storages' migrations, make a UPath, build the repository and keep one engine per
+    SQLite database (``sqlite_engines``), then one full collection and ``gc.freeze()``.
+    -> the modules not found."""
     missing = []
     for name in modules:
         try:

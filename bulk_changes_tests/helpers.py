@@ -18,3 +18,16 @@ def imei(n: int) -> str:
 
 def msisdn(n: int) -> str:
     return f"555{n:07d}"
+
+
+def printed_by_a_fresh_interpreter(script: str) -> str:
+    """What ``script`` prints, run by a new Python process (imports counted from nothing,
+    as a started or forked process makes them); its error output if it fails."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

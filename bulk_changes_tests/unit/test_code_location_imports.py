@@ -3,19 +3,16 @@ so a module the processing path never uses stays out of it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from bulk_changes_tests.helpers import printed_by_a_fresh_interpreter
 
 
 def _imported_after_loading_the_definitions(module: str) -> bool:
     probe = f"import sys, bulk_changes.definitions; print({module!r} in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() in {"True", "False"}, out.stderr
-    return out.stdout.strip() == "True"
+    printed = printed_by_a_fresh_interpreter(probe)
+    assert printed in {"True", "False"}
+    return printed == "True"
 
 
 @pytest.mark.parametrize("module", ["pandas", "dagster_aws", "boto3"])

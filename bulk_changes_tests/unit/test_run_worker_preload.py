@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import bulk_changes
+from bulk_changes_tests.helpers import printed_by_a_fresh_interpreter
 
 DEFAULT_DAGSTER_YAML = Path(bulk_changes.__file__).parent / "defaults" / "dagster.yaml"
 
@@ -22,10 +21,7 @@ def test_a_forked_run_worker_reads_its_tenants_file_without_importing_anything()
         "load_settings(default_config_path())\n"
         "print(sorted(set(sys.modules) - before))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "[]"
+    assert printed_by_a_fresh_interpreter(check) == "[]"
 
 
 def test_a_forked_run_worker_makes_its_instance_without_importing_path_libraries(
@@ -47,10 +43,7 @@ def test_a_forked_run_worker_makes_its_instance_without_importing_path_libraries
         "new = set(sys.modules) - before\n"
         "print(sorted(m for m in new if m.split('.')[0] in ('upath', 'fsspec')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "[]"
+    assert printed_by_a_fresh_interpreter(check) == "[]"
 
 
 def test_a_forked_run_worker_finds_its_job_in_the_repository_the_fork_server_built() -> None:
@@ -65,7 +58,4 @@ def test_a_forked_run_worker_finds_its_job_in_the_repository_the_fork_server_bui
         "repository = ReconstructableRepository(pointer).get_definition()\n"
         "print(repository is defs.get_repository_def(), sorted(set(sys.modules) - before))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "True []"
+    assert printed_by_a_fresh_interpreter(check) == "True []"

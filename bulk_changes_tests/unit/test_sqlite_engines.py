@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +13,7 @@ from sqlalchemy.pool import NullPool
 
 from bulk_changes import dagster_private, sqlite_engines
 from bulk_changes.sqlite_engines import EngineCache
+from bulk_changes_tests.helpers import printed_by_a_fresh_interpreter
 
 MODULES = (
     dagster_private.sqlite_run_storage_module,
@@ -122,10 +121,7 @@ def test_run_workers_forked_from_the_preloaded_server_keep_their_sqlite_engines(
         "from bulk_changes.sqlite_engines import EngineCache\n"
         "print(isinstance(p.sqlite_event_log_module.create_engine, EngineCache))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == "True"
+    assert printed_by_a_fresh_interpreter(check) == "True"
 
 
 class Kwargs(Made):
