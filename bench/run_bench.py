@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import host_caches
 from bench.measure import (
     HostPauses,
     TreeSampler,
@@ -750,10 +751,12 @@ def main(argv: list[str] | None = None) -> int:
         n for n in chosen if n not in ("eighty_accounts", "many_accounts")
     ]
     args.out.mkdir(parents=True, exist_ok=True)
+    # before the stack starts: how much dearer this host makes work that follows a wait
+    caches = host_caches.after_wait()
     print(
         f"bench.run_bench: loops {loops_label(args.quick_loops)}; --db {args.db};"
         f" --scale {args.scale:g}; load average {[round(x, 2) for x in os.getloadavg()]}"
-        f" ({os.cpu_count()} cores)",
+        f" ({os.cpu_count()} cores); host caches: {host_caches.label(caches)}",
         flush=True,
     )
     results = []
@@ -769,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             pool_size=args.pool_size or None,
             quick_loops=args.quick_loops,
         )
+        result["host_caches"] = caches
         result["code_server"] = (
             "long-lived" if args.code_server else "the daemon's, replaced every minute"
         )

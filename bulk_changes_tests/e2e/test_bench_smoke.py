@@ -26,4 +26,9 @@ def test_benchmark_smoke_run_produces_figures_plot_and_baseline(tmp_path, capsys
         "over_tolerance",
     }
     assert result["baseline"]["processed"] + result["baseline"]["failed"] == 200
-    assert "makespan" in capsys.readouterr().out
+    # the host's cost of work after a wait, printed beside the load
+    assert result["host_caches"]["back_to_back_us"] > 0
+    assert result["host_caches"]["after_wait_us"] > 0
+    out = capsys.readouterr().out
+    assert "makespan" in out
+    assert "host caches: a piece of Python" in out
