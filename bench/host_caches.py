@@ -5,7 +5,7 @@ The same small pieces of Python (a JSON round trip, an e-mail header parse, a
 case-insensitive dict, a SQLAlchemy statement compiled), timed back to back and after a
 sleep: the thread's CPU, median of the repeats. On a host whose physical cores run other
 work while a thread sleeps, the pieces after the sleep start from cold caches and cost
-many times more (2026-12-07: 0.18 ms back to back, 0.79 ms after 200 ms). At the
+many times more (2026-12-07 05:55: 55 us back to back, 641 us after 200 ms). At the
 carriers' limits every device's work comes after such a wait, unconstrained it does
 not: this figure says how much dearer the host alone makes a run worker at the limits
 (docs/benchmarks.md, "Why a run worker at the limits costs more than unconstrained").
